@@ -1,0 +1,1 @@
+"""The retrieval service (FastAPI): config, app factory, and the `serve` entry."""

@@ -1,0 +1,114 @@
+"""Shared fixtures: small real corpora, real indexes, the real service on loopback."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+WORDS = ["river", "mountain", "castle", "museum", "violin", "harbor", "glacier", "desert", "orchard", "library", "volcano", "lighthouse", "meadow", "canyon", "cathedral", "bridge", "island", "forest", "tower", "market"]
+
+
+def token(i: int) -> str:
+    """A word that occurs in document ``i`` only (letters only, survives stemming)."""
+    letters = "abcdefghij"
+    return "zq" + "".join(letters[int(c)] for c in str(i)) + "x"
+
+
+def write_corpus(path: Path, n: int, *, seed: int = 0, gz: bool = False) -> Path:
+    """A FlashRAG corpus: document i has a title, common words and its unique token."""
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        body = " ".join(rng.choices(WORDS, k=rng.randint(8, 40)))
+        lines.append(json.dumps({"id": f"doc-{i}", "contents": f'"Title {i}"\n{body} {token(i)}'}))
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"service exited early with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not become healthy in {timeout} s")
+
+
+def start_service(config: Path, *extra: str, env: dict | None = None):
+    """Start ``rag_serving/serving.py`` on a free loopback port; returns (process, url)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "rag_serving" / "serving.py"), "--config", str(config),
+         "--port", str(port), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+    except Exception:
+        proc.kill()
+        out = proc.communicate()[0]
+        raise RuntimeError(f"service failed to start:\n{out}") from None
+    return proc, url
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        return proc.communicate(timeout=20)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[0]
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", 500)
+
+
+@pytest.fixture(scope="session")
+def bm25_index(corpus_file, tmp_path_factory) -> Path:
+    from research.retrieval.index import build_index
+
+    out = tmp_path_factory.mktemp("index") / "bm25"
+    build_index(corpus_file, out, "bm25", chunk_docs=128)
+    return out
+
+
+@pytest.fixture(scope="session")
+def service_url(bm25_index, tmp_path_factory):
+    """The real service on loopback over the session's BM25 index (2 worker threads)."""
+    cfg = tmp_path_factory.mktemp("cfg") / "serving.yaml"
+    cfg.write_text(
+        f"retriever:\n  index_dir: {bm25_index}\nserver:\n  num_retriever: 2\n"
+        "limits:\n  max_top_n: 50\n  max_batch: 64\n  max_query_chars: 200\n"
+    )
+    proc, url = start_service(cfg)
+    yield url
+    stop(proc)
