@@ -102,6 +102,14 @@ def resolve_model_path(model: str) -> Path:
     return path
 
 
+def _embedding_dim(module) -> int:
+    """Output width of a sentence-transformers module (the method's name changed in v5)."""
+    getter = getattr(module, "get_embedding_dimension", None) or getattr(
+        module, "get_sentence_embedding_dimension", None
+    ) or module.get_word_embedding_dimension
+    return int(getter())
+
+
 def _pick_device(device: str | None) -> str:
     if device:
         return device
@@ -121,7 +129,7 @@ class Encoder:
             self.model = st.SentenceTransformer(path, device=device)
         else:
             body = st.models.Transformer(path, max_seq_length=config.max_length)
-            pool = st.models.Pooling(body.get_word_embedding_dimension(), config.pooling)
+            pool = st.models.Pooling(_embedding_dim(body), config.pooling)
             self.model = st.SentenceTransformer(modules=[body, pool], device=device)
         self.model.max_seq_length = config.max_length
         if config.fp16 and device.startswith("cuda"):
@@ -130,7 +138,7 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        return _embedding_dim(self.model)
 
     def _encode(self, texts: Sequence[str], prefix: str, progress: bool = False) -> np.ndarray:
         emb = self.model.encode(

@@ -1,0 +1,50 @@
+"""The `research` command line, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import token, write_corpus
+
+
+def research(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "research.cli", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_index_build_and_info(tmp_path):
+    corpus = write_corpus(tmp_path / "c.jsonl.gz", 120, gz=True)
+    out = tmp_path / "idx"
+    result = research("index", "build", "--corpus", str(corpus), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"bm25 index of 120 documents in {out}" in result.stdout
+    assert "BM25 tokenize" in result.stderr  # progress is shown
+    info = json.loads(research("index", "info", str(out)).stdout)
+    assert info["doc_count"] == 120 and info["docstore_path"] == "corpus.jsonl"
+
+
+def test_index_build_bad_corpus_is_one_clear_line(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "1", "contents": "fine"}\n{"id": 2\n')
+    result = research("index", "build", "--corpus", str(corpus), "--out", str(tmp_path / "i"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {corpus}:2: not valid JSON")
+    assert "Traceback" not in result.stderr
+    missing = research("index", "build", "--corpus", str(tmp_path / "no.jsonl"), "--out", "x")
+    assert missing.returncode == 2 and "corpus file not found" in missing.stderr
+
+
+def test_search_command_against_the_service(service_url):
+    result = research("search", token(21), "--url", service_url, "-k", "2")
+    assert result.returncode == 0, result.stderr
+    assert "1. [doc-21]" in result.stdout
+
+
+def test_search_command_unreachable_service_is_clear():
+    from conftest import free_port
+
+    result = research("search", "q", "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 2
+    assert "failed after 4 attempt(s)" in result.stderr
