@@ -1,0 +1,239 @@
+"""Rule-based rewards of ReSearch, computed on the response text alone.
+
+Two rewards share one signature, ``fn(response, ground_truth, *, ended_with_eos=None,
+eos_token=None) -> RewardResult``:
+
+- ``"v1"`` (alias ``"em"``), the first version: 0 for a bad format, a response that did not
+  end with EOS, or no extractable ``\\boxed{}`` answer; 1.0 if the boxed answer equals a
+  ground truth after lower-casing only; else 0.1.
+- ``"f1"``, the paper version: the same gates, then the token F1 (SQuAD normalization, max
+  over golden answers) if it is above 0, else 0.1.
+
+The format rules follow ``validate_template_format`` / ``validate_format`` of
+Agent-RL/ReSearch (``verl/verl/utils/reward_score/qa.py`` in the first version,
+``src/verl/utils/reward_score/re_search.py`` in the paper version) exactly, in the same
+order. Their quirks are kept on purpose:
+
+- tags are counted over the whole response, inserted ``<result>`` text included;
+- ``<result>`` / ``</result>`` are not counted; they are only checked after each ``<search>``;
+- the search walk resumes after the ``</result>`` it matched, so a ``<search>`` that opens
+  before that point (two searches sharing one result block) is not checked again;
+- the answer needs the substrings ``\\boxed{`` and ``}`` anywhere from ``<answer>`` to
+  ``</answer>``, not a balanced box.
+
+Deviations from the original, all in how the caller is spoken to or in edge cases:
+
+- the response is never split on the prompt template (the original split the decoded
+  prompt + response on "Assistant:"); the caller passes the response only;
+- whether generation stopped at EOS comes from the caller (``ended_with_eos``), or from
+  the literal ``eos_token`` at the end of the text when that flag is not given (the original
+  only had the second, with ``"<|endoftext|>"`` hard-coded in the first version);
+- the box is found by :func:`research.protocol.extract_answer`: the last ``\\boxed``, which
+  must be followed by ``{`` (brace-matched) or a space; the original let any ``\\boxed ``
+  space form win over a later ``\\boxed{``, and the space form's content is stripped here;
+- ``ground_truth`` may be a list (any match counts in v1);
+- reasons are short fixed strings (the original appended the answer), so they group well in
+  rollout dumps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Protocol
+
+from research.metrics import golden_list, token_scores
+from research.protocol import (
+    ANSWER_END,
+    ANSWER_START,
+    BOXED,
+    RESULT_END,
+    RESULT_START,
+    SEARCH_END,
+    SEARCH_START,
+    THINK_END,
+    THINK_START,
+    extract_answer,
+)
+
+WRONG_ANSWER_SCORE = 0.1
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    """A reward and the short human reason for it (shown in rollout dumps)."""
+
+    score: float
+    reason: str
+
+
+class RewardFn(Protocol):
+    """The signature every registered reward function has."""
+
+    def __call__(
+        self,
+        response: str,
+        ground_truth: str | Sequence[str],
+        *,
+        ended_with_eos: bool | None = None,
+        eos_token: str | None = None,
+    ) -> RewardResult: ...
+
+
+def _answer_tag_problem(response: str) -> str | None:
+    """Why ``<answer>`` / ``</answer>`` do not occur exactly once each, or None."""
+    for tag, name in ((ANSWER_START, "answer tag"), (ANSWER_END, "answer end tag")):
+        count = response.count(tag)
+        if count == 0:
+            return f"no {name}"
+        if count > 1:
+            return f"{name} repeated"
+    return None
+
+
+def _search_tag_problem(response: str) -> str | None:
+    """Why some ``<search>`` is not followed by ``</search>``, ``<result>``, ``</result>``."""
+    pos = 0
+    while (search := response.find(SEARCH_START, pos)) >= 0:
+        search_end = response.find(SEARCH_END, search)
+        result = response.find(RESULT_START, search)
+        result_end = response.find(RESULT_END, result) if result >= 0 else -1
+        if -1 in (search_end, result, result_end):
+            return "search/result tags incomplete"
+        if not search < search_end < result < result_end:
+            return "search/result tags out of order"
+        pos = result_end
+    return None
+
+
+def format_problem(response: str) -> str | None:
+    """The first format rule the response breaks, or None when the format is valid.
+
+    >>> format_problem("<think> t </think> <answer> \\\\boxed{x} </answer>") is None
+    True
+    >>> format_problem("<answer> \\\\boxed{x} </answer>")
+    'no think tags'
+    """
+    think, think_end = response.count(THINK_START), response.count(THINK_END)
+    if think != think_end:
+        return "think tags unpaired"
+    if think == 0:
+        return "no think tags"
+    problem = _answer_tag_problem(response) or _search_tag_problem(response)
+    if problem:
+        return problem
+    start, end = response.find(ANSWER_START), response.find(ANSWER_END)
+    if start > end:
+        return "answer tags out of order"
+    answer = response[start:end]
+    if BOXED + "{" not in answer or "}" not in answer:
+        return "no \\boxed{} in answer"
+    return None
+
+
+def _resolve_eos(
+    response: str, ended_with_eos: bool | None, eos_token: str | None
+) -> tuple[str, bool]:
+    """The response without a trailing ``eos_token``, and whether generation ended at EOS."""
+    has_token = bool(eos_token) and response.endswith(eos_token)
+    if has_token:
+        response = response[: -len(eos_token)]
+    if ended_with_eos is None:
+        if not eos_token:
+            raise ValueError(
+                "pass ended_with_eos (from the rollout's finish reason) or eos_token "
+                "(the literal EOS text at the end of the response)"
+            )
+        return response, has_token
+    return response, ended_with_eos
+
+
+def _gated_answer(
+    response: str, ended_with_eos: bool | None, eos_token: str | None
+) -> str | RewardResult:
+    """The boxed answer, or the zero reward of the first gate it fails (format, EOS, box)."""
+    response, ended = _resolve_eos(response, ended_with_eos, eos_token)
+    problem = format_problem(response)
+    if problem:
+        return RewardResult(0.0, f"bad format: {problem}")
+    if not ended:
+        return RewardResult(0.0, "no eos (over length)")
+    answer = extract_answer(response)
+    if answer is None:
+        return RewardResult(0.0, "cannot extract boxed answer")
+    return answer
+
+
+def reward_v1(
+    response: str,
+    ground_truth: str | Sequence[str],
+    *,
+    ended_with_eos: bool | None = None,
+    eos_token: str | None = None,
+) -> RewardResult:
+    """First-version reward: format and EOS gates, then lower-cased exact match.
+
+    >>> ok = "<think> t </think> <answer> \\\\boxed{Paris} </answer>"
+    >>> reward_v1(ok, "paris", ended_with_eos=True)
+    RewardResult(score=1.0, reason='correct')
+    >>> reward_v1(ok + "<|endoftext|>", "Lyon", eos_token="<|endoftext|>")
+    RewardResult(score=0.1, reason='wrong answer')
+    """
+    answer = _gated_answer(response, ended_with_eos, eos_token)
+    if isinstance(answer, RewardResult):
+        return answer
+    golds = _checked_golds(ground_truth)
+    if any(answer.lower() == gold.lower() for gold in golds):
+        return RewardResult(1.0, "correct")
+    return RewardResult(WRONG_ANSWER_SCORE, "wrong answer")
+
+
+def reward_f1(
+    response: str,
+    ground_truth: str | Sequence[str],
+    *,
+    ended_with_eos: bool | None = None,
+    eos_token: str | None = None,
+) -> RewardResult:
+    """Paper-version reward: the same gates, then token F1 if above 0, else 0.1.
+
+    >>> ok = "<think> t </think> <answer> \\\\boxed{Barack Obama} </answer>"
+    >>> reward_f1(ok, ["Obama"], ended_with_eos=True)
+    RewardResult(score=0.6666666666666666, reason='partial match')
+    """
+    answer = _gated_answer(response, ended_with_eos, eos_token)
+    if isinstance(answer, RewardResult):
+        return answer
+    score = token_scores(answer, _checked_golds(ground_truth))["f1"]
+    if score >= 1.0:
+        return RewardResult(score, "correct")
+    if score > 0.0:
+        return RewardResult(score, "partial match")
+    return RewardResult(WRONG_ANSWER_SCORE, "wrong answer")
+
+
+def _checked_golds(ground_truth: str | Sequence[str]) -> list[str]:
+    """The ground truths as a non-empty list of strings."""
+    golds = golden_list(ground_truth)
+    if not golds:
+        raise ValueError("ground_truth is empty: give at least one golden answer")
+    return golds
+
+
+REWARD_FNS: MappingProxyType[str, RewardFn] = MappingProxyType(
+    {"v1": reward_v1, "em": reward_v1, "f1": reward_f1}
+)
+
+
+def get_reward_fn(name: str) -> RewardFn:
+    """The reward function registered under ``name`` (``"v1"``, ``"em"``, ``"f1"``).
+
+    >>> get_reward_fn("em") is reward_v1
+    True
+    """
+    try:
+        return REWARD_FNS[name]
+    except KeyError:
+        valid = ", ".join(sorted(REWARD_FNS))
+        raise ValueError(f"unknown reward {name!r}; valid names: {valid}") from None
