@@ -11,7 +11,9 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from research import __version__
 
@@ -101,6 +103,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from research.quickstart import format_table, run_quickstart
+
+    run_dir = Path(args.run_dir or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = run_quickstart(run_dir, dataset=args.dataset, limit=args.limit or None, k=args.k)
+    print(format_table(result))
+    print(f"run directory: {run_dir} ({result.seconds} s)")
+    return 0
+
+
 def _index_parser(sub) -> None:
     index = sub.add_parser("index", help="build and inspect retrieval indexes")
     isub = index.add_subparsers(dest="index_cmd", required=True)
@@ -146,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", default="http://127.0.0.1:8000")
     s.add_argument("-k", type=int, default=5)
     s.set_defaults(func=cmd_search)
+    q = sub.add_parser("quickstart", help="the main job on the embedded default")
+    q.add_argument("--run-dir", help="output directory (default runs/quickstart-TIME)")
+    q.add_argument("--dataset", default="squad-open-mini", choices=("squad-open-mini",))
+    q.add_argument("--limit", type=int, default=1000, help="dev questions (0: all)")
+    q.add_argument("-k", type=int, default=5)
+    q.set_defaults(func=cmd_quickstart)
     try:
         from research.data.commands import register
     except ImportError:
@@ -161,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except _expected_errors() as e:

@@ -16,7 +16,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-WORDS = ["river", "mountain", "castle", "museum", "violin", "harbor", "glacier", "desert", "orchard", "library", "volcano", "lighthouse", "meadow", "canyon", "cathedral", "bridge", "island", "forest", "tower", "market"]
+WORDS = [
+    "river", "mountain", "castle", "museum", "violin", "harbor", "glacier", "desert", "orchard",
+    "library", "volcano", "lighthouse", "meadow", "canyon", "cathedral", "bridge", "island",
+    "forest", "tower", "market",
+]
 
 
 def token(i: int) -> str:
@@ -85,6 +89,24 @@ def stop(proc: subprocess.Popen) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.communicate()[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow run with ``-m slow`` or ``RESEARCH_SLOW=1``; GPU tests need CUDA."""
+    run_slow = os.environ.get("RESEARCH_SLOW") == "1" or "slow" in (config.option.markexpr or "")
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with RESEARCH_SLOW=1 or -m slow"))
+        if "gpu" in item.keywords and not _cuda():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,10 @@ def _reference(corpus, queries, k):
     q = bm25s.tokenize(queries, stopwords="en", stemmer=stemmer, show_progress=False)
     docs, scores = model.retrieve(q, k=k, show_progress=False)
     keep = [s > 0 for s in scores]  # bm25s pads with zero-score documents; the service drops them
-    return [d[m] for d, m in zip(docs, keep, strict=True)], [s[m] for s, m in zip(scores, keep, strict=True)]
+    return (
+        [d[m] for d, m in zip(docs, keep, strict=True)],
+        [s[m] for s, m in zip(scores, keep, strict=True)],
+    )
 
 
 def test_streaming_build_matches_bm25s_in_memory(bm25_index, corpus_file):

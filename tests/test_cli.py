@@ -48,3 +48,21 @@ def test_search_command_unreachable_service_is_clear():
     result = research("search", "q", "--url", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 2
     assert "failed after 4 attempt(s)" in result.stderr
+
+
+def test_quickstart_main_job_runs_end_to_end(tmp_path):
+    """The README's main job (at this stage: service + retrieval over the embedded dev set)."""
+    import os
+
+    env = {**os.environ, "RESEARCH_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "research.cli", "quickstart", "--run-dir", str(tmp_path / "run"),
+         "--limit", "200"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["questions"] == 200
+    assert summary["recall_at_k"] > 0.8  # BM25 finds most gold passages of squad-open-mini
+    lines = (tmp_path / "run" / "retrieval.jsonl").read_text().splitlines()
+    assert len(lines) == 200
+    assert "| squad-open-mini (dev) | 200 |" in result.stdout
+    assert (tmp_path / "cache" / "indexes" / "squad-open-mini-bm25" / "manifest.json").is_file()
