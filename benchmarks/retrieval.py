@@ -4,7 +4,8 @@
 
 For each corpus size it measures, each system in its own process (so peak memory is its own):
 
-* ``bm25s``: ``bm25s.tokenize`` + ``BM25.index`` in memory, ``retrieve`` in process;
+* ``bm25s``: ``bm25s.tokenize`` + ``BM25.index`` in memory, ``retrieve`` in process, the
+  documents taken from the corpus held in memory (so both sides return documents);
 * ``service``: ``research index build`` (streaming) and the real service over HTTP
   (``/batch_search`` through :class:`research.retrieval.client.SearchClient`, one worker);
 * ``rank_bm25``: ``BM25Okapi`` (what FlashRAG's BM25 fallback uses), ``get_scores`` + top-k.
@@ -107,9 +108,9 @@ def child_bm25s(corpus: Path, queries: list[str], budget: float) -> dict:
 
     stemmer = Stemmer.Stemmer("english")
     t0 = time.perf_counter()
-    texts = [json.loads(line)["contents"] for line in corpus.open()]
-    tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
-    del texts
+    docs = [json.loads(line) for line in corpus.open()]  # kept: retrieval returns documents
+    tokens = bm25s.tokenize([d["contents"] for d in docs], stopwords="en", stemmer=stemmer,
+                            show_progress=False)
     backend = "numba" if _has("numba") else "numpy"
     model = bm25s.BM25(backend=backend)
     model.index(tokens, show_progress=False)
@@ -118,7 +119,8 @@ def child_bm25s(corpus: Path, queries: list[str], budget: float) -> dict:
 
     def search(qs):
         q = bm25s.tokenize(qs, stopwords="en", stemmer=stemmer, show_progress=False)
-        return model.retrieve(q, k=K, show_progress=False, n_threads=1)
+        ids, scores = model.retrieve(q, k=K, show_progress=False, n_threads=1)
+        return [[docs[i] for i in row] for row in ids]
 
     return {"build_s": build, "build_peak_rss_mb": _peak_rss_mb(), "backend": backend,
             **_both_qps(search, queries, budget)}

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 import httpx
+import orjson
 
 from research.retrieval.base import Hit
 
@@ -63,7 +64,9 @@ class SearchClient:
     def _attempt(self, path: str, payload: dict):
         """One request: ``(json, None)`` on success, ``(None, reason)`` when retryable."""
         try:
-            resp = self._http.post(path, json=payload)
+            resp = self._http.post(
+                path, content=orjson.dumps(payload), headers={"content-type": "application/json"}
+            )
         except (httpx.TransportError, httpx.TimeoutException) as e:
             return None, f"{type(e).__name__}: {e}"
         if resp.status_code >= 500:
@@ -75,8 +78,8 @@ class SearchClient:
                 status=resp.status_code,
             )
         try:
-            return resp.json(), None
-        except ValueError:
+            return orjson.loads(resp.content), None
+        except orjson.JSONDecodeError:
             return None, f"HTTP {resp.status_code} with a body that is not JSON"
 
     def _post(self, path: str, payload: dict):

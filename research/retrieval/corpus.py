@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import mmap
 import os
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 _HASH_BLOCK = 1 << 20
 
@@ -52,9 +52,9 @@ def open_binary(path: Path):
 def parse_document(line: bytes, path: Path | str, line_no: int) -> tuple[str, str]:
     """Parse one corpus line into ``(id, contents)`` or raise :class:`CorpusFormatError`."""
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise CorpusFormatError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        raise CorpusFormatError(f"{path}:{line_no}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise CorpusFormatError(
             f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}"

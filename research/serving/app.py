@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 
 from research.retrieval.base import Hit, Retriever
@@ -126,6 +127,10 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def _json(content) -> Response:
+    return Response(orjson.dumps(content), media_type="application/json")
+
+
 def _docs(hits: list[Hit]) -> list[dict]:
     return [h.to_document() for h in hits]
 
@@ -170,8 +175,8 @@ def create_app(config: ServingConfig, retrievers: Sequence[Retriever] | None = N
         _check_k(body.top_n, limits, "top_n")
         hits = (await request.app.state.pool.batch_search([body.query], body.top_n))[0]
         if body.return_score:
-            return JSONResponse([_docs(hits), [h.score for h in hits]])
-        return JSONResponse(_docs(hits))
+            return _json([_docs(hits), [h.score for h in hits]])
+        return _json(_docs(hits))
 
     @app.post("/batch_search")
     async def batch_search(body: BatchSearchRequest, request: Request):
@@ -180,8 +185,8 @@ def create_app(config: ServingConfig, retrievers: Sequence[Retriever] | None = N
         results = await request.app.state.pool.batch_search(body.query, body.top_n)
         docs = [_docs(hits) for hits in results]
         if body.return_score:
-            return JSONResponse([docs, [[h.score for h in hits] for hits in results]])
-        return JSONResponse(docs)
+            return _json([docs, [[h.score for h in hits] for hits in results]])
+        return _json(docs)
 
     @app.post("/retrieve")
     async def retrieve(body: RetrieveRequest, request: Request):
@@ -193,6 +198,6 @@ def create_app(config: ServingConfig, retrievers: Sequence[Retriever] | None = N
                    for hits in results]
         else:
             out = [_docs(hits) for hits in results]
-        return JSONResponse({"result": out})
+        return _json({"result": out})
 
     return app

@@ -1,0 +1,1 @@
+"""Generation backends: Hugging Face ``generate`` (CPU default), vLLM, OpenAI-compatible HTTP."""
