@@ -79,8 +79,10 @@ class HFGenerator:
     """Generates with a Hugging Face causal LM. Greedy and sampled sequences may not be mixed
     in one call (one decoding mode per batch)."""
 
-    def __init__(self, model, tokenizer, max_batch: int | None = None):
+    def __init__(self, model, tokenizer, max_batch: int | None = None, logits_processors=()):
+        """``logits_processors`` run before sampling (e.g. constrained decoding)."""
         self.model = model
+        self.logits_processors = list(logits_processors)
         self.tokenizer = tokenizer
         eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
@@ -123,7 +125,8 @@ class HFGenerator:
                 input_ids=ids.to(device), attention_mask=mask.to(device),
                 max_new_tokens=max(p.max_new_tokens for p in params),
                 do_sample=not greedy, temperature=None, top_p=None, top_k=None,
-                logits_processor=[sampler], stopping_criteria=[tracker],
+                logits_processor=[*self.logits_processors, sampler],
+                stopping_criteria=[tracker],
                 pad_token_id=self.pad_token_id, eos_token_id=sorted(self.eos_token_ids),
             )
         sampler.record(seqs[:, -1])

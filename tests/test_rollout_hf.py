@@ -1,0 +1,115 @@
+"""The Hugging Face backend with a tiny random Qwen2 model and a real tokenizer, and a full
+rollout against the real retrieval service on loopback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from research import protocol
+from research.retrieval.client import SearchClient
+from research.rollout.backends.hf import HFGenerator
+from research.rollout.engine import RolloutConfig, run_rollouts
+from research.rollout.generation import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from research.models.tiny import tiny_model
+
+    torch.set_num_threads(1)
+    model, tokenizer = tiny_model(seed=0)
+    model.eval()
+    return model, tokenizer
+
+
+def prompts(tokenizer, texts):
+    return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+
+def teacher_forced_logprobs(model, prompt, new, temperature=1.0):
+    ids = torch.tensor([prompt + new])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1 : -1].float() / temperature  # [T, V]
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(new)[:, None]).squeeze(1)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 0.7])
+def test_logprobs_are_those_of_the_sampling_distribution(tiny, temperature):
+    model, tok = tiny
+    gen = HFGenerator(model, tok)
+    ps = prompts(tok, ["The capital of France is", "Question: who wrote Hamlet?"])
+    outs = gen.generate(ps, [SamplingParams(12, temperature=temperature, seed=0)] * 2)
+    for p, g in zip(ps, outs, strict=True):
+        assert len(g.token_ids) == len(g.logprobs) >= 1
+        expected = teacher_forced_logprobs(model, p, g.token_ids, temperature or 1.0)
+        torch.testing.assert_close(torch.tensor(g.logprobs), expected, atol=2e-4, rtol=1e-4)
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny):
+    model, tok = tiny
+    gen = HFGenerator(model, tok)
+    ps = prompts(tok, ["a", "a much longer prompt than the first one, padded on the left"])
+    batch = gen.generate(ps, [SamplingParams(10, temperature=0)] * 2)
+    single = [gen.generate([p], [SamplingParams(10, temperature=0)])[0] for p in ps]
+    assert [g.token_ids for g in batch] == [g.token_ids for g in single]
+
+
+def test_stop_string_and_per_sequence_budgets(tiny):
+    model, tok = tiny
+    gen = HFGenerator(model, tok)
+    p = prompts(tok, ["Once upon a time"])[0]
+    free = gen.generate([p], [SamplingParams(20, temperature=0)])[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 20
+    stop = tok.decode(free.token_ids[6:8])  # text the greedy run completes at token 8
+    first = tok.decode(free.token_ids).find(stop)
+    stopped, short = gen.generate([p, p], [SamplingParams(20, temperature=0, stop=(stop,)),
+                                           SamplingParams(3, temperature=0)])
+    assert stopped.finish_reason == "stop" and stopped.stop_string == stop
+    assert stop in tok.decode(stopped.token_ids)
+    assert stop not in tok.decode(stopped.token_ids[:-1])  # stopped as soon as it completed
+    assert stopped.token_ids == free.token_ids[: len(stopped.token_ids)]
+    assert first >= 0
+    assert short.finish_reason == "length" and short.token_ids == free.token_ids[:3]
+
+
+class ForceText:
+    """A logits processor that makes the model write given texts, one per turn, then EOS."""
+
+    def __init__(self, tokenizer, turns: list[str]):
+        self.plan = [tokenizer.encode(t, add_special_tokens=False) for t in turns]
+        self.eos = tokenizer.eos_token_id
+        self.turn, self.pos, self.expected_width = -1, 0, None
+
+    def __call__(self, input_ids, scores):
+        width = input_ids.shape[1]
+        if width != self.expected_width:  # the first step of a new generate call: next turn
+            self.turn, self.pos = self.turn + 1, 0
+        self.expected_width = width + 1
+        plan = self.plan[self.turn] if self.turn < len(self.plan) else []
+        forced = plan[self.pos] if self.pos < len(plan) else self.eos
+        self.pos += 1
+        out = torch.full_like(scores, -1e9)
+        out[:, forced] = 0.0
+        return out
+
+
+def test_full_rollout_with_real_service(tiny, service_url):
+    from conftest import token
+
+    model, tok = tiny
+    force = ForceText(tok, [f"<think> look up </think> <search> {token(31)} </search>",
+                            " <answer> \\boxed{done} </answer>"])
+    gen = HFGenerator(model, tok, logits_processors=[force])
+    with SearchClient(service_url) as client:
+        (t,) = run_rollouts(prompts(tok, ["Question: what is doc 31?"]), gen, client, tok,
+                            RolloutConfig(max_response_tokens=2048, top_k=2, temperature=1.0))
+    assert t.finish_reason == "eos" and t.num_searches == 1 and t.num_failures == 0
+    assert t.turns[0].query == token(31) and t.turns[0].doc_ids[0] == "doc-31"
+    inserted = tok.decode([i for i, m in zip(t.response_ids, t.loss_mask, strict=True) if not m])
+    assert inserted.startswith(f" {protocol.RESULT_START}\n\"Title 31\"")
+    assert inserted.endswith(f"\n{protocol.RESULT_END}")
+    model_text = tok.decode([i for i, m in zip(t.response_ids, t.loss_mask, strict=True) if m])
+    assert model_text.startswith("<think> look up </think> <search>")
+    assert protocol.extract_answer(t.text) == "done"
+    assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.loss_mask, strict=True) if not m)
