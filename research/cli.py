@@ -164,11 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=1000, help="dev questions (0: all)")
     q.add_argument("-k", type=int, default=5)
     q.set_defaults(func=cmd_quickstart)
-    try:
-        from research.data.commands import register
-    except ImportError:
-        pass
-    else:
+    from research.data.commands import register as register_data
+    from research.models.commands import register as register_model
+    from research.rollout.inspect import register as register_rollout
+
+    for register in (register_data, register_model, register_rollout):
         register(sub)
     return parser
 

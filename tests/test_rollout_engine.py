@@ -259,3 +259,22 @@ def _body(turn) -> str:
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ValueError):
         RolloutConfig(**bad)
+
+
+def test_vllm_output_mapping():
+    """The vLLM backend's mapping of CompletionOutput fields (no GPU needed)."""
+    from types import SimpleNamespace as NS
+
+    from research.rollout.backends.vllm import to_generation
+
+    def out(ids, finish, stop_reason):
+        return NS(token_ids=ids, finish_reason=finish, stop_reason=stop_reason,
+                  logprobs=[{t: NS(logprob=-0.1 * (i + 1))} for i, t in enumerate(ids)])
+
+    g = to_generation(out([5, 6, 7], "stop", "</search>"), frozenset({2}))
+    assert (g.finish_reason, g.stop_string, g.token_ids) == ("stop", "</search>", [5, 6, 7])
+    assert g.logprobs == pytest.approx([-0.1, -0.2, -0.3])
+    assert to_generation(out([5, 2], "stop", None), frozenset({2})).finish_reason == "eos"
+    missing_eos = to_generation(out([5], "stop", None), frozenset({2}))
+    assert missing_eos.token_ids == [5, 2] and missing_eos.logprobs[-1] == 0.0
+    assert to_generation(out([5, 6], "length", None), frozenset({2})).finish_reason == "length"

@@ -113,3 +113,35 @@ def test_full_rollout_with_real_service(tiny, service_url):
     assert model_text.startswith("<think> look up </think> <search>")
     assert protocol.extract_answer(t.text) == "done"
     assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.loss_mask, strict=True) if not m)
+
+
+def test_rollout_command_writes_and_shows_trajectories(tmp_path, service_url):
+    import json
+    import subprocess
+    import sys
+
+    from research.models.tiny import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "r.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "research.cli", "rollout", "--model", str(model_dir),
+         "--data", "squad-open-mini", "--search-url", service_url, "--n", "2", "--limit", "2",
+         "--max-response-tokens", "24", "--out", str(out), "--threads", "1", "--color", "always"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4
+    assert {"question", "golden_answers", "reward", "reason", "response_ids", "loss_mask",
+            "finish_reason", "turns"} <= set(rows[0])
+    assert rows[0]["question"] == rows[1]["question"] != rows[2]["question"]
+    assert "4 trajectories" in result.stdout and "=== " in result.stdout
+
+
+def test_colourise_marks_tag_spans():
+    from research.rollout.inspect import colourise
+
+    text = "<think>a</think><search>q</search><result>r</result><answer>x</answer>"
+    coloured = colourise(text)
+    assert "\x1b[33mq\x1b[0m" in coloured and "\x1b[32mx\x1b[0m" in coloured
+    assert colourise(text, enabled=False) == text

@@ -1,0 +1,23 @@
+"""Questions -> prompt token ids, with the protocol's templates."""
+
+from __future__ import annotations
+
+from research import protocol
+
+
+def encode_prompt(tokenizer, question: str, template: str = "base", clean: bool = False
+                  ) -> list[int]:
+    """Token ids of the prompt for ``question``.
+
+    ``base``: the original's plain-text template (no chat template, for base models).
+    ``chat``: the instruction as the system message, rendered with the tokenizer's chat
+    template and the assistant turn opened (for instruct models).
+    """
+    prompt = protocol.build_prompt(question, template=template, clean=clean)
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("template 'chat' needs a tokenizer with a chat template; this one "
+                             "has none: use template 'base'")
+        return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True,
+                                                  tokenize=True, return_dict=False))
+    return tokenizer.encode(prompt, add_special_tokens=False)
