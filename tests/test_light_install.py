@@ -10,6 +10,7 @@ LIGHT_MODULES = [
     "research.retrieval.index", "research.retrieval.client", "research.retrieval.dense",
     "research.serving.app", "research.serving.config", "research.serving.loading",
     "research.rollout.engine", "research.rollout.generation", "research.rollout.backends.vllm",
+    "research.rollout.backends.openai_http", "research.serving.model_server",
 ]
 HEAVY = ["torch", "transformers", "sentence_transformers", "faiss", "vllm", "trl", "verl",
          "wandb"]

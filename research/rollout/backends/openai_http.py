@@ -164,7 +164,8 @@ def generation_from_choice(choice: dict, tokenizer, eos_token_ids: frozenset[int
     token_lps = [float(x) if x is not None else math.nan for x in lp.get("token_logprobs") or []]
     extra: dict = {}
     ids, logprobs = _token_ids(choice, tokens, token_lps, tokenizer, extra)
-    tops = _top_logprobs(lp.get("top_logprobs") or [], tokenizer, top_logprobs)
+    tops = (_top_logprobs(lp.get("top_logprobs") or [], tokenizer, top_logprobs)
+            if top_logprobs else [])
 
     def done(n: int, reason, stop_string=None) -> Generation:
         if top_logprobs:

@@ -1,0 +1,340 @@
+"""The OpenAI-compatible HTTP backend against the stub model server (tiny random Qwen2 model,
+uvicorn on loopback): same outputs as the Hugging Face backend, stop strings, budgets, EOS,
+response parsing, retries and a full rollout."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+
+import httpx
+import pytest
+import torch
+from fastapi.responses import JSONResponse
+
+from research.retrieval.base import Hit
+from research.rollout.backends.hf import HFGenerator
+from research.rollout.backends.openai_http import (
+    GenerationError,
+    GenerationRequestError,
+    OpenAIGenerator,
+    completion_payload,
+    generation_from_choice,
+)
+from research.rollout.engine import RolloutConfig, run_rollouts
+from research.rollout.generation import SamplingParams
+
+GREEDY = SamplingParams(12, temperature=0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from research.models.tiny import tiny_model
+
+    torch.set_num_threads(1)
+    model, tokenizer = tiny_model(seed=0)
+    model.eval()
+    return model, tokenizer
+
+
+class Faults:
+    """Middleware state: statuses to answer before letting requests through; what was seen."""
+
+    def __init__(self):
+        self.plan: deque[int] = deque()
+        self.seen = 0
+        self.authorization: str | None = None
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    import uvicorn
+    from conftest import free_port
+
+    from research.serving.model_server import create_model_app
+
+    model, tok = tiny
+    app = create_model_app(model, tok, model_name="tiny")
+    faults = Faults()
+
+    @app.middleware("http")
+    async def inject(request, call_next):
+        faults.seen += 1
+        faults.authorization = request.headers.get("authorization")
+        if faults.plan:
+            status = faults.plan.popleft()
+            return JSONResponse({"error": {"message": f"injected {status}"}}, status)
+        return await call_next(request)
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "the stub server did not start"
+    yield f"http://127.0.0.1:{port}", faults
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def gen(server, tiny):
+    url, faults = server
+    faults.plan.clear()
+    with OpenAIGenerator(url, "tiny", tiny[1], retries=2, backoff=0.01) as g:
+        yield g
+
+
+def prompts(tokenizer, texts):
+    return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+
+class Force:
+    """Makes the model write given texts, one per generate call, then EOS (a forward hook on
+    the model: a prefill, i.e. more than one input token, starts the next text)."""
+
+    def __init__(self, model, tokenizer, turns: list[str]):
+        self.plan = [tokenizer.encode(t, add_special_tokens=False) for t in turns]
+        self.eos = tokenizer.eos_token_id
+        self.turn, self.pos = -1, 0
+        self.handle = model.register_forward_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs, output):
+        if kwargs["input_ids"].shape[1] > 1:
+            self.turn, self.pos = self.turn + 1, 0
+        plan = self.plan[self.turn] if self.turn < len(self.plan) else []
+        forced = plan[self.pos] if self.pos < len(plan) else self.eos
+        self.pos += 1
+        output.logits[:, -1] = -1e9
+        output.logits[:, -1, forced] = 0.0
+        return output
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_greedy_equals_hf_backend(tiny, gen):
+    model, tok = tiny
+    hf = HFGenerator(model, tok)
+    ps = prompts(tok, ["The capital of France is", "Question: who wrote Hamlet?", "a"])
+    remote = gen.generate(ps, [GREEDY] * len(ps))
+    for p, r in zip(ps, remote, strict=True):
+        (local,) = hf.generate([p], [GREEDY])
+        assert r.token_ids == local.token_ids and r.finish_reason == local.finish_reason
+        torch.testing.assert_close(torch.tensor(r.logprobs), torch.tensor(local.logprobs),
+                                   atol=1e-4, rtol=0)
+        assert "reencoded" not in r.extra and "eos_appended" not in r.extra
+
+
+def test_stop_strings_and_per_sequence_budgets(tiny, gen):
+    model, tok = tiny
+    p = prompts(tok, ["Once upon a time"])[0]
+    (free,) = gen.generate([p], [SamplingParams(20, temperature=0)])
+    assert free.finish_reason == "length" and len(free.token_ids) == 20
+    stop = tok.decode(free.token_ids[6:8])
+    params = [SamplingParams(20, temperature=0, stop=(stop,)), SamplingParams(3, temperature=0)]
+    stopped, short = gen.generate([p, p], params)
+    assert stopped.finish_reason == "stop" and stopped.stop_string == stop
+    assert stop in tok.decode(stopped.token_ids)
+    assert stop not in tok.decode(stopped.token_ids[:-1])
+    assert short.finish_reason == "length" and short.token_ids == free.token_ids[:3]
+    local = HFGenerator(model, tok).generate([p], params[:1])[0]
+    assert stopped.token_ids == local.token_ids and stopped.stop_string == local.stop_string
+
+
+def test_eos_from_the_server(tiny, gen):
+    model, tok = tiny
+    with Force(model, tok, ["hello world"]):
+        (g,) = gen.generate(prompts(tok, ["Say hello"]), [GREEDY])
+    assert g.finish_reason == "eos"
+    assert g.token_ids == tok.encode("hello world", add_special_tokens=False) + [tok.eos_token_id]
+    assert len(g.logprobs) == len(g.token_ids) and "eos_appended" not in g.extra
+
+
+def choice(**fields):
+    return {"index": 0, "text": "", "finish_reason": "length", **fields}
+
+
+def logprobs_of(tokens, lps, tops=None):
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops or [None] * len(lps),
+            "text_offset": [0] * len(lps)}
+
+
+def test_token_id_strings_are_the_sampled_ids(tiny):
+    tok = tiny[1]
+    eos = frozenset([tok.eos_token_id])
+    c = choice(text="whatever", logprobs=logprobs_of(["token_id:5", "token_id:70"], [-0.5, -1.0]))
+    g = generation_from_choice(c, tok, eos)
+    assert g.token_ids == [5, 70] and g.logprobs == [-0.5, -1.0] and g.finish_reason == "length"
+    assert "reencoded" not in g.extra
+    c["token_ids"] = [6, 71]  # return_token_ids wins over the logprob tokens
+    assert generation_from_choice(c, tok, eos).token_ids == [6, 71]
+    c["token_ids"] = [6]
+    with pytest.raises(GenerationError, match="1 token ids but 2 log-probs"):
+        generation_from_choice(c, tok, eos)
+    with pytest.raises(GenerationError, match="abort"):
+        generation_from_choice(choice(finish_reason="abort"), tok, eos)
+
+
+def test_plain_token_strings_fall_back_to_reencoding(tiny):
+    tok = tiny[1]
+    eos = frozenset([tok.eos_token_id])
+    ids = tok.encode(" hello world", add_special_tokens=False)
+    pieces = [tok.decode([i]) for i in ids]
+    c = choice(text=" hello world", logprobs=logprobs_of(pieces, [-0.25] * len(ids)))
+    g = generation_from_choice(c, tok, eos)
+    assert g.token_ids == ids and g.logprobs == [-0.25] * len(ids) and g.extra["reencoded"]
+    c["logprobs"] = logprobs_of(["x"], [-0.25])  # counts disagree: log-probs unknown
+    g = generation_from_choice(c, tok, eos)
+    assert g.token_ids == ids and all(math.isnan(x) for x in g.logprobs)
+    assert g.extra["logprobs_unaligned"]
+
+
+def test_finish_reasons_from_hand_made_responses(tiny):
+    tok = tiny[1]
+    eos_id = tok.eos_token_id
+    eos = frozenset([eos_id])
+    stop = ("</search>",)
+    toks = ["token_id:10", "token_id:11"]
+    # vLLM: EOS stop with stop_reason None and EOS absent from the ids -> appended
+    g = generation_from_choice(choice(text="ab", finish_reason="stop", stop_reason=None,
+                                      logprobs=logprobs_of(toks, [-1.0, -2.0])), tok, eos, stop)
+    assert g.finish_reason == "eos" and g.token_ids == [10, 11, eos_id]
+    assert g.logprobs == [-1.0, -2.0, 0.0] and g.extra["eos_appended"]
+    # EOS present in the ids: ends there, nothing appended
+    g = generation_from_choice(choice(finish_reason="length", logprobs=logprobs_of(
+        ["token_id:10", f"token_id:{eos_id}", "token_id:12"], [-1.0, -2.0, -3.0])), tok, eos)
+    assert g.finish_reason == "eos" and g.token_ids == [10, eos_id] and g.logprobs == [-1.0, -2.0]
+    # SGLang: matched_stop is the EOS id; plain tokens -> re-encoded, EOS appended
+    g = generation_from_choice(choice(text=" hi", finish_reason="stop", matched_stop=eos_id,
+                                      logprobs=logprobs_of([" hi"], [-0.5])), tok, eos, stop)
+    assert g.finish_reason == "eos" and g.token_ids[-1] == eos_id and g.extra["reencoded"]
+    # a stop string named by the server (vLLM stop_reason / SGLang matched_stop) or found
+    for named in ({"stop_reason": "</search>"}, {"matched_stop": "</search>"}, {}):
+        g = generation_from_choice(choice(text="q </search>", finish_reason="stop", **named,
+                                          logprobs=logprobs_of(toks, [-1.0, -2.0])),
+                                   tok, eos, stop)
+        assert g.finish_reason == "stop" and g.stop_string == "</search>"
+        assert g.token_ids == [10, 11]
+
+
+def test_top_logprobs_sorted_and_consistent(server, tiny):
+    tok = tiny[1]
+    with OpenAIGenerator(server[0], "tiny", tok, top_logprobs=3) as gen:
+        (g,) = gen.generate(prompts(tok, ["The capital of France is"]), [GREEDY])
+    tops = g.extra["top_logprobs"]
+    assert len(tops) == len(g.token_ids)
+    for t, lp, top in zip(g.token_ids, g.logprobs, tops, strict=True):
+        assert len(top) == 3 and all(isinstance(k, int) for k in top)
+        values = list(top.values())
+        assert values == sorted(values, reverse=True) and values[0] <= 0
+        assert next(iter(top)) == t  # greedy: the sampled token is the most likely
+        assert abs(top[t] - lp) < 1e-4
+
+
+def test_seeded_sampling_is_reproducible_and_differs_per_sequence(tiny, gen):
+    p = prompts(tiny[1], ["Once upon a time"])[0]
+    params = [SamplingParams(8, temperature=1.0, seed=7)] * 2
+    first, second = gen.generate([p, p], params)
+    again = gen.generate([p, p], params)
+    assert [first.token_ids, second.token_ids] == [g.token_ids for g in again]
+    assert first.token_ids != second.token_ids
+
+
+def test_payload_fields():
+    body = completion_payload("m", [1, 2], SamplingParams(5, temperature=0, top_p=0.5,
+                                                           stop=("</search>",)), 4, seed=3)
+    assert body["prompt"] == [1, 2] and body["max_tokens"] == 5 and body["temperature"] == 0
+    assert body["top_p"] == 1.0 and body["stop"] == ["</search>"] and body["logprobs"] == 4
+    assert body["seed"] == 3 and body["return_tokens_as_token_ids"]
+    assert body["include_stop_str_in_output"] and body["skip_special_tokens"] is False
+
+
+def test_retries_5xx_then_succeeds(gen, server):
+    _, faults = server
+    faults.plan.extend([503, 503])
+    before = faults.seen
+    (g,) = gen.generate([[1, 2, 3]], [SamplingParams(2, temperature=0)])
+    assert len(g.token_ids) == 2 and faults.seen - before == 3
+
+
+def test_gives_up_after_the_last_attempt(gen, server):
+    _, faults = server
+    faults.plan.extend([503] * 5)
+    with pytest.raises(GenerationError, match="after 3 attempt") as err:
+        gen.generate([[1, 2, 3]], [SamplingParams(2, temperature=0)])
+    assert err.value.attempts == 3 and "injected 503" in str(err.value)
+
+
+def test_4xx_fails_at_once_with_the_message(gen, server):
+    _, faults = server
+    faults.plan.append(400)
+    before = faults.seen
+    with pytest.raises(GenerationRequestError, match="injected 400") as err:
+        gen.generate([[1, 2, 3]], [SamplingParams(2, temperature=0)])
+    assert err.value.status == 400 and faults.seen - before == 1
+    with pytest.raises(GenerationRequestError, match="token ids in"):  # the server's own 400
+        gen.generate([[10**9]], [SamplingParams(2, temperature=0)])
+
+
+def test_connection_refused_is_retried_then_raised(tiny):
+    from conftest import free_port
+
+    with OpenAIGenerator(f"http://127.0.0.1:{free_port()}/v1", "m", tiny[1], retries=1,
+                         backoff=0.01) as gen, pytest.raises(GenerationError, match="ConnectError"):
+        gen.generate([[1]], [SamplingParams(2)])
+
+
+def test_api_key_only_from_the_environment(server, tiny, monkeypatch):
+    url, faults = server
+    monkeypatch.setenv("RESEARCH_TEST_KEY", "sk-secret")
+    with OpenAIGenerator(url, "tiny", tiny[1], api_key_env="RESEARCH_TEST_KEY") as gen:
+        gen.generate([[1, 2]], [SamplingParams(1, temperature=0)])
+        assert faults.authorization == "Bearer sk-secret" and "sk-secret" not in repr(gen)
+
+
+def test_models_and_health(server):
+    url, _ = server
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{url}/v1/models").json()["data"][0]["id"] == "tiny"
+    body = httpx.post(f"{url}/v1/completions", json={"prompt": "Hello", "max_tokens": 3,
+                                                     "temperature": 0, "logprobs": 2}).json()
+    (c,) = body["choices"]
+    assert c["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 3
+    assert len(c["logprobs"]["tokens"]) == len(c["logprobs"]["top_logprobs"]) == 3
+
+
+class ScriptedSearcher:
+    def __init__(self):
+        self.queries: list[str] = []
+
+    def batch_search(self, queries, k):
+        self.queries += queries
+        return [[Hit(f"doc-{i}", f'"Title {i}"\nabout {q}', 1.0) for i in range(k)]
+                for q in queries]
+
+
+def test_full_rollout_through_the_http_backend(tiny, gen):
+    from research import protocol
+
+    model, tok = tiny
+    searcher = ScriptedSearcher()
+    turns = ["<think> look up </think> <search> capital of France </search>",
+             " <answer> \\boxed{Paris} </answer>"]
+    with Force(model, tok, turns):
+        (t,) = run_rollouts(prompts(tok, ["Question: capital of France?"]), gen, searcher, tok,
+                            RolloutConfig(max_response_tokens=256, top_k=2, temperature=0))
+    assert searcher.queries == ["capital of France"]
+    assert t.finish_reason == "eos" and t.num_searches == 1 and t.num_failures == 0
+    assert t.response_ids[-1] == tok.eos_token_id
+    assert len(t.response_ids) == len(t.loss_mask) == len(t.logprobs)
+    assert protocol.extract_answer(t.text) == "Paris"
+    inserted = tok.decode([i for i, m in zip(t.response_ids, t.loss_mask, strict=True) if not m])
+    assert inserted.startswith(f" {protocol.RESULT_START}\n\"Title 0\"")
