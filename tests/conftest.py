@@ -110,6 +110,19 @@ def _cuda() -> bool:
 
 
 @pytest.fixture(scope="session")
+def tiny():
+    """A tiny random Qwen2 model with the real SmolLM2 tokenizer (prepared on first use)."""
+    import torch
+
+    from research.models.tiny import tiny_model
+
+    torch.set_num_threads(1)
+    model, tokenizer = tiny_model(seed=0)
+    model.eval()
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", 500)
 

@@ -13,16 +13,6 @@ from research.rollout.engine import RolloutConfig, run_rollouts
 from research.rollout.generation import SamplingParams
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from research.models.tiny import tiny_model
-
-    torch.set_num_threads(1)
-    model, tokenizer = tiny_model(seed=0)
-    model.eval()
-    return model, tokenizer
-
-
 def prompts(tokenizer, texts):
     return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
 

@@ -29,16 +29,6 @@ from research.rollout.generation import SamplingParams
 GREEDY = SamplingParams(12, temperature=0)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from research.models.tiny import tiny_model
-
-    torch.set_num_threads(1)
-    model, tokenizer = tiny_model(seed=0)
-    model.eval()
-    return model, tokenizer
-
-
 class Faults:
     """Middleware state: statuses to answer before letting requests through; what was seen."""
 

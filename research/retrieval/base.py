@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from research.retrieval.corpus import DocStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +43,23 @@ class Retriever(Protocol):
     def close(self) -> None:
         """Release files and memory maps."""
         ...
+
+
+class StoreBackedRetriever:
+    """The parts every retriever over a :class:`~research.retrieval.corpus.DocStore` shares;
+    subclasses set ``self._store`` and implement ``batch_search``."""
+
+    _store: DocStore
+
+    @property
+    def num_docs(self) -> int:
+        return len(self._store)
+
+    def search(self, query: str, k: int) -> list[Hit]:
+        return self.batch_search([query], k)[0]
+
+    def batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._store.close()

