@@ -1,10 +1,11 @@
 """Rollout benchmark: search rollouts vs plain batched generation vs one sample at a time.
 
-    python benchmarks/rollout.py --model smollm2-135m --prompts 8
+    python benchmarks/rollout.py --model qwen2.5-0.5b --prompts 16
 
 All three sides use the same Hugging Face backend, model, thread count and prompts
-(``squad-open-mini`` dev questions in the chat template), against the real retrieval service
-on loopback:
+(``squad-open-mini`` dev questions in the base template with the worked example, which the
+0.5B model follows; the 135M one never searches, with or without it), against the real
+retrieval service on loopback:
 
 * ``search``: the project's rollout, all sequences of the batch generating together per turn;
 * ``plain``: one batched ``generate`` call producing the same number of model tokens per
@@ -36,7 +37,8 @@ def _setup(args):
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model, args.dtype)
     questions = [q["question"] for q in load_questions("squad-open-mini", "dev")[: args.prompts]]
-    return model, tok, [encode_prompt(tok, q, args.template) for q in questions]
+    return model, tok, [encode_prompt(tok, q, args.template, example=args.example)
+                        for q in questions]
 
 
 def _rollout(gen, client, tok, prompts, config):
@@ -48,12 +50,13 @@ def _rollout(gen, client, tok, prompts, config):
 
 
 def _plain(model, tok, prompts, lengths, seed):
-    """One batched generate of exactly ``lengths[i]`` new tokens per sequence (no EOS stop)."""
+    """One batched generate giving each sequence exactly ``lengths[i]`` new tokens: the same
+    backend, the same per-sequence budgets, no stop string, no search, no early EOS."""
     from research.rollout.backends.hf import HFGenerator
     from research.rollout.generation import SamplingParams
 
     gen = HFGenerator(model, tok)
-    gen.eos_token_ids = frozenset({-1})  # never stop early: same token count as the rollouts
+    gen.eos_token_ids = frozenset({model.config.vocab_size})  # an id never sampled
     params = [SamplingParams(max(1, n), temperature=1.0, seed=seed) for n in lengths]
     t0 = time.perf_counter()
     out = gen.generate(prompts, params)
@@ -62,12 +65,14 @@ def _plain(model, tok, prompts, lengths, seed):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--model", default="qwen2.5-0.5b")
     ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--template", choices=("base", "chat"), default="chat")
+    ap.add_argument("--template", choices=("base", "chat"), default="base")
+    ap.add_argument("--example", action=argparse.BooleanOptionalAction, default=True,
+                    help="worked example in the base prompt, so that small models search")
     ap.add_argument("--max-response-tokens", type=int, default=512)
     ap.add_argument("--max-turns", type=int, default=3)
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/rollout.json")

@@ -90,7 +90,22 @@ SEARCH_FAILURE_TEXT = "search failed"
 SEARCH_FAILURE_TEMPLATE = "search failed: {error}"
 
 
-def base_prompt(question: str, clean: bool = False) -> str:
+# A worked example (the seed's evaluation case, shortened) for small models that do not follow
+# the instruction alone: not part of the original protocol, opt-in with ``example=True``.
+WORKED_EXAMPLE = (
+    "User: Who was the first king of the longest Chinese dynasty?. Assistant: "
+    "<think> I need the longest Chinese dynasty first. </think> "
+    "<search> longest Chinese dynasty </search> <result>\n\"Zhou dynasty\"\n"
+    "The Zhou dynasty lasted longer than any other dynasty in Chinese history.\n</result> "
+    "<think> The Zhou dynasty; now I need its first king. </think> "
+    "<search> first king of the Zhou dynasty </search> <result>\n\"King Wu of Zhou\"\n"
+    "King Wu of Zhou was the first king of the Zhou dynasty.\n</result> "
+    "<think> The first king of the Zhou dynasty was King Wu of Zhou. </think> "
+    r"<answer> The final answer is \[ \boxed{King Wu of Zhou} \] </answer>"
+)
+
+
+def base_prompt(question: str, clean: bool = False, example: bool = False) -> str:
     """The base-model prompt: the instruction, then ``User: {question}. Assistant:``.
 
     The faithful form appends "." even after a "?", as the original code did when it trained
@@ -101,6 +116,9 @@ def base_prompt(question: str, clean: bool = False) -> str:
     True
     >>> base_prompt("Who?", clean=True).endswith("User: Who? Assistant:")
     True
+
+    ``example=True`` puts :data:`WORKED_EXAMPLE` between the instruction and the question
+    (a project option for small models; the original had no example).
     """
     if clean:
         question = question.strip()
@@ -108,7 +126,8 @@ def base_prompt(question: str, clean: bool = False) -> str:
             question += "."
     else:
         question += "."
-    return f"{BASE_INSTRUCTION} User: {question} Assistant:"
+    shot = f" {WORKED_EXAMPLE}\n" if example else " "
+    return f"{BASE_INSTRUCTION}{shot}User: {question} Assistant:"
 
 
 def chat_messages(question: str) -> list[dict[str, str]]:
@@ -124,17 +143,18 @@ def chat_messages(question: str) -> list[dict[str, str]]:
 
 
 def build_prompt(
-    question: str, template: str = "base", clean: bool = False
+    question: str, template: str = "base", clean: bool = False, example: bool = False
 ) -> str | list[dict[str, str]]:
     """The prompt of one question: a string (``"base"``) or chat messages (``"chat"``).
 
-    ``clean`` only affects the base form (the chat form passes the question unchanged).
+    ``clean`` and ``example`` only affect the base form (the chat form passes the question
+    unchanged).
 
     >>> build_prompt("Who?", template="chat")[1]
     {'role': 'user', 'content': 'Who?'}
     """
     if template == "base":
-        return base_prompt(question, clean=clean)
+        return base_prompt(question, clean=clean, example=example)
     if template == "chat":
         return chat_messages(question)
     raise ValueError(f"unknown prompt template {template!r}; valid names: {', '.join(TEMPLATES)}")

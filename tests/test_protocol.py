@@ -306,3 +306,14 @@ def test_last_boxed_only_string(s: str, boxed: str | None) -> None:
 def test_remove_boxed_rejects_non_box_strings(s: str) -> None:
     with pytest.raises(ValueError, match="not a"):
         remove_boxed(s)
+
+
+def test_worked_example_is_opt_in_and_sits_before_the_question():
+    from research.protocol import WORKED_EXAMPLE, base_prompt, build_prompt
+
+    plain = base_prompt("Who?")
+    shot = build_prompt("Who?", example=True)
+    assert WORKED_EXAMPLE not in plain
+    assert shot.startswith(plain.split(" User: Who?")[0])
+    assert shot.endswith(f"{WORKED_EXAMPLE}\nUser: Who?. Assistant:")
+    assert "<search> first king of the Zhou dynasty </search>" in WORKED_EXAMPLE

@@ -75,8 +75,8 @@ def run_inspection(args) -> int:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     items = load_questions(args.data, args.limit)
     model, tokenizer = load_model(args.model, args.dtype)
-    prompts = [encode_prompt(tokenizer, it["question"], args.template) for it in items
-               for _ in range(args.n)]
+    prompts = [encode_prompt(tokenizer, it["question"], args.template, example=args.example)
+               for it in items for _ in range(args.n)]
     config = RolloutConfig(max_response_tokens=args.max_response_tokens, max_turns=args.max_turns,
                            top_k=args.top_k, temperature=args.temperature)
     reward = get_reward_fn(args.reward)
@@ -114,6 +114,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=2, help="questions")
     p.add_argument("--out", default="runs/rollout.jsonl")
     p.add_argument("--template", choices=("base", "chat"), default="base")
+    p.add_argument("--example", action="store_true",
+                   help="put a worked example in the base prompt (small models need it)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-response-tokens", type=int, default=1024)
     p.add_argument("--max-turns", type=int, default=4)
