@@ -135,3 +135,19 @@ def test_colourise_marks_tag_spans():
     coloured = colourise(text)
     assert "\x1b[33mq\x1b[0m" in coloured and "\x1b[32mx\x1b[0m" in coloured
     assert colourise(text, enabled=False) == text
+
+
+def test_finished_sequences_leave_the_batch(tiny):
+    """After a sequence ends, the model runs on the remaining ones only."""
+    model, tok = tiny
+    sizes = []
+    hook = model.register_forward_hook(lambda m, args, kwargs, out: sizes.append(
+        kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        short, long = HFGenerator(model, tok).generate(
+            prompts(tok, ["one", "two"]), [SamplingParams(2, temperature=0),
+                                           SamplingParams(6, temperature=0)])
+    finally:
+        hook.remove()
+    assert (len(short.token_ids), len(long.token_ids)) == (2, 6)
+    assert sizes == [2, 2, 1, 1, 1, 1]  # prefill, step with both, then the long one alone

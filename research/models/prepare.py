@@ -114,7 +114,9 @@ REGISTRY: dict[str, PackagedModel] = {
         PackagedModel(
             name="qwen2.5-0.5b",
             description="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, dequantized), 494M parameters",
-            original="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            # the GGUF's general.name is "Qwen2.5 Coder 0.5B Instruct AWQ": converted from the
+            # AWQ release, then quantized to Q4_K_M
+            original="Qwen/Qwen2.5-Coder-0.5B-Instruct-AWQ",
             licence="Apache-2.0 (Qwen); the packages carry no licence file",
             parts=_QWEN_PARTS,
             gguf_name="Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf",

@@ -1,13 +1,17 @@
-"""Hugging Face ``generate`` backend: batched, KV cache, per-sequence stop strings and budgets.
+"""Hugging Face backend: batched decoding with a KV cache that drops finished sequences.
 
-Log-probabilities are captured during generation by a logits processor that also applies
-temperature and top-p itself (so what it records is the distribution actually sampled from);
-only one ``[B, V]`` array is held at a time. A stopping criterion records, per sequence, the
-step at which a stop string was completed or its own token budget ran out.
+``model.generate`` keeps every row of a batch until the longest one ends, so a batch whose
+lengths differ (search turns always do) spends most steps on padding. This backend runs its
+own decode loop over the model's forward with a ``DynamicCache``: one prefill of the
+left-padded batch, then one token per step for the rows still active; a row that reaches
+EOS, completes a stop string or spends its own budget leaves the batch (and the cache) at
+once. Temperature and top-p are applied here, so the recorded log-probs are those of the
+distribution actually sampled from.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -15,81 +19,58 @@ import torch
 from research.rollout.generation import Generation, SamplingParams, check_batch
 
 
-class _SamplingProcessor:
-    """Applies temperature / top-p and records the log-prob of each sampled token."""
-
-    def __init__(self, temperature: float, top_p: float):
-        self.temperature = temperature if temperature > 0 else 1.0
-        self.top_p = top_p
-        self.prev: torch.Tensor | None = None  # [B, V] log-probs of the previous step
-        self.steps: list[torch.Tensor] = []  # per step: [B] log-prob of the sampled token
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.prev is not None:
-            self.record(input_ids[:, -1])
-        logits = scores.float() / self.temperature
-        if self.top_p < 1.0:
-            logits = _top_p_filter(logits, self.top_p)
-        self.prev = torch.log_softmax(logits, dim=-1)  # [B, V]
-        return self.prev
-
-    def record(self, sampled: torch.Tensor) -> None:
-        self.steps.append(self.prev.gather(1, sampled[:, None]).squeeze(1))
-        self.prev = None
-
-
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches ``top_p``."""
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
     probs = torch.softmax(sorted_logits, dim=-1)
-    drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix reaching top_p
+    drop = probs.cumsum(dim=-1) - probs > top_p
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
 
 
-class _StopTracker:
-    """Marks a sequence done when a stop string completes or its budget is spent."""
+def sampling_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Log-probs of the distribution sampled from (greedy: the model's own). ``[B, V]``."""
+    logits = logits.float() / (temperature if temperature > 0 else 1.0)
+    if top_p < 1.0:
+        logits = _top_p_filter(logits, top_p)
+    return torch.log_softmax(logits, dim=-1)
 
-    def __init__(self, tokenizer, prompt_len: int, params: Sequence[SamplingParams]):
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
-        self.params = params
-        self.stopped_at: list[int | None] = [None] * len(params)  # new-token count at stop
-        self.matched: list[str | None] = [None] * len(params)
-        self.window = 2 + max((len(s) for p in params for s in p.stop), default=0)
 
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        n_new = input_ids.shape[1] - self.prompt_len
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for i, p in enumerate(self.params):
-            if self.stopped_at[i] is not None:
-                done[i] = True
-                continue
-            if p.stop:
-                tail = self.tokenizer.decode(input_ids[i, -min(n_new, self.window):].tolist())
-                hit = next((s for s in p.stop if s in tail), None)
-                if hit is not None:
-                    self.stopped_at[i], self.matched[i] = n_new, hit
-            if self.stopped_at[i] is None and n_new >= p.max_new_tokens:
-                self.stopped_at[i] = n_new
-            done[i] = self.stopped_at[i] is not None
-        return done
+class _Row:
+    """Decoding state of one sequence."""
+
+    __slots__ = ("index", "params", "tokens", "logprobs", "finish", "stop")
+
+    def __init__(self, index: int, params: SamplingParams):
+        self.index, self.params = index, params
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.finish: str | None = None
+        self.stop: str | None = None
+
+    def generation(self) -> Generation:
+        return Generation(self.tokens, self.logprobs, self.finish, self.stop)
 
 
 class HFGenerator:
-    """Generates with a Hugging Face causal LM. Greedy and sampled sequences may not be mixed
-    in one call (one decoding mode per batch)."""
+    """Generates with a Hugging Face causal LM. One call shares temperature and top-p;
+    budgets and stop strings are per sequence."""
 
     def __init__(self, model, tokenizer, max_batch: int | None = None, logits_processors=()):
-        """``logits_processors`` run before sampling (e.g. constrained decoding)."""
+        """``logits_processors``: callables ``(input_ids [B, L], logits [B, V]) -> logits``
+        applied before sampling (e.g. constrained decoding)."""
         self.model = model
-        self.logits_processors = list(logits_processors)
         self.tokenizer = tokenizer
+        self.logits_processors = list(logits_processors)
         eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_token_ids = frozenset(int(e) for e in eos if e is not None)
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids))
         self.max_batch = max_batch
+        # the KV cache argument is `cache` in recent transformers, `past_key_values` before
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]
                  ) -> list[Generation]:
@@ -101,44 +82,74 @@ class HFGenerator:
             out += self._generate_batch(prompts[i : i + step], params[i : i + step])
         return out
 
+    def _check_row(self, row: _Row) -> None:
+        """Set ``row.finish`` if its last token ended it."""
+        p = row.params
+        if row.tokens[-1] in self.eos_token_ids:
+            row.finish = "eos"
+            return
+        if p.stop:
+            window = 2 + max(len(s) for s in p.stop)
+            tail = self.tokenizer.decode(row.tokens[-window:])
+            hit = next((s for s in p.stop if s in tail), None)
+            if hit is not None:
+                row.finish, row.stop = "stop", hit
+                return
+        if len(row.tokens) >= p.max_new_tokens:
+            row.finish = "length"
+
     def _generate_batch(self, prompts, params) -> list[Generation]:
-        modes = {(p.temperature, p.top_p, p.greedy) for p in params}
+        modes = {(p.temperature, p.top_p) for p in params}
         if len(modes) != 1:
             raise ValueError("one batch must share temperature and top_p")
-        temperature, top_p, greedy = modes.pop()
+        temperature, top_p = modes.pop()
+        from transformers import DynamicCache
+
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for row, prompt in enumerate(prompts):  # left padding
-            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
-        sampler = _SamplingProcessor(temperature, top_p)
-        tracker = _StopTracker(self.tokenizer, width, params)
-        seeds = {p.seed for p in params if p.seed is not None}
-        if seeds:
-            torch.manual_seed(min(seeds))
+        for i, prompt in enumerate(prompts):  # left padding
+            ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[i, width - len(prompt):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, W]
+        seeds = [p.seed for p in params if p.seed is not None]
+        rng = torch.Generator(device).manual_seed(seeds[0]) if seeds else None
+        rows = [_Row(i, p) for i, p in enumerate(params)]
+        cache = DynamicCache(config=self.model.config)
+        kv = {self._cache_arg: cache, "use_cache": True}
         with torch.inference_mode():
-            seqs = self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device),
-                max_new_tokens=max(p.max_new_tokens for p in params),
-                do_sample=not greedy, temperature=None, top_p=None, top_k=None,
-                logits_processor=[*self.logits_processors, sampler],
-                stopping_criteria=[tracker],
-                pad_token_id=self.pad_token_id, eos_token_id=sorted(self.eos_token_ids),
-            )
-        sampler.record(seqs[:, -1])
-        logprobs = torch.stack(sampler.steps, dim=1).cpu()  # [B, T]
-        new = seqs[:, width:].cpu()  # [B, T]
-        return [self._one(new[i].tolist(), logprobs[i].tolist(), params[i], tracker, i)
-                for i in range(len(prompts))]
-
-    def _one(self, tokens, logprobs, p: SamplingParams, tracker: _StopTracker, i: int):
-        cut = tracker.stopped_at[i] if tracker.stopped_at[i] is not None else len(tokens)
-        for j, t in enumerate(tokens[:cut]):
-            if t in self.eos_token_ids:
-                return Generation(tokens[: j + 1], logprobs[: j + 1], "eos")
-        if tracker.matched[i] is not None:
-            return Generation(tokens[:cut], logprobs[:cut], "stop", tracker.matched[i])
-        cut = min(cut, p.max_new_tokens)
-        return Generation(tokens[:cut], logprobs[:cut], "length")
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                **kv).logits[:, -1]
+            next_pos = positions[:, -1] + 1  # [B]
+            seqs = ids  # [B, W + t]: full ids of the active rows, for logits processors
+            active = rows
+            while True:
+                for proc in self.logits_processors:
+                    logits = proc(seqs, logits)
+                logp = sampling_logprobs(logits, temperature, top_p)  # [b, V]
+                if temperature == 0:
+                    tok = logp.argmax(-1)
+                else:
+                    tok = torch.multinomial(logp.exp(), 1, generator=rng).squeeze(1)
+                chosen = logp.gather(1, tok[:, None]).squeeze(1)
+                for row, t, lp in zip(active, tok.tolist(), chosen.tolist(), strict=True):
+                    row.tokens.append(t)
+                    row.logprobs.append(lp)
+                    self._check_row(row)
+                keep = [j for j, row in enumerate(active) if row.finish is None]
+                if not keep:
+                    break
+                seqs = torch.cat([seqs, tok[:, None]], dim=1)
+                mask = torch.cat([mask, torch.ones_like(tok)[:, None]], dim=1)
+                if len(keep) < len(active):  # finished rows leave the batch and the cache
+                    index = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(index)
+                    seqs, mask, tok = seqs[index], mask[index], tok[index]
+                    next_pos = next_pos[index]
+                    active = [active[j] for j in keep]
+                logits = self.model(input_ids=tok[:, None], attention_mask=mask,
+                                    position_ids=next_pos[:, None], **kv).logits[:, -1]
+                next_pos = next_pos + 1
+        return [row.generation() for row in rows]
