@@ -151,3 +151,27 @@ def test_finished_sequences_leave_the_batch(tiny):
         hook.remove()
     assert (len(short.token_ids), len(long.token_ids)) == (2, 6)
     assert sizes == [2, 2, 1, 1, 1, 1]  # prefill, step with both, then the long one alone
+
+
+def test_shared_prompt_prefix_is_computed_once_with_identical_results(tiny):
+    """A group sharing a long prefix (an instruction, or GRPO's n samples) is prefilled once;
+    outputs and log-probs equal those of each prompt alone."""
+    model, tok = tiny
+    instruction = "You answer questions with care and search when you need facts. " * 3
+    ps = prompts(tok, [instruction + "Who wrote Hamlet?", instruction + "Capital of Peru?",
+                       instruction + "Who wrote Hamlet?"])
+    sizes = []
+    hook = model.register_forward_hook(lambda m, args, kwargs, out: sizes.append(
+        tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        batch = HFGenerator(model, tok).generate(ps, [SamplingParams(8, temperature=0)] * 3)
+    finally:
+        hook.remove()
+    assert sizes[0][0] == 1 and sizes[0][1] >= 16  # the shared prefix, once
+    assert sizes[1][0] == 3  # then the three suffixes
+    for p, g in zip(ps, batch, strict=True):
+        alone = HFGenerator(model, tok).generate([p], [SamplingParams(8, temperature=0)])[0]
+        assert g.token_ids == alone.token_ids
+        torch.testing.assert_close(torch.tensor(g.logprobs),
+                                   teacher_forced_logprobs(model, p, g.token_ids),
+                                   atol=2e-4, rtol=1e-4)

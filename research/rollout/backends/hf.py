@@ -52,6 +52,15 @@ class _Row:
         return Generation(self.tokens, self.logprobs, self.finish, self.stop)
 
 
+def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the prefix all prompts share, leaving each at least one token of its own."""
+    first = prompts[0]
+    n = min(len(p) for p in prompts) - 1
+    for other in prompts[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return max(n, 0)
+
+
 class HFGenerator:
     """Generates with a Hugging Face causal LM. One call shares temperature and top-p;
     budgets and stop strings are per sequence."""
@@ -98,6 +107,37 @@ class HFGenerator:
         if len(row.tokens) >= p.max_new_tokens:
             row.finish = "length"
 
+    def _prefill(self, prompts, kv, device):
+        """Run the prompts through the model, the prefix they all share only once.
+
+        Returns the last logits ``[B, V]``, the full ids ``[B, L]``, the attention mask
+        ``[B, L]`` (0 on padding, which sits between the shared prefix and each suffix) and
+        the next position of each row ``[B]``.
+        """
+        shared = _common_prefix(prompts)
+        if len(prompts) < 2 or shared < 16:
+            shared = 0
+        if shared:  # one row for the shared prefix, then the cache is repeated for each row
+            prefix = torch.tensor([prompts[0][:shared]], device=device)
+            self.model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None],
+                       **kv)
+            kv[self._cache_arg].batch_repeat_interleave(len(prompts))
+        width = max(len(p) for p in prompts) - shared
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, prompt in enumerate(prompts):  # each suffix left-padded after the prefix
+            suffix = prompt[shared:]
+            ids[i, width - len(suffix):] = torch.tensor(suffix, dtype=torch.long)
+            mask[i, shared + width - len(suffix):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]  # [B, width]
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            **kv).logits[:, -1]
+        prefix_ids = torch.tensor([prompts[0][:shared]] * len(prompts), dtype=torch.long,
+                                  device=device).reshape(len(prompts), shared)
+        return logits, torch.cat([prefix_ids, ids], dim=1), mask, positions[:, -1] + 1
+
     def _generate_batch(self, prompts, params) -> list[Generation]:
         modes = {(p.temperature, p.top_p) for p in params}
         if len(modes) != 1:
@@ -106,24 +146,13 @@ class HFGenerator:
         from transformers import DynamicCache
 
         device = next(self.model.parameters()).device
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, prompt in enumerate(prompts):  # left padding
-            ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            mask[i, width - len(prompt):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, W]
         seeds = [p.seed for p in params if p.seed is not None]
         rng = torch.Generator(device).manual_seed(seeds[0]) if seeds else None
         rows = [_Row(i, p) for i, p in enumerate(params)]
         cache = DynamicCache(config=self.model.config)
         kv = {self._cache_arg: cache, "use_cache": True}
         with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                **kv).logits[:, -1]
-            next_pos = positions[:, -1] + 1  # [B]
-            seqs = ids  # [B, W + t]: full ids of the active rows, for logits processors
+            logits, seqs, mask, next_pos = self._prefill(prompts, kv, device)
             active = rows
             while True:
                 for proc in self.logits_processors:
