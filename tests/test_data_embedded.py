@@ -182,10 +182,16 @@ def test_unknown_names_raise():
 
 
 def test_eval_set_offline_error_names_package(tmp_path: Path, monkeypatch):
-    def unreachable(url, headers):
+    import subprocess
+
+    def unreachable(*args, **kwargs):
         raise OSError("network is unreachable")
 
+    def pip_fails(cmd):
+        raise subprocess.CalledProcessError(1, cmd, stderr="No matching distribution found")
+
     monkeypatch.setattr(sources, "_get", unreachable)
+    monkeypatch.setattr(sources, "_run", pip_fails)
     with pytest.raises(sources.SourceUnavailable, match="pyserini==0.21.0"):
         embedded.load_eval_set("nq", "dev", cache=tmp_path)
 
@@ -195,6 +201,7 @@ def test_cached_eval_set_is_returned_without_network(tmp_path: Path, monkeypatch
     target.parent.mkdir(parents=True)
     target.write_text('{"id": "dev_0", "question": "q", "golden_answers": ["yes"]}\n')
     monkeypatch.setattr(sources, "_get", pytest.fail)
+    monkeypatch.setattr(sources, "_run", pytest.fail)
     assert embedded.load_eval_set("strategyqa", "dev", cache=tmp_path) == target
 
 
