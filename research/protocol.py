@@ -29,6 +29,20 @@ ANSWER_END = "</answer>"
 BOXED = "\\boxed"
 FBOX = "\\fbox"
 
+# The tag and answer-format rules both instructions end with, word for word.
+_FORMAT_RULES = (
+    "The reasoning process and answer are enclosed within <think> </think> and "
+    "<answer> </answer> tags respectively, "
+    "and the search query and result are enclosed within <search> </search> and "
+    "<result> </result> tags respectively. "
+    "For example, <think> This is the reasoning process. </think> "
+    "<search> search query here </search> <result> search result here </result> "
+    "<think> This is the reasoning process. </think> "
+    r"<answer> The final answer is \[ \boxed{answer here} \] </answer>. "
+    r"In the last part of the answer, the final exact answer is enclosed within \boxed{} "
+    "with latex format."
+)
+
 # The instruction of the base-model template, as rendered by ``str.format``. Source:
 # Agent-RL/ReSearch, first version, ``verl/verl/utils/dataset/template.py`` (``qa_template``,
 # commit 12f6cb1), identical to ``re_search_template`` of the paper version
@@ -43,16 +57,7 @@ BASE_INSTRUCTION = (
     "the user with the answer. "
     "During thinking, the assistant can invoke the wikipedia search tool to search for fact "
     "information about specific topics if needed. "
-    "The reasoning process and answer are enclosed within <think> </think> and "
-    "<answer> </answer> tags respectively, "
-    "and the search query and result are enclosed within <search> </search> and "
-    "<result> </result> tags respectively. "
-    "For example, <think> This is the reasoning process. </think> "
-    "<search> search query here </search> <result> search result here </result> "
-    "<think> This is the reasoning process. </think> "
-    r"<answer> The final answer is \[ \boxed{answer here} \] </answer>. "
-    r"In the last part of the answer, the final exact answer is enclosed within \boxed{} "
-    "with latex format."
+    + _FORMAT_RULES
 )
 
 # The system message of the chat variant, as the paper version's code has it (Agent-RL/ReSearch
@@ -67,16 +72,7 @@ CHAT_SYSTEM_PROMPT = (
     "then provide the answer. "
     "During thinking, you can invoke the wikipedia search tool to search for fact information "
     "about specific topics if needed. "
-    "The reasoning process and answer are enclosed within <think> </think> and "
-    "<answer> </answer> tags respectively, "
-    "and the search query and result are enclosed within <search> </search> and "
-    "<result> </result> tags respectively. "
-    "For example, <think> This is the reasoning process. </think> "
-    "<search> search query here </search> <result> search result here </result> "
-    "<think> This is the reasoning process. </think> "
-    r"<answer> The final answer is \[ \boxed{answer here} \] </answer>. "
-    r"In the last part of the answer, the final exact answer is enclosed within \boxed{} "
-    "with latex format."
+    + _FORMAT_RULES
 )
 
 TEMPLATES = ("base", "chat")

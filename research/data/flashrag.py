@@ -24,9 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from research.data.rows import DataFormatError, make_row, sample_indices, write_rows
+from research.data.rows import (
+    DataFormatError,
+    make_row,
+    progress_stream,
+    sample_indices,
+    write_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,16 +120,7 @@ def load_flashrag_jsonl(
     record without ``id`` / ``question`` / ``golden_answers``.
     """
     path = Path(path)
-    with (
-        path.open("rb") as stream,
-        tqdm(
-            total=path.stat().st_size,
-            unit="B",
-            unit_scale=True,
-            desc=f"reading {path.name}",
-            disable=None if progress else True,
-        ) as bar,
-    ):
+    with progress_stream(path, progress) as (stream, bar):
         for number, raw in enumerate(stream, start=1):
             bar.update(len(raw))
             if raw.strip():

@@ -30,7 +30,13 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
-from research.data.rows import DataFormatError, make_row, sample_indices, write_rows
+from research.data.rows import (
+    DataFormatError,
+    make_row,
+    progress_stream,
+    sample_indices,
+    write_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -168,16 +174,7 @@ def iter_json_array(
     the top level is not a list or the JSON is malformed.
     """
     path = Path(path)
-    with (
-        path.open("rb") as stream,
-        tqdm(
-            total=path.stat().st_size,
-            unit="B",
-            unit_scale=True,
-            desc=f"reading {path.name}",
-            disable=None if progress else True,
-        ) as bar,
-    ):
+    with progress_stream(path, progress) as (stream, bar):
         yield from _ArrayReader(stream, path, bar, chunk_chars).elements()
 
 

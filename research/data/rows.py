@@ -42,8 +42,9 @@ import os
 import random
 import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -311,3 +312,16 @@ def sample_indices(total: int, size: int | None, seed: int = 42) -> list[int]:
     order = list(range(total))
     random.Random(seed).shuffle(order)
     return order if size is None else order[:size]
+
+
+@contextmanager
+def progress_stream(path: Path, progress: bool) -> Iterator[tuple[BinaryIO, Any]]:
+    """``(binary stream, tqdm bar counting its bytes)`` for reading a large file."""
+    from tqdm import tqdm
+
+    with (
+        path.open("rb") as stream,
+        tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"reading {path.name}",
+             disable=None if progress else True) as bar,
+    ):
+        yield stream, bar
