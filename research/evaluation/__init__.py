@@ -1,0 +1,1 @@
+"""Evaluation: the ReSearch pipeline and (to come) the RAG baselines, with FlashRAG's metrics."""

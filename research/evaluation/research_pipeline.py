@@ -1,0 +1,63 @@
+"""The ReSearch pipeline: greedy search-interleaved rollouts, the last ``\\boxed{}`` inside
+``<answer>`` as the prediction (empty on over-length or no box), scored with FlashRAG's
+metrics. Used for validation during training and by the evaluation harness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from research import protocol
+from research.metrics import average_metrics, compute_metrics
+from research.rollout.engine import BatchSearcher, RolloutConfig, run_rollouts
+from research.rollout.generation import Generator
+from research.rollout.prompts import encode_prompt
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    template: str = "base"  # base | chat
+    example: bool = False  # the worked example in the base prompt
+    batch_size: int = 16  # questions rolled out together
+
+
+def predict(text: str, finish_reason: str | None) -> str:
+    """The prediction of one response: the boxed answer, empty on over-length or no box."""
+    if finish_reason != "eos":
+        return ""
+    return protocol.extract_answer(text) or ""
+
+
+def evaluate(
+    items: Sequence[dict],
+    generator: Generator,
+    tokenizer,
+    searcher: BatchSearcher,
+    rollout: RolloutConfig,
+    config: PipelineConfig = PipelineConfig(),
+) -> tuple[dict[str, float], list[dict]]:
+    """Greedy rollouts for ``items`` (``{"question", "golden_answers", ...}``).
+
+    Returns the averaged metrics (``em``, ``acc``, ``f1``, ``precision``, ``recall``,
+    ``searches``, ``failures``, ``response_tokens``) and one record per item.
+    """
+    greedy = replace(rollout, temperature=0.0)
+    records = []
+    for start in range(0, len(items), config.batch_size):
+        chunk = items[start : start + config.batch_size]
+        prompts = [encode_prompt(tokenizer, it["question"], config.template,
+                                 example=config.example) for it in chunk]
+        for item, t in zip(chunk, run_rollouts(prompts, generator, searcher, tokenizer, greedy),
+                           strict=True):
+            prediction = predict(t.text, t.finish_reason)
+            records.append({
+                "id": item.get("id"), "question": item["question"],
+                "golden_answers": item["golden_answers"], "prediction": prediction,
+                "finish_reason": t.finish_reason, "searches": t.num_searches,
+                "failures": t.num_failures, "response_tokens": len(t.response_ids),
+                "queries": [turn.query for turn in t.turns], "response": t.text,
+                **compute_metrics(prediction, item["golden_answers"]),
+            })
+    keys = ("em", "acc", "f1", "precision", "recall", "searches", "failures", "response_tokens")
+    return average_metrics([{k: r[k] for k in keys} for r in records]), records
