@@ -34,7 +34,7 @@ class ByQuestion:
             else:
                 question = next(q for q in ANSWERS if f"User: {q}" in text)
                 ids = list(ANSWERS[question].encode())
-                ids += [] if question == "Longest river?" else [EOS]
+                ids += [EOS] if question == "Capital of Peru?" else []
             stop = ids[-1] != EOS and b"</search>" in bytes(ids)
             ids = ids[: p.max_new_tokens]
             reason = "stop" if stop else ("eos" if ids[-1] == EOS else "length")
