@@ -48,7 +48,7 @@ def test_metrics_and_records():
          ("Capital of Peru?", ["Lima"]), ("Longest river?", ["Nile"])])]
     gen = ByQuestion()
     metrics, records = evaluate(items, gen, ByteTokenizer(), FakeSearch(),
-                                RolloutConfig(max_response_tokens=100, temperature=1.0),
+                                RolloutConfig(max_response_tokens=400, top_k=2, temperature=1.0),
                                 PipelineConfig(batch_size=2))
     assert gen.temperatures == {0.0}  # always greedy, whatever the rollout config says
     assert [r["prediction"] for r in records] == ["William Shakespeare", "Lima", ""]
