@@ -1,4 +1,4 @@
-"""The ``research`` command: serve, index, search, data.
+"""The ``research`` command: serve, index, search, quickstart, data, model, rollout, train.
 
 Each subcommand parses its arguments, calls one library function and returns an exit code;
 expected failures (bad config, missing index, malformed corpus) print one clear line to
@@ -167,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     from research.data.commands import register as register_data
     from research.models.commands import register as register_model
     from research.rollout.inspect import register as register_rollout
+    from research.trainers.commands import register as register_train
 
-    for register in (register_data, register_model, register_rollout):
+    for register in (register_data, register_model, register_rollout, register_train):
         register(sub)
     return parser
 

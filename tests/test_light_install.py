@@ -12,7 +12,8 @@ LIGHT_MODULES = [
     "research.serving.app", "research.serving.config", "research.serving.loading",
     "research.rollout.engine", "research.rollout.generation", "research.rollout.backends.vllm",
     "research.rollout.backends.openai_http", "research.serving.model_server",
-    "research.trainers", "research.trainers.trl_settings",
+    "research.trainers", "research.trainers.trl_settings", "research.trainers.config",
+    "research.trainers.commands",
 ]
 HEAVY = ["torch", "transformers", "sentence_transformers", "faiss", "vllm", "trl", "verl",
          "wandb"]

@@ -1,0 +1,392 @@
+"""The training config: one YAML tree of dataclasses, ``key=value`` overrides, checked early.
+
+::
+
+    model:     path, dtype, gradient_checkpointing
+    data:      train, train_split, train_limit, dev, dev_split, dev_limit
+    retrieval: search_url (or a service started on `corpus`), corpus, timeout, retries
+    rollout:   template, example, clean, max_response_tokens, max_turns, top_k, ...
+    reward:    name (v1 | f1)
+    grpo:      prompts_per_step, num_generations, per_device_batch, learning_rate, beta, ...
+    run:       output_dir, max_steps, save_steps, eval_steps, seed, torch_threads, wandb, ...
+
+:func:`load_config` reads a YAML file (any subset of the tree; the rest keeps the defaults
+below), applies overrides such as ``grpo.num_generations=4`` (values parsed as YAML scalars:
+``null``, ``true``, ``1e-6``) and validates the result; every problem raises
+:class:`ConfigError` with the fix. :func:`describe` lists every key with its default and help.
+Nothing here imports torch or TRL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run; the message says how to fix it."""
+
+
+def _f(default: Any, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class ModelConfig:
+    path: str = _f("smollm2-135m", "packaged model name (smollm2-135m, qwen2.5-0.5b) or a "
+                   "local Hugging Face folder")
+    dtype: str = _f("float32", "weights' dtype when loaded", ("float32", "bfloat16", "auto"))
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass "
+                                      "(less memory, slower)")
+
+
+@dataclass
+class DataConfig:
+    train: str = _f("squad-open-mini", "training questions: an embedded set's name, a rows "
+                    ".parquet file or a FlashRAG .jsonl file")
+    train_split: str = _f("train", "split of an embedded set")
+    train_limit: int | None = _f(None, "use only the first N training questions (null: all)")
+    dev: str | None = _f("squad-open-mini", "validation questions (same forms as `train`; "
+                         "null: no validation)")
+    dev_split: str = _f("dev", "split of an embedded set")
+    dev_limit: int = _f(32, "validation questions (the first N)")
+
+
+@dataclass
+class RetrievalConfig:
+    search_url: str | None = _f(None, "URL of a running retrieval service (null: start one on "
+                                "loopback over `corpus` for the run)")
+    corpus: str = _f("squad-open-mini", "embedded corpus for the service started when "
+                     "search_url is null")
+    timeout: float = _f(30.0, "seconds per search request")
+    retries: int = _f(3, "retries of a failed search request")
+
+
+@dataclass
+class RolloutSection:
+    template: str = _f("base", "prompt template: base (plain text) or chat (tokenizer's chat "
+                       "template)", ("base", "chat"))
+    example: bool = _f(True, "put the worked example in the base prompt (small models need it "
+                       "to search)")
+    clean: bool = _f(False, "the cleaned base prompt instead of the original's wording")
+    max_response_tokens: int = _f(8192, "response budget, inserted results included")
+    max_turns: int | None = _f(None, "most searches per response (null: no cap, as the "
+                               "original)")
+    top_k: int = _f(5, "documents per search")
+    max_result_tokens: int | None = _f(None, "cap on one inserted result's tokens (null: none)")
+    temperature: float = _f(1.0, "sampling temperature (TRL scores log-probs at it too)")
+    top_p: float = _f(1.0, "nucleus sampling")
+    mask_results: bool = _f(True, "inserted results out of the loss (false: the first "
+                            "version's bug)")
+    max_batch: int | None = _f(None, "most sequences the Hugging Face backend decodes at once "
+                               "(null: all)")
+
+
+@dataclass
+class RewardConfig:
+    name: str = _f("v1", "v1: the first version's exact match; f1: the paper's token F1",
+                   ("v1", "em", "f1"))
+
+
+@dataclass
+class GRPOSection:
+    prompts_per_step: int = _f(256, "questions per optimiser step")
+    num_generations: int = _f(5, "responses per question (the group size n)")
+    per_device_batch: int = _f(10, "trajectories per forward/backward micro-batch on each "
+                               "process")
+    learning_rate: float = _f(1e-6, "AdamW learning rate (constant)")
+    beta: float = _f(0.001, "KL coefficient (k3 to the frozen reference; 0: no reference)")
+    clip: float = _f(0.2, "PPO ratio clip")
+    entropy_coef: float = _f(0.001, "entropy bonus coefficient")
+    loss_type: str = _f("dapo", "dapo: one token mean per step (the protocol); bnpo: per "
+                        "micro-batch (the first version's verl)", ("dapo", "bnpo", "grpo"))
+    epochs: int = _f(10, "passes over the training questions (when run.max_steps is -1)")
+    bf16: bool = _f(False, "bf16 mixed precision (GPUs; on CPU keep false)")
+    use_vllm: bool = _f(False, "roll out with TRL's colocated vLLM engine (GPU only)")
+    vllm_tensor_parallel_size: int = _f(1, "vLLM tensor parallelism")
+    vllm_gpu_memory_utilization: float = _f(0.6, "share of GPU memory vLLM may take")
+    trl: dict = field(default_factory=dict, metadata={
+        "help": "any other trl.GRPOConfig option, passed as is (e.g. {logging_nan_inf_filter: "
+                "false})", "choices": None})
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = _f("runs/train", "run directory: checkpoints, metrics.jsonl, "
+                         "rollouts.jsonl, validation.jsonl")
+    max_steps: int = _f(-1, "optimiser steps (-1: grpo.epochs over the data)")
+    save_steps: int = _f(10, "checkpoint every N steps")
+    save_total_limit: int | None = _f(None, "keep only the last N checkpoints (null: all)")
+    eval_steps: int = _f(10, "greedy validation every N steps and before training (0: off)")
+    logging_steps: int = _f(1, "metrics every N steps")
+    rollout_samples: int = _f(4, "trajectories per step written to rollouts.jsonl")
+    seed: int = _f(42, "random seed")
+    torch_threads: int | None = _f(None, "torch CPU threads (null: every core)")
+    wandb: str = _f("off", "wandb logging; the key only from WANDB_API_KEY",
+                    ("off", "offline", "online"))
+    wandb_project: str = _f("research", "wandb project")
+    resume: bool = _f(False, "continue from the last checkpoint in output_dir")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def rollout_config(self):
+        """The rollout engine's :class:`~research.rollout.engine.RolloutConfig`."""
+        from research.rollout.engine import RolloutConfig
+
+        r = self.rollout
+        return RolloutConfig(max_response_tokens=r.max_response_tokens, max_turns=r.max_turns,
+                             top_k=r.top_k, max_result_tokens=r.max_result_tokens,
+                             temperature=r.temperature, top_p=r.top_p,
+                             mask_results=r.mask_results)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _section_types() -> dict[str, type]:
+    return typing.get_type_hints(TrainConfig)
+
+
+# --- building from a tree -----------------------------------------------------------------------
+
+
+def _coerce(value: Any, base: type, choices: tuple | None) -> Any:
+    """YAML 1.1 quirks: ``1e-6`` is read as a string, ``off`` as False."""
+    if base is float and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    if base is str and isinstance(value, bool) and choices and "off" in choices:
+        return "on" if value else "off"
+    return value
+
+
+def _check_value(key: str, value: Any, hint: Any, choices: tuple | None) -> Any:
+    """``value`` for a field of type ``hint``, or a ConfigError naming the expected type."""
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    value = _coerce(value, base, choices)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} cannot be null: give a {base.__name__}")
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, int | float) and not isinstance(value, bool),
+          str: isinstance(value, str),
+          dict: isinstance(value, dict)}[base]
+    if not ok:
+        article = "an" if base.__name__[0] in "aeiou" else "a"
+        raise ConfigError(f"{key} must be {article} {base.__name__}"
+                          f"{' or null' if optional else ''}, "
+                          f"got {value!r} ({type(value).__name__})")
+    if choices and value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return float(value) if base is float else value
+
+
+def _build_section(name: str, cls: type, values: Any):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name} must be a mapping of keys (e.g. {name}: {{...}}), got "
+                          f"{values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {name}.{unknown[0]}; valid keys of {name}: "
+                          f"{', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _check_value(f"{name}.{k}", v, hints[k], fields[k].metadata.get("choices"))
+              for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def from_dict(tree: dict | None) -> TrainConfig:
+    """A validated :class:`TrainConfig` from a (partial) nested mapping."""
+    tree = tree or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"a training config is a mapping of sections ({', '.join(SECTIONS)}), "
+                          f"got {type(tree).__name__}")
+    unknown = sorted(set(tree) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section {unknown[0]!r}; valid sections: "
+                          f"{', '.join(SECTIONS)}")
+    types_ = _section_types()
+    config = TrainConfig(**{name: _build_section(name, types_[name], values or {})
+                            for name, values in tree.items()})
+    validate(config)
+    return config
+
+
+def apply_override(tree: dict, item: str) -> None:
+    """Apply one ``section.key=value`` override to ``tree`` (value parsed as a YAML scalar)."""
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"override {item!r} is not section.key=value (e.g. "
+                          f"grpo.num_generations=4); sections: {', '.join(SECTIONS)}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc}); "
+                          "quote it") from None
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def read_tree(path: str | os.PathLike | None) -> dict:
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        named = sorted(p.stem for p in config_dir().glob("*.yaml")) if config_dir().is_dir() else []
+        raise ConfigError(f"config file {path} not found; the named configs are in "
+                          f"{config_dir()}: {', '.join(named) or 'none'}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return tree or {}
+
+
+def config_dir() -> Path:
+    """``training/configs`` of the checkout."""
+    return Path(__file__).resolve().parents[2] / "training" / "configs"
+
+
+def resolve_config_path(name: str | os.PathLike) -> Path:
+    """A path, or a named config (``cpu-small``, ``original``) in ``training/configs``."""
+    path = Path(name)
+    named = config_dir() / f"{name}.yaml"
+    return named if not path.exists() and named.is_file() else path
+
+
+def load_config(path: str | os.PathLike | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The config of ``path`` (a YAML file or a named config) with ``overrides`` applied."""
+    tree = read_tree(None if path is None else resolve_config_path(path))
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a training config is a mapping of sections "
+                          f"({', '.join(SECTIONS)})")
+    for item in overrides:
+        apply_override(tree, item)
+    return from_dict(tree)
+
+
+# --- cross-field checks -------------------------------------------------------------------------
+
+
+def world_size() -> int:
+    """Processes of this launch (``WORLD_SIZE`` from accelerate / torchrun; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _positive(config: TrainConfig) -> None:
+    for key in ("grpo.prompts_per_step", "grpo.num_generations", "grpo.per_device_batch",
+                "grpo.epochs", "rollout.max_response_tokens", "rollout.top_k",
+                "run.save_steps", "run.logging_steps", "data.dev_limit"):
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) < 1:
+            raise ConfigError(f"{key} must be >= 1")
+    for key in ("data.train_limit", "rollout.max_turns", "rollout.max_result_tokens",
+                "run.torch_threads", "run.save_total_limit"):
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is not None and value < (0 if name == "max_turns" else 1):
+            raise ConfigError(f"{key} must be >= {0 if name == 'max_turns' else 1} or null")
+
+
+def validate(config: TrainConfig) -> None:
+    """Checks across fields; each message says the fix."""
+    _positive(config)
+    g, r, run = config.grpo, config.rollout, config.run
+    if g.num_generations < 2:
+        raise ConfigError("grpo.num_generations must be >= 2: GRPO compares the responses of "
+                          "one question (the protocol uses 5)")
+    trajectories = g.prompts_per_step * g.num_generations
+    per_micro = g.per_device_batch * world_size()
+    if trajectories % per_micro:
+        divisors = [d for d in range(1, trajectories + 1) if trajectories % d == 0]
+        raise ConfigError(
+            f"grpo.prompts_per_step x grpo.num_generations = {g.prompts_per_step} x "
+            f"{g.num_generations} = {trajectories} trajectories per step is not divisible by "
+            f"grpo.per_device_batch x processes = {g.per_device_batch} x {world_size()}: set "
+            f"grpo.per_device_batch to a divisor of {trajectories // world_size()} (e.g. "
+            f"{', '.join(map(str, divisors[:8]))})")
+    if r.temperature <= 0:
+        raise ConfigError("rollout.temperature must be > 0 for training (GRPO needs samples "
+                          "that differ; greedy is used for validation only)")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError("rollout.top_p must be in (0, 1]")
+    if g.learning_rate <= 0 or g.beta < 0 or g.clip <= 0 or g.entropy_coef < 0:
+        raise ConfigError("grpo.learning_rate and grpo.clip must be > 0, grpo.beta and "
+                          "grpo.entropy_coef >= 0")
+    if run.max_steps == 0 or run.max_steps < -1:
+        raise ConfigError("run.max_steps must be >= 1, or -1 to train grpo.epochs epochs")
+    if run.eval_steps < 0 or run.rollout_samples < 0:
+        raise ConfigError("run.eval_steps and run.rollout_samples must be >= 0 (0: off)")
+    if run.eval_steps and config.data.dev is None:
+        raise ConfigError("run.eval_steps > 0 needs validation questions: set data.dev, or "
+                          "run.eval_steps=0 to train without validation")
+    _check_trl_keys(g.trl)
+
+
+_OWNED = {
+    "output_dir": "run.output_dir", "num_generations": "grpo.num_generations",
+    "learning_rate": "grpo.learning_rate", "beta": "grpo.beta", "epsilon": "grpo.clip",
+    "epsilon_high": "grpo.clip", "entropy_coef": "grpo.entropy_coef",
+    "loss_type": "grpo.loss_type", "per_device_train_batch_size": "grpo.per_device_batch",
+    "gradient_accumulation_steps": "grpo.prompts_per_step", "max_steps": "run.max_steps",
+    "save_steps": "run.save_steps", "seed": "run.seed", "temperature": "rollout.temperature",
+    "top_p": "rollout.top_p", "max_completion_length": "rollout.max_response_tokens",
+    "bf16": "grpo.bf16", "use_vllm": "grpo.use_vllm", "report_to": "run.wandb",
+    "num_train_epochs": "grpo.epochs", "gradient_checkpointing": "model.gradient_checkpointing",
+}
+
+
+def _check_trl_keys(extra: dict) -> None:
+    for key in extra:
+        if key in _OWNED:
+            raise ConfigError(f"grpo.trl.{key} is set by {_OWNED[key]}: set that key instead")
+
+
+# --- help ---------------------------------------------------------------------------------------
+
+
+def describe() -> str:
+    """Every key with its default and help, one per line (``research train --keys``)."""
+    lines = []
+    types_ = _section_types()
+    for name in SECTIONS:
+        lines.append(f"{name}:")
+        for f in dataclasses.fields(types_[name]):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            choices = f.metadata.get("choices")
+            extra = f" [{' | '.join(choices)}]" if choices else ""
+            value = yaml.safe_dump(default, default_flow_style=True).strip()
+            value = value.removesuffix("...").strip()
+            lines.append(f"  {f.name}: {value}  # {f.metadata['help']}{extra}")
+    return "\n".join(lines)

@@ -1,0 +1,266 @@
+"""The TRL engine end to end: real GRPO steps of the tiny model through TRL's GRPOTrainer with
+the project's rollout, reward and the real retrieval service on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("trl", reason="the TRL engine is optional: pip install trl==1.16.0")
+
+from conftest import REPO, token  # noqa: E402
+
+from research.rollout.engine import Trajectory, Turn  # noqa: E402
+from research.trainers.config import ConfigError, load_config  # noqa: E402
+from research.trainers.trl_engine import (  # noqa: E402
+    ReSearchReward,
+    StepSamples,
+    check_resume,
+    prepared_run,
+    to_trl_output,
+    train,
+)
+
+pytestmark = pytest.mark.filterwarnings(  # TRL 1.16.0's config sets a renamed Trainer option
+    "ignore:.*gradient_checkpointing` is deprecated:FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    from research.models.prepare import ModelError
+    from research.models.tiny import save_tiny_model
+
+    try:
+        return save_tiny_model(tmp_path_factory.mktemp("tiny"))
+    except ModelError as exc:
+        pytest.skip(f"cannot prepare the tiny model's tokenizer offline here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def questions(tmp_path_factory) -> Path:
+    """Four FlashRAG questions; the answer of each is "alpha"."""
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {token(i)}?",
+                                        "golden_answers": ["alpha"]}) + "\n" for i in range(4)))
+    return path
+
+
+def small(tiny_path, questions, service_url, out, *extra):
+    """2 questions x 2 responses per step, short budgets, one thread."""
+    return load_config(None, [
+        f"model.path={tiny_path}", f"data.train={questions}", "data.dev=null",
+        f"retrieval.search_url={service_url}", "rollout.max_response_tokens=16",
+        "rollout.max_turns=1", "rollout.top_k=1", "rollout.max_result_tokens=12",
+        "rollout.example=false", "reward.name=f1", "grpo.prompts_per_step=2",
+        "grpo.num_generations=2", "grpo.per_device_batch=2", "grpo.learning_rate=1e-3",
+        "run.eval_steps=0", "run.max_steps=2", "run.save_steps=100", "run.torch_threads=1",
+        f"run.output_dir={out}", *extra])
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class ForceSearch:
+    """Makes every row search ``token(3)`` and then answer; row i answers "alpha" (correct)
+    when i is even, "beta" otherwise, so each group of two has a reward spread."""
+
+    def __init__(self, tokenizer):
+        enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        self.search = enc(f"<think> look </think> <search> {token(3)} </search>")
+        self.answers = [enc(f" <answer> \\boxed{{{w}}} </answer>") for w in ("alpha", "beta")]
+        assert len(self.answers[0]) == len(self.answers[1])  # rows stay in lockstep
+        self.eos = tokenizer.eos_token_id
+        self.turn, self.pos, self.expected_width = -1, 0, None
+
+    def __call__(self, input_ids, scores):  # [B, L], [B, V]
+        width = input_ids.shape[1]
+        if width != self.expected_width:  # a new generate call: the next turn
+            self.turn, self.pos = self.turn + 1, 0
+        self.expected_width = width + 1
+        out = torch.full_like(scores, -1e9)
+        for row in range(scores.shape[0]):
+            plan = self.search if self.turn == 0 else self.answers[row % 2]
+            out[row, plan[self.pos] if self.pos < len(plan) else self.eos] = 0.0
+        self.pos += 1
+        return out
+
+
+# --- pieces -----------------------------------------------------------------------------------
+
+
+def test_trajectories_become_trls_rollout_output():
+    t = Trajectory(index=0, prompt_ids=[1, 2], response_ids=[5, 6, 7, 8, 9],
+                   loss_mask=[1, 0, 0, 1, 1], logprobs=[-0.5, 0.0, 0.0, -1.0, -0.1],
+                   finish_reason="eos", turns=[Turn("q", ["d1"], 0.01, None, 2)])
+    out = to_trl_output([t])
+    assert out["prompt_ids"] == [[1, 2]] and out["completion_ids"] == [[5, 6, 7, 8, 9]]
+    assert out["env_mask"] == [[1, 0, 0, 1, 1]] and out["logprobs"][0][1] == 0.0
+    assert (out["ended_with_eos"], out["num_searches"], out["num_failures"]) == ([True], [1], [0])
+
+
+def test_reward_uses_the_response_and_golden_answers_and_logs_reasons():
+    samples = StepSamples(records=[{}, {}, {}])
+    logged = {}
+    reward = ReSearchReward("v1", samples)
+    ok = "<think> t </think> <answer> \\boxed{Paris} </answer>"
+    scores = reward(prompts=["q"] * 3, completions=[ok, ok, "no tags"],
+                    golden_answers=[["paris"], ["Lyon"], ["paris"]],
+                    ended_with_eos=[True, True, True], num_searches=[1, 0, 2],
+                    log_metric=logged.__setitem__, trainer_state=None)
+    assert scores == [1.0, 0.1, 0.0]
+    assert samples.reasons == {"correct": 1, "wrong answer": 1, "bad format: no think tags": 1}
+    assert samples.records[0] == {"reward": 1.0, "reason": "correct"}
+    assert logged == {"accuracy": pytest.approx(1 / 3), "searches_per_answer": 1.0}
+    assert reward.__name__ == "reward_v1"
+
+
+def test_resume_needs_a_checkpoint_and_a_fresh_run_refuses_one(tmp_path):
+    config = load_config(None, [f"run.output_dir={tmp_path}", "run.resume=true"])
+    with pytest.raises(ConfigError, match="nothing to resume.*without --resume"):
+        check_resume(config)
+    (tmp_path / "checkpoint-3").mkdir()
+    assert check_resume(config) == tmp_path / "checkpoint-3"
+    with pytest.raises(ConfigError, match="pass --resume"):
+        check_resume(load_config(None, [f"run.output_dir={tmp_path}"]))
+
+
+# --- real training ----------------------------------------------------------------------------
+
+
+def test_two_grpo_steps_through_trl_with_the_real_service(tiny_path, questions, service_url,
+                                                           tmp_path):
+    before = weights(tiny_path)
+    out = train(small(tiny_path, questions, service_url, tmp_path / "run",
+                      f"data.dev={questions}", "data.dev_limit=2", "run.eval_steps=1"))
+    after = weights(out / "final")
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter changed"
+    steps = [m for m in jsonl(out / "metrics.jsonl") if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in steps)
+    assert all(m["step_time"] > 0 and sum(m["reasons"].values()) == 4 for m in steps)
+    assert {"reward", "accuracy", "searches_per_answer"} <= set(steps[0])
+    rollouts = jsonl(out / "rollouts.jsonl")
+    assert {r["step"] for r in rollouts} == {1, 2}
+    assert all({"question", "response_ids", "loss_mask", "reward", "reason"} <= set(r)
+               for r in rollouts)
+    validation = jsonl(out / "validation.jsonl")  # greedy, before training and every step
+    assert [v["step"] for v in validation] == [0, 1, 2]
+    assert all(v["questions"] == 2 and 0 <= v["reward"] <= 1 for v in validation)
+
+
+def test_forced_searches_are_masked_and_carry_no_gradient(tiny_path, questions, service_url,
+                                                          tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_path)
+    config = small(tiny_path, questions, service_url, tmp_path / "run",
+                   "rollout.max_response_tokens=96")
+    with prepared_run(config, lambda: [ForceSearch(tokenizer)]) as run:
+        trainer = run.trainer
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 1
+        batch = next(iter(trainer.get_train_dataloader()))
+        out = trainer._generate_and_score_completions(batch)
+        mask = out["completion_mask"] * out["tool_mask"]  # [B, T]: the loss mask
+        inserted = torch.zeros_like(mask, dtype=torch.bool)  # [B, T], from the trajectories
+        for row, record in enumerate(run.samples.records):
+            inserted[row, : len(record["inserted"])] = torch.tensor(record["inserted"])
+        assert inserted.sum(1).min() > 0, "every row searched and got a result inserted"
+        assert torch.equal(mask.bool(), out["completion_mask"].bool() & ~inserted)
+        text = tokenizer.decode(out["completion_ids"][0][inserted[0]])
+        assert text.startswith(" <result>\n") and text.endswith("</result>")
+        assert run.samples.records[0]["turns"][0]["doc_ids"] == ["doc-3"]
+        assert sorted(run.samples.reasons.elements()) == ["correct", "correct",
+                                                          "wrong answer", "wrong answer"]
+        assert (out["advantages"] != 0).all()
+
+        kept = {}
+        forward = trainer._get_per_token_logps_and_entropies
+
+        def keep_logps(*args, **kwargs):  # the real forward; keep the log-probs' gradient
+            logps, entropies, *rest = forward(*args, **kwargs)
+            logps.retain_grad()
+            kept["logps"] = logps
+            return logps, entropies, *rest
+
+        trainer._get_per_token_logps_and_entropies = keep_logps
+        trainer._compute_loss(trainer.model, dict(out)).backward()
+        grad = kept["logps"].grad  # [B, T]
+        assert (grad[inserted] == 0).all(), "inserted result tokens contribute no gradient"
+        assert (grad[mask == 1] != 0).any()
+        del trainer._get_per_token_logps_and_entropies
+
+        before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        trainer.train()
+        changed = [k for k, v in trainer.model.state_dict().items()
+                   if not torch.equal(before[k], v)]
+        assert changed
+    steps = [m for m in jsonl(run.out / "metrics.jsonl") if "loss" in m]
+    assert [m["reasons"] for m in steps] == [{"correct": 2, "wrong answer": 2}] * 2
+    assert all(m["searches_per_answer"] == 1.0 for m in steps)
+
+
+def test_resume_continues_the_same_run(tiny_path, questions, service_url, tmp_path):
+    out = tmp_path / "run"
+    train(small(tiny_path, questions, service_url, out, "run.save_steps=1"))
+    assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-1", "checkpoint-2"}
+    train(small(tiny_path, questions, service_url, out, "run.save_steps=1", "run.max_steps=3",
+                "run.resume=true"))
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    steps = [m["step"] for m in jsonl(out / "metrics.jsonl") if "loss" in m]
+    assert steps == [1, 2, 3], "the metrics continue rather than restart"
+    assert sorted({r["step"] for r in jsonl(out / "rollouts.jsonl")}) == [1, 2, 3]
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+
+def _train_command(*argv: str) -> tuple[int, str, str]:
+    code = ("import argparse, sys\n"
+            "from research.trainers.commands import register\n"
+            "p = argparse.ArgumentParser(prog='research'); sub = p.add_subparsers()\n"
+            "register(sub); args = p.parse_args(sys.argv[1:]); sys.exit(args.func(args))\n")
+    r = subprocess.run([sys.executable, "-c", code, "train", *argv], capture_output=True,
+                       text=True, cwd=REPO, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_train_command_bad_config_is_one_line_and_exit_2(tmp_path):
+    rc, _, err = _train_command("grpo.num_generations=3", "grpo.per_device_batch=5")
+    assert rc == 2 and err.count("\n") == 1 and "grpo.per_device_batch to a divisor" in err
+    rc, _, err = _train_command("--resume", f"run.output_dir={tmp_path}")
+    assert rc == 2 and "nothing to resume" in err
+    rc, out, _ = _train_command("--keys")
+    assert rc == 0 and "grpo:" in out and "num_generations: 5" in out
+
+
+def test_run_sh_maps_the_original_flags_and_refuses_verl():
+    run = lambda *a: subprocess.run(["bash", str(REPO / "training" / "run.sh"), *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=30)
+    r = run("--dry-run", "--config", "original", "--actor_model_path", "/m", "--search_url",
+            "http://h:1", "--train_data_path", "t.parquet", "--dev_data_path", "d.parquet",
+            "--save_path", "/o", "run.max_steps=3")
+    assert r.returncode == 0
+    assert r.stdout.split()[1:] == [
+        "-m", "research.cli", "train", "--config", "original", "model.path=/m",
+        "retrieval.search_url=http://h:1", "data.train=t.parquet", "data.dev=d.parquet",
+        "run.output_dir=/o", "run.max_steps=3"]
+    r = run("--engine", "verl")
+    assert r.returncode == 2 and "verl engine is not available yet" in r.stderr
+    r = run("--wandb_api_key", "secret")
+    assert r.returncode == 2 and "WANDB_API_KEY" in r.stderr
