@@ -19,6 +19,7 @@ from research.rollout.prompts import encode_prompt
 class PipelineConfig:
     template: str = "base"  # base | chat
     example: bool = False  # the worked example in the base prompt
+    clean: bool = False  # the clean base form (no "." after a question mark)
     batch_size: int = 16  # questions rolled out together
 
 
@@ -47,14 +48,15 @@ def evaluate(
     for start in range(0, len(items), config.batch_size):
         chunk = items[start : start + config.batch_size]
         prompts = [encode_prompt(tokenizer, it["question"], config.template,
-                                 example=config.example) for it in chunk]
+                                 clean=config.clean, example=config.example) for it in chunk]
         for item, t in zip(chunk, run_rollouts(prompts, generator, searcher, tokenizer, greedy),
                            strict=True):
             prediction = predict(t.text, t.finish_reason)
             records.append({
                 "id": item.get("id"), "question": item["question"],
                 "golden_answers": item["golden_answers"], "prediction": prediction,
-                "finish_reason": t.finish_reason, "searches": t.num_searches,
+                "finish_reason": t.finish_reason, "ended_with_eos": t.ended_with_eos,
+                "searches": t.num_searches,
                 "failures": t.num_failures, "response_tokens": len(t.response_ids),
                 "queries": [turn.query for turn in t.turns], "response": t.text,
                 **compute_metrics(prediction, item["golden_answers"]),

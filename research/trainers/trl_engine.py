@@ -294,21 +294,24 @@ class ValidationCallback(TrainerCallback):
             json.loads(line).get("step") == step for line in self.path.read_text().splitlines())
 
     def validate(self, state) -> dict:
-        from research.rollout.engine import run_rollouts
+        """The ReSearch pipeline (greedy) on the dev items: FlashRAG metrics and the reward."""
+        from research.evaluation.research_pipeline import PipelineConfig, evaluate
 
-        trainer = self.trainer
-        ids = [self.rollout.encode(it["question"]) for it in self.items]
-        with self.rollout.generator(trainer) as generator:
-            trajectories = run_rollouts(ids, generator, self.rollout.searcher,
-                                        self.rollout.tokenizer, self.greedy)
-        results = [self.reward_fn(t.text, it["golden_answers"], ended_with_eos=t.ended_with_eos)
-                   for t, it in zip(trajectories, self.items, strict=True)]
+        r = self.rollout.rollout
+        pipeline = PipelineConfig(template=r.template, example=r.example, clean=r.clean,
+                                  batch_size=max(1, len(self.items)))
+        with self.rollout.generator(self.trainer) as generator:
+            metrics, records = evaluate(self.items, generator, self.rollout.tokenizer,
+                                        self.rollout.searcher, self.greedy, pipeline)
+        results = [self.reward_fn(rec["response"], rec["golden_answers"],
+                                  ended_with_eos=rec["ended_with_eos"]) for rec in records]
         n = len(results)
         record = {"step": state.global_step, "questions": n,
-                  "reward": sum(r.score for r in results) / n,
-                  "accuracy": sum(r.reason == "correct" for r in results) / n,
-                  "searches_per_answer": sum(t.num_searches for t in trajectories) / n,
-                  "response_length": sum(len(t.response_ids) for t in trajectories) / n}
+                  "reward": sum(x.score for x in results) / n,
+                  "accuracy": sum(x.reason == "correct" for x in results) / n,
+                  "searches_per_answer": metrics["searches"],
+                  "response_length": metrics["response_tokens"],
+                  **{k: metrics[k] for k in ("em", "acc", "f1")}}
         if state.is_world_process_zero:
             _append_jsonl(self.path, record)
         logger.info("validation at step %d: %s", state.global_step, record)
