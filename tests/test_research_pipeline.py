@@ -67,3 +67,18 @@ def test_metrics_and_records():
 ])
 def test_prediction_rule(text, finish, expected):
     assert predict(text, finish) == expected
+
+
+def test_validation_plot(tmp_path):
+    import json
+
+    pytest.importorskip("matplotlib")
+    from research.trainers.plot import plot_validation
+
+    assert plot_validation(tmp_path) is None  # nothing to draw yet
+    rows = [{"step": s, "reward": 0.1 * s, "em": 0.05 * s, "f1": 0.08 * s,
+             "response_length": 100 + 10 * s} for s in (0, 5, 10)]
+    (tmp_path / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = plot_validation(tmp_path)
+    assert png == tmp_path / "validation.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

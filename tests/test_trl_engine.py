@@ -160,6 +160,8 @@ def test_two_grpo_steps_through_trl_with_the_real_service(tiny_path, questions, 
     validation = jsonl(out / "validation.jsonl")  # greedy, before training and every step
     assert [v["step"] for v in validation] == [0, 1, 2]
     assert all(v["questions"] == 2 and 0 <= v["reward"] <= 1 for v in validation)
+    assert all({"em", "acc", "f1", "response_length"} <= set(v) for v in validation)
+    assert (out / "validation.png").stat().st_size > 1000  # the run draws its figure
 
 
 def test_forced_searches_are_masked_and_carry_no_gradient(tiny_path, questions, service_url,

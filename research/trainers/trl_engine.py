@@ -36,6 +36,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from research.trainers.config import ConfigError, TrainConfig, world_size
+from research.trainers.plot import plot_validation
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +315,7 @@ class ValidationCallback(TrainerCallback):
                   **{k: metrics[k] for k in ("em", "acc", "f1")}}
         if state.is_world_process_zero:
             _append_jsonl(self.path, record)
+            plot_validation(self.path.parent)
         logger.info("validation at step %d: %s", state.global_step, record)
         return record
 
@@ -514,4 +516,5 @@ def train(config: TrainConfig, make_logits_processors: Callable[[], list] | None
             logger.info("resuming from %s (step %d)", run.checkpoint, step)
         run.trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
         run.trainer.save_model(str(run.out / "final"))
+    plot_validation(run.out)
     return run.out
