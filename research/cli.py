@@ -104,12 +104,23 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from research.quickstart import format_table, run_quickstart
+    from research.quickstart import (
+        format_table,
+        format_training_table,
+        run_quickstart,
+        run_training,
+    )
 
+    start = time.time()
     run_dir = Path(args.run_dir or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
     result = run_quickstart(run_dir, dataset=args.dataset, limit=args.limit or None, k=args.k)
     print(format_table(result))
-    print(f"run directory: {run_dir} ({result.seconds} s)")
+    if args.train_steps > 0:
+        validation = run_training(run_dir, args.train_steps, tuple(args.override))
+        print("\nReSearch pipeline on the dev slice, before and after GRPO:")
+        print(format_training_table(validation))
+        print(f"figure: {run_dir / 'train' / 'validation.png'}")
+    print(f"run directory: {run_dir} ({time.time() - start:.0f} s)")
     return 0
 
 
@@ -163,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", default="squad-open-mini", choices=("squad-open-mini",))
     q.add_argument("--limit", type=int, default=1000, help="dev questions (0: all)")
     q.add_argument("-k", type=int, default=5)
+    q.add_argument("--train-steps", type=int, default=5,
+                   help="GRPO steps of the training stage (0: retrieval only)")
+    q.add_argument("override", nargs="*", default=[],
+                   help="key=value overrides of training/configs/quickstart.yaml")
     q.set_defaults(func=cmd_quickstart)
     from research.data.commands import register as register_data
     from research.models.commands import register as register_model

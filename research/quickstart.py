@@ -1,10 +1,13 @@
 """The main job on the embedded default, end to end on one CPU machine.
 
-At this stage of the project it exercises the retrieval side as a user would: build (or
-reuse) the BM25 index of the embedded ``squad-open-mini`` corpus, start the real retrieval
-service on loopback, send the dev questions through the HTTP client in batches, measure
-recall@5 of each question's gold passage and the service's throughput, print a table, stop
-the service and leave a run directory (``summary.json``, ``retrieval.jsonl``, the service log).
+1. Retrieval: build (or reuse) the BM25 index of the embedded ``squad-open-mini`` corpus,
+   start the real retrieval service on loopback, send dev questions through the HTTP client
+   in batches, and measure recall@5 of each question's gold passage and the throughput.
+2. Training (unless ``train=False``): prepare the packaged SmolLM2-135M model, start the
+   service for the run, measure the model on a dev slice with the ReSearch pipeline (greedy),
+   train a short GRPO run with TRL (``training/configs/quickstart.yaml``), measure again, and
+   print the before / after table. The run directory keeps the metrics, rollouts, validation
+   figure and checkpoint.
 """
 
 from __future__ import annotations
@@ -102,6 +105,30 @@ def run_quickstart(run_dir: Path, dataset: str = "squad-open-mini", limit: int |
     )
     (run_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2))
     return result
+
+
+def run_training(run_dir: Path, steps: int, overrides: tuple[str, ...] = ()) -> list[dict]:
+    """The quickstart's GRPO run; returns its validation records (before and after)."""
+    from research.trainers.config import load_config
+    from research.trainers.trl_engine import train
+
+    config = load_config("quickstart", [f"run.output_dir={run_dir / 'train'}",
+                                        f"run.max_steps={steps}", f"run.eval_steps={steps}",
+                                        f"run.save_steps={steps}", *overrides])
+    out = train(config)
+    path = out / "validation.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def format_training_table(validation: list[dict]) -> str:
+    """Before / after rows of the dev-slice metrics."""
+    lines = ["| step | questions | EM | F1 | reward | searches / answer | response tokens |",
+             "|---|---|---|---|---|---|---|"]
+    for v in validation:
+        lines.append(f"| {v['step']} | {v['questions']} | {v['em']:.3f} | {v['f1']:.3f} | "
+                     f"{v['reward']:.3f} | {v['searches_per_answer']:.2f} | "
+                     f"{v['response_length']:.0f} |")
+    return "\n".join(lines)
 
 
 def format_table(r: QuickstartResult) -> str:

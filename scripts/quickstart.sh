@@ -3,5 +3,5 @@
 #   bash scripts/quickstart.sh [research quickstart ARGS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh "fast"
+bash scripts/setup.sh "fast,models,trl"
 "${VENV:-.venv}/bin/research" quickstart "$@"

@@ -50,14 +50,15 @@ def test_search_command_unreachable_service_is_clear():
     assert "failed after 4 attempt(s)" in result.stderr
 
 
-def test_quickstart_main_job_runs_end_to_end(tmp_path):
-    """The README's main job (at this stage: service + retrieval over the embedded dev set)."""
+def test_quickstart_retrieval_stage(tmp_path):
+    """The README's main job, first stage: service + retrieval over the embedded dev set."""
     import os
 
     env = {**os.environ, "RESEARCH_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(
         [sys.executable, "-m", "research.cli", "quickstart", "--run-dir", str(tmp_path / "run"),
-         "--limit", "200"], capture_output=True, text=True, timeout=300, env=env)
+         "--limit", "200", "--train-steps", "0"], capture_output=True, text=True, timeout=300,
+        env=env)
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["questions"] == 200
@@ -66,3 +67,29 @@ def test_quickstart_main_job_runs_end_to_end(tmp_path):
     assert len(lines) == 200
     assert "| squad-open-mini (dev) | 200 |" in result.stdout
     assert (tmp_path / "cache" / "indexes" / "squad-open-mini-bm25" / "manifest.json").is_file()
+
+
+def test_quickstart_training_stage_with_the_tiny_model(tmp_path):
+    """The main job end to end (index, service, validation, GRPO, validation, table, figure),
+    with the tiny model and tiny budgets so that it runs in seconds."""
+    from research.models.tiny import save_tiny_model
+
+    tiny = save_tiny_model(tmp_path / "tiny")
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "research.cli", "quickstart", "--run-dir", str(run), "--limit",
+         "50", "--train-steps", "1", f"model.path={tiny}", "rollout.max_response_tokens=24",
+         "data.dev_limit=2", "grpo.prompts_per_step=1", "grpo.num_generations=2",
+         "grpo.per_device_batch=2", "run.torch_threads=1"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "before and after GRPO" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 0 |")
+            or line.startswith("| 1 |")]
+    assert len(rows) == 2  # validation at step 0 and after the last step
+    train = run / "train"
+    for name in ("metrics.jsonl", "rollouts.jsonl", "validation.jsonl", "validation.png",
+                 "train_config.yaml"):
+        assert (train / name).is_file(), name
+    assert (train / "final" / "config.json").is_file()
+    assert list(train.glob("checkpoint-*"))
