@@ -82,6 +82,7 @@ def run_quickstart(run_dir: Path, dataset: str = "squad-open-mini", limit: int |
     hits_found = 0
     try:
         with SearchClient(url) as client, (run_dir / "retrieval.jsonl").open("w") as out:
+            client.batch_search([q["question"] for q in questions[:batch]], k)  # JIT warm-up
             t0 = time.time()
             for i in tqdm(range(0, len(questions), batch), desc="search dev questions"):
                 chunk = questions[i : i + batch]
