@@ -123,6 +123,18 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory):
+    """The tiny model saved as a Hugging Face folder (for code that loads models by path)."""
+    from research.models.prepare import ModelError
+    from research.models.tiny import save_tiny_model
+
+    try:
+        return save_tiny_model(tmp_path_factory.mktemp("tiny"))
+    except ModelError as exc:
+        pytest.skip(f"cannot prepare the tiny model's tokenizer offline here: {exc}")
+
+
+@pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", 500)
 

@@ -104,17 +104,6 @@ def _reward(prompts, completions, row, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    from research.models.prepare import ModelError
-    from research.models.tiny import save_tiny_model
-
-    try:
-        return save_tiny_model(tmp_path_factory.mktemp("tiny"))
-    except ModelError as exc:
-        pytest.skip(f"cannot prepare the tiny model's tokenizer offline here: {exc}")
-
-
-@pytest.fixture(scope="module")
 def make_trainer(tiny_path, tmp_path_factory):
     from datasets import Dataset
     from transformers import AutoTokenizer

@@ -32,17 +32,6 @@ pytestmark = pytest.mark.filterwarnings(  # TRL 1.16.0's config sets a renamed T
 
 
 @pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    from research.models.prepare import ModelError
-    from research.models.tiny import save_tiny_model
-
-    try:
-        return save_tiny_model(tmp_path_factory.mktemp("tiny"))
-    except ModelError as exc:
-        pytest.skip(f"cannot prepare the tiny model's tokenizer offline here: {exc}")
-
-
-@pytest.fixture(scope="module")
 def questions(tmp_path_factory) -> Path:
     """Four FlashRAG questions; the answer of each is "alpha"."""
     path = tmp_path_factory.mktemp("data") / "train.jsonl"
