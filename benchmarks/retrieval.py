@@ -146,8 +146,8 @@ def child_rank_bm25(corpus: Path, queries: list[str], budget: float) -> dict:
 
 
 def run_service(corpus: Path, queries: list[str], budget: float, work: Path) -> dict:
-    from research.quickstart import _free_port
     from research.retrieval.client import SearchClient
+    from research.serving.launch import running_service
 
     index = work / f"{corpus.stem}-bm25"
     t0 = time.perf_counter()
@@ -162,19 +162,12 @@ def run_service(corpus: Path, queries: list[str], budget: float, work: Path) -> 
     peak = float(build.stdout.split("PEAK")[1])
     cfg = work / "serving.yaml"
     cfg.write_text(f"retriever:\n  index_dir: {index}\nserver:\n  num_retriever: 1\n")
-    from research.quickstart import start_service
-
-    port = _free_port()
-    proc, url = start_service(cfg, port, work / "service.log")
-    try:
-        with SearchClient(url, timeout=600) as client:
-            out = {"build_s": build_s, "build_peak_rss_mb": peak,
-                   **_both_qps(lambda qs: client.batch_search(qs, K), queries, budget)}
-        status = Path(f"/proc/{proc.pid}/status").read_text()
+    with running_service(cfg, work / "service.log") as service, \
+            SearchClient(service.url, timeout=600) as client:
+        out = {"build_s": build_s, "build_peak_rss_mb": peak,
+               **_both_qps(lambda qs: client.batch_search(qs, K), queries, budget)}
+        status = Path(f"/proc/{service.process.pid}/status").read_text()
         out["server_peak_rss_mb"] = int(status.split("VmHWM:")[1].split()[0]) / 1024
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     return out
 
 

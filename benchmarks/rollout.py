@@ -79,35 +79,31 @@ def main() -> int:
     args = ap.parse_args()
 
     from research.paths import cache_root
-    from research.quickstart import _free_port, start_service
     from research.retrieval.client import SearchClient
     from research.rollout.backends.hf import HFGenerator
     from research.rollout.engine import RolloutConfig
+    from research.serving.launch import running_service
 
     model, tok, prompts = _setup(args)
     work = cache_root() / "bench"
     work.mkdir(parents=True, exist_ok=True)
     cfg = work / "rollout-serving.yaml"
     cfg.write_text("retriever:\n  embedded: squad-open-mini\n")
-    proc, url = start_service(cfg, _free_port(), work / "rollout-service.log")
     config = RolloutConfig(max_response_tokens=args.max_response_tokens,
                            max_turns=args.max_turns, temperature=1.0, seed=args.seed)
-    try:
-        with SearchClient(url) as client:
-            gen = HFGenerator(model, tok)
-            torch.manual_seed(args.seed)
-            batch, t_batch = _rollout(gen, client, tok, prompts, config)
-            lengths = [sum(t.loss_mask) for t in batch]
-            n_plain, t_plain = _plain(model, tok, prompts, lengths, args.seed)
-            torch.manual_seed(args.seed)
-            seq_tokens, t_seq = 0, 0.0
-            for p in prompts:
-                (t,), dt = _rollout(gen, client, tok, [p], config)
-                seq_tokens += sum(t.loss_mask)
-                t_seq += dt
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with running_service(cfg, work / "rollout-service.log") as service, \
+            SearchClient(service.url) as client:
+        gen = HFGenerator(model, tok)
+        torch.manual_seed(args.seed)
+        batch, t_batch = _rollout(gen, client, tok, prompts, config)
+        lengths = [sum(t.loss_mask) for t in batch]
+        n_plain, t_plain = _plain(model, tok, prompts, lengths, args.seed)
+        torch.manual_seed(args.seed)
+        seq_tokens, t_seq = 0, 0.0
+        for p in prompts:
+            (t,), dt = _rollout(gen, client, tok, [p], config)
+            seq_tokens += sum(t.loss_mask)
+            t_seq += dt
     model_tokens = sum(lengths)
     result = {
         "meta": {"model": args.model, "prompts": args.prompts, "threads": args.threads,

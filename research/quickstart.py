@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,8 +21,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from research.data.embedded import load_questions
-from research.paths import repo_root
 from research.retrieval.client import SearchClient
+from research.serving.launch import running_service
 
 logger = logging.getLogger(__name__)
 
@@ -41,36 +38,6 @@ class QuickstartResult:
     run_dir: str
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_service(config: Path, port: int, log_path: Path, timeout: float = 300):
-    """Start ``rag_serving/serving.py`` and wait until ``/health`` answers."""
-    with log_path.open("w") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [sys.executable, str(repo_root() / "rag_serving" / "serving.py"),
-             "--config", str(config), "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    client = SearchClient(url, retries=0)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            tail = log_path.read_text()[-2000:]
-            raise RuntimeError(f"the retrieval service exited ({proc.returncode}): {tail}")
-        try:
-            client.health()
-            return proc, url
-        except Exception:  # not listening yet
-            time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError(f"the retrieval service did not start in {timeout} s; see {log_path}")
-
-
 def run_quickstart(run_dir: Path, dataset: str = "squad-open-mini", limit: int | None = 1000,
                    k: int = 5, batch: int = 64) -> QuickstartResult:
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,26 +45,25 @@ def run_quickstart(run_dir: Path, dataset: str = "squad-open-mini", limit: int |
     config = run_dir / "serving_config.yaml"
     config.write_text(f"retriever:\n  embedded: {dataset}\n  method: bm25\n")
     start = time.time()
-    proc, url = start_service(config, _free_port(), run_dir / "service.log")
     hits_found = 0
-    try:
-        with SearchClient(url) as client, (run_dir / "retrieval.jsonl").open("w") as out:
-            client.batch_search([q["question"] for q in questions[:batch]], k)  # JIT warm-up
-            t0 = time.time()
-            for i in tqdm(range(0, len(questions), batch), desc="search dev questions"):
-                chunk = questions[i : i + batch]
-                results = client.batch_search([q["question"] for q in chunk], k)
-                for q, hits in zip(chunk, results, strict=True):
-                    gold = q.get("metadata", {}).get("gold_id")
-                    found = gold in [h.id for h in hits]
-                    hits_found += found
-                    out.write(json.dumps({"id": q["id"], "question": q["question"],
-                                          "gold_id": gold, "found": found,
-                                          "retrieved": [h.id for h in hits]}) + "\n")
-            search_seconds = time.time() - t0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with (
+        running_service(config, run_dir / "service.log") as service,
+        SearchClient(service.url) as client,
+        (run_dir / "retrieval.jsonl").open("w") as out,
+    ):
+        client.batch_search([q["question"] for q in questions[:batch]], k)  # JIT warm-up
+        t0 = time.time()
+        for i in tqdm(range(0, len(questions), batch), desc="search dev questions"):
+            chunk = questions[i : i + batch]
+            results = client.batch_search([q["question"] for q in chunk], k)
+            for q, hits in zip(chunk, results, strict=True):
+                gold = q.get("metadata", {}).get("gold_id")
+                found = gold in [h.id for h in hits]
+                hits_found += found
+                out.write(json.dumps({"id": q["id"], "question": q["question"],
+                                      "gold_id": gold, "found": found,
+                                      "retrieved": [h.id for h in hits]}) + "\n")
+        search_seconds = time.time() - t0
     result = QuickstartResult(
         dataset=dataset, questions=len(questions), k=k,
         recall_at_k=round(hits_found / max(1, len(questions)), 4),

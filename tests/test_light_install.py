@@ -10,6 +10,7 @@ LIGHT_MODULES = [
     "research.data.embedded", "research.retrieval.corpus", "research.retrieval.bm25",
     "research.retrieval.index", "research.retrieval.client", "research.retrieval.dense",
     "research.serving.app", "research.serving.config", "research.serving.loading",
+    "research.serving.launch",
     "research.rollout.engine", "research.rollout.generation", "research.rollout.backends.vllm",
     "research.rollout.backends.openai_http", "research.serving.model_server",
     "research.trainers", "research.trainers.trl_settings", "research.trainers.config",

@@ -26,7 +26,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -389,28 +388,17 @@ def retrieval(config: TrainConfig, out: Path) -> Iterator:
     """A ``SearchClient`` on ``retrieval.search_url``, or on a service started for the run."""
     from research.retrieval.client import SearchClient
 
-    rc, proc = config.retrieval, None
-    url = rc.search_url
-    if url is None:
-        from research.quickstart import start_service
+    rc = config.retrieval
+    with contextlib.ExitStack() as stack:
+        url = rc.search_url
+        if url is None:
+            from research.serving.launch import running_service
 
-        serving = out / "serving_config.yaml"
-        serving.write_text(f"retriever:\n  embedded: {rc.corpus}\n  method: bm25\n"
-                           "server:\n  num_retriever: 1\n")
-        proc, url = start_service(serving, _free_port(), out / "service.log")
-    try:
-        with SearchClient(url, timeout=rc.timeout, retries=rc.retries) as client:
-            yield client
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+            serving = out / "serving_config.yaml"
+            serving.write_text(f"retriever:\n  embedded: {rc.corpus}\n  method: bm25\n"
+                               "server:\n  num_retriever: 1\n")
+            url = stack.enter_context(running_service(serving, out / "service.log")).url
+        yield stack.enter_context(SearchClient(url, timeout=rc.timeout, retries=rc.retries))
 
 
 def _wandb_env(config: TrainConfig) -> None:

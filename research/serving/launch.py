@@ -1,0 +1,67 @@
+"""Start the retrieval service as a child process for a job (quickstart, training run,
+benchmark) and stop it when the job ends."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from research.paths import repo_root
+from research.retrieval.client import SearchClient
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class RunningService:
+    url: str
+    process: subprocess.Popen
+
+
+def start_service(config: Path, log_path: Path, port: int | None = None,
+                  timeout: float = 300) -> RunningService:
+    """Start ``rag_serving/serving.py`` on loopback and wait until ``/health`` answers."""
+    port = port or free_port()
+    with log_path.open("w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, str(repo_root() / "rag_serving" / "serving.py"),
+             "--config", str(config), "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    client = SearchClient(url, retries=0)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text()[-2000:]
+            raise RuntimeError(f"the retrieval service exited ({proc.returncode}): {tail}")
+        try:
+            client.health()
+            return RunningService(url, proc)
+        except Exception:  # not listening yet
+            time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError(f"the retrieval service did not start in {timeout} s; see {log_path}")
+
+
+@contextlib.contextmanager
+def running_service(config: Path, log_path: Path, timeout: float = 300
+                    ) -> Iterator[RunningService]:
+    """The service for the length of a ``with`` block; stopped on exit, errors included."""
+    service = start_service(config, log_path, timeout=timeout)
+    try:
+        yield service
+    finally:
+        service.process.terminate()
+        service.process.wait(timeout=30)
