@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 
-def cache_root() -> Path:
-    """``$RESEARCH_CACHE``, else ``~/.cache/research``."""
-    return Path(os.environ.get("RESEARCH_CACHE") or Path.home() / ".cache" / "research")
+def cache_root(cache: str | os.PathLike | None = None) -> Path:
+    """``cache`` if given, else ``$RESEARCH_CACHE``, else ``~/.cache/research``."""
+    if cache is None:
+        cache = os.environ.get("RESEARCH_CACHE") or Path.home() / ".cache" / "research"
+    return Path(cache).expanduser()
 
 
 def repo_root() -> Path:

