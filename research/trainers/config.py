@@ -19,24 +19,15 @@ Nothing here imports torch or TRL.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
+from research import configtree
+from research.configtree import ConfigError
 
-
-class ConfigError(ValueError):
-    """A training config that cannot run; the message says how to fix it."""
-
-
-def _f(default: Any, help: str, choices: tuple | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+_f = configtree.option
 
 
 @dataclass
@@ -46,6 +37,9 @@ class ModelConfig:
     dtype: str = _f("float32", "weights' dtype when loaded", ("float32", "bfloat16", "auto"))
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass "
                                       "(less memory, slower)")
+    lora_rank: int = _f(0, "0: train every weight; N > 0: train LoRA adapters of rank N on "
+                        "every linear layer instead (peft; the final model is merged)")
+    lora_alpha: int | None = _f(None, "LoRA scaling alpha (null: twice the rank)")
 
 
 @dataclass
@@ -74,6 +68,8 @@ class RetrievalConfig:
 class RolloutSection:
     template: str = _f("base", "prompt template: base (plain text) or chat (tokenizer's chat "
                        "template)", ("base", "chat"))
+    search: bool = _f(True, "false: the closed-book control (the prompt without the search "
+                      "tool, no search turns, no retrieval service)")
     example: bool = _f(True, "put the worked example in the base prompt (small models need it "
                        "to search)")
     clean: bool = _f(False, "the cleaned base prompt instead of the original's wording")
@@ -154,107 +150,29 @@ class TrainConfig:
         from research.rollout.engine import RolloutConfig
 
         r = self.rollout
-        return RolloutConfig(max_response_tokens=r.max_response_tokens, max_turns=r.max_turns,
+        return RolloutConfig(max_response_tokens=r.max_response_tokens,
+                             max_turns=r.max_turns if r.search else 0,
                              top_k=r.top_k, max_result_tokens=r.max_result_tokens,
                              temperature=r.temperature, top_p=r.top_p,
                              mask_results=r.mask_results)
 
 
-SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-
-
-def _section_types() -> dict[str, type]:
-    return typing.get_type_hints(TrainConfig)
+SECTIONS = tuple(configtree.sections(TrainConfig))
 
 
 # --- building from a tree -----------------------------------------------------------------------
 
 
-def _coerce(value: Any, base: type, choices: tuple | None) -> Any:
-    """YAML 1.1 quirks: ``1e-6`` is read as a string, ``off`` as False."""
-    if base is float and isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return float(value)
-    if base is str and isinstance(value, bool) and choices and "off" in choices:
-        return "on" if value else "off"
-    return value
-
-
-def _check_value(key: str, value: Any, hint: Any, choices: tuple | None) -> Any:
-    """``value`` for a field of type ``hint``, or a ConfigError naming the expected type."""
-    args = typing.get_args(hint)
-    optional = isinstance(hint, types.UnionType) and type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if optional else hint
-    value = _coerce(value, base, choices)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key} cannot be null: give a {base.__name__}")
-    ok = {bool: isinstance(value, bool),
-          int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, int | float) and not isinstance(value, bool),
-          str: isinstance(value, str),
-          dict: isinstance(value, dict)}[base]
-    if not ok:
-        article = "an" if base.__name__[0] in "aeiou" else "a"
-        raise ConfigError(f"{key} must be {article} {base.__name__}"
-                          f"{' or null' if optional else ''}, "
-                          f"got {value!r} ({type(value).__name__})")
-    if choices and value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
-    return float(value) if base is float else value
-
-
-def _build_section(name: str, cls: type, values: Any):
-    if not isinstance(values, dict):
-        raise ConfigError(f"{name} must be a mapping of keys (e.g. {name}: {{...}}), got "
-                          f"{values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key {name}.{unknown[0]}; valid keys of {name}: "
-                          f"{', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {k: _check_value(f"{name}.{k}", v, hints[k], fields[k].metadata.get("choices"))
-              for k, v in values.items()}
-    return cls(**kwargs)
-
-
 def from_dict(tree: dict | None) -> TrainConfig:
     """A validated :class:`TrainConfig` from a (partial) nested mapping."""
-    tree = tree or {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"a training config is a mapping of sections ({', '.join(SECTIONS)}), "
-                          f"got {type(tree).__name__}")
-    unknown = sorted(set(tree) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"unknown section {unknown[0]!r}; valid sections: "
-                          f"{', '.join(SECTIONS)}")
-    types_ = _section_types()
-    config = TrainConfig(**{name: _build_section(name, types_[name], values or {})
-                            for name, values in tree.items()})
+    config = configtree.from_dict(TrainConfig, tree, "a training config")
     validate(config)
     return config
 
 
 def apply_override(tree: dict, item: str) -> None:
     """Apply one ``section.key=value`` override to ``tree`` (value parsed as a YAML scalar)."""
-    key, sep, raw = item.partition("=")
-    parts = key.strip().split(".")
-    if not sep or len(parts) < 2 or not all(parts):
-        raise ConfigError(f"override {item!r} is not section.key=value (e.g. "
-                          f"grpo.num_generations=4); sections: {', '.join(SECTIONS)}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc}); "
-                          "quote it") from None
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {part} is not a section")
-    node[parts[-1]] = value
+    configtree.apply_override(tree, item, SECTIONS)
 
 
 def read_tree(path: str | os.PathLike | None) -> dict:
@@ -265,11 +183,7 @@ def read_tree(path: str | os.PathLike | None) -> dict:
         named = sorted(p.stem for p in config_dir().glob("*.yaml")) if config_dir().is_dir() else []
         raise ConfigError(f"config file {path} not found; the named configs are in "
                           f"{config_dir()}: {', '.join(named) or 'none'}")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return tree or {}
+    return configtree.read_yaml(path, "a training config")
 
 
 def config_dir() -> Path:
@@ -288,9 +202,6 @@ def load_config(path: str | os.PathLike | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """The config of ``path`` (a YAML file or a named config) with ``overrides`` applied."""
     tree = read_tree(None if path is None else resolve_config_path(path))
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: a training config is a mapping of sections "
-                          f"({', '.join(SECTIONS)})")
     for item in overrides:
         apply_override(tree, item)
     return from_dict(tree)
@@ -311,8 +222,10 @@ def _positive(config: TrainConfig) -> None:
         section, name = key.split(".")
         if getattr(getattr(config, section), name) < 1:
             raise ConfigError(f"{key} must be >= 1")
-    for key in ("data.train_limit", "rollout.max_turns", "rollout.max_result_tokens",
-                "run.torch_threads", "run.save_total_limit"):
+    if config.model.lora_rank < 0:
+        raise ConfigError("model.lora_rank must be >= 0 (0: full fine-tuning)")
+    for key in ("data.train_limit", "model.lora_alpha", "rollout.max_turns",
+                "rollout.max_result_tokens", "run.torch_threads", "run.save_total_limit"):
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if value is not None and value < (0 if name == "max_turns" else 1):
@@ -378,15 +291,4 @@ def _check_trl_keys(extra: dict) -> None:
 
 def describe() -> str:
     """Every key with its default and help, one per line (``research train --keys``)."""
-    lines = []
-    types_ = _section_types()
-    for name in SECTIONS:
-        lines.append(f"{name}:")
-        for f in dataclasses.fields(types_[name]):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            choices = f.metadata.get("choices")
-            extra = f" [{' | '.join(choices)}]" if choices else ""
-            value = yaml.safe_dump(default, default_flow_style=True).strip()
-            value = value.removesuffix("...").strip()
-            lines.append(f"  {f.name}: {value}  # {f.metadata['help']}{extra}")
-    return "\n".join(lines)
+    return configtree.describe(TrainConfig)
