@@ -75,6 +75,30 @@ CHAT_SYSTEM_PROMPT = (
     + _FORMAT_RULES
 )
 
+# The closed-book control (not part of the original protocol): the same instruction without
+# the search tool, so GRPO without search can be compared with ReSearch on the same budget.
+_CLOSED_BOOK_FORMAT_RULES = (
+    "The reasoning process and answer are enclosed within <think> </think> and "
+    "<answer> </answer> tags respectively. "
+    "For example, <think> This is the reasoning process. </think> "
+    r"<answer> The final answer is \[ \boxed{answer here} \] </answer>. "
+    r"In the last part of the answer, the final exact answer is enclosed within \boxed{} "
+    "with latex format."
+)
+CLOSED_BOOK_INSTRUCTION = (
+    "A conversation between User and Assistant. "
+    "The user asks a question, and the assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides "
+    "the user with the answer. "
+    + _CLOSED_BOOK_FORMAT_RULES
+)
+CLOSED_BOOK_SYSTEM_PROMPT = (
+    "You are a helpful assistant that can solve the given question step by step. "
+    "Given a question, you need to first think about the reasoning process in the mind and "
+    "then provide the answer. "
+    + _CLOSED_BOOK_FORMAT_RULES
+)
+
 TEMPLATES = ("base", "chat")
 TemplateName = Literal["base", "chat"]
 
@@ -101,7 +125,17 @@ WORKED_EXAMPLE = (
 )
 
 
-def base_prompt(question: str, clean: bool = False, example: bool = False) -> str:
+# The worked example of the closed-book prompt: the same question answered from memory.
+CLOSED_BOOK_EXAMPLE = (
+    "User: Who was the first king of the longest Chinese dynasty?. Assistant: "
+    "<think> The longest Chinese dynasty was the Zhou dynasty; its first king was King Wu of "
+    "Zhou. </think> "
+    r"<answer> The final answer is \[ \boxed{King Wu of Zhou} \] </answer>"
+)
+
+
+def base_prompt(question: str, clean: bool = False, example: bool = False,
+                search: bool = True) -> str:
     """The base-model prompt: the instruction, then ``User: {question}. Assistant:``.
 
     The faithful form appends "." even after a "?", as the original code did when it trained
@@ -115,6 +149,12 @@ def base_prompt(question: str, clean: bool = False, example: bool = False) -> st
 
     ``example=True`` puts :data:`WORKED_EXAMPLE` between the instruction and the question
     (a project option for small models; the original had no example).
+
+    ``search=False`` gives the closed-book control: the instruction without the search tool
+    (:data:`CLOSED_BOOK_INSTRUCTION`) and, with ``example``, :data:`CLOSED_BOOK_EXAMPLE`.
+
+    >>> "search" in base_prompt("Who?", search=False)
+    False
     """
     if clean:
         question = question.strip()
@@ -122,37 +162,40 @@ def base_prompt(question: str, clean: bool = False, example: bool = False) -> st
             question += "."
     else:
         question += "."
-    shot = f" {WORKED_EXAMPLE}\n" if example else " "
-    return f"{BASE_INSTRUCTION}{shot}User: {question} Assistant:"
+    instruction = BASE_INSTRUCTION if search else CLOSED_BOOK_INSTRUCTION
+    shot = f" {WORKED_EXAMPLE if search else CLOSED_BOOK_EXAMPLE}\n" if example else " "
+    return f"{instruction}{shot}User: {question} Assistant:"
 
 
-def chat_messages(question: str) -> list[dict[str, str]]:
-    """The chat variant for instruct models: the system instruction and the question as user.
+def chat_messages(question: str, search: bool = True) -> list[dict[str, str]]:
+    """The chat variant for instruct models: the system instruction and the question as user
+    (``search=False``: the closed-book system prompt).
 
     >>> [m["role"] for m in chat_messages("Who?")]
     ['system', 'user']
     """
     return [
-        {"role": "system", "content": CHAT_SYSTEM_PROMPT},
+        {"role": "system", "content": CHAT_SYSTEM_PROMPT if search else CLOSED_BOOK_SYSTEM_PROMPT},
         {"role": "user", "content": question},
     ]
 
 
 def build_prompt(
-    question: str, template: str = "base", clean: bool = False, example: bool = False
+    question: str, template: str = "base", clean: bool = False, example: bool = False,
+    search: bool = True,
 ) -> str | list[dict[str, str]]:
     """The prompt of one question: a string (``"base"``) or chat messages (``"chat"``).
 
     ``clean`` and ``example`` only affect the base form (the chat form passes the question
-    unchanged).
+    unchanged); ``search=False`` is the closed-book control (no search tool in the prompt).
 
     >>> build_prompt("Who?", template="chat")[1]
     {'role': 'user', 'content': 'Who?'}
     """
     if template == "base":
-        return base_prompt(question, clean=clean, example=example)
+        return base_prompt(question, clean=clean, example=example, search=search)
     if template == "chat":
-        return chat_messages(question)
+        return chat_messages(question, search=search)
     raise ValueError(f"unknown prompt template {template!r}; valid names: {', '.join(TEMPLATES)}")
 
 

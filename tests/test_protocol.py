@@ -317,3 +317,15 @@ def test_worked_example_is_opt_in_and_sits_before_the_question():
     assert shot.startswith(plain.split(" User: Who?")[0])
     assert shot.endswith(f"{WORKED_EXAMPLE}\nUser: Who?. Assistant:")
     assert "<search> first king of the Zhou dynasty </search>" in WORKED_EXAMPLE
+
+
+@pytest.mark.parametrize("example", [False, True])
+def test_closed_book_prompt_keeps_the_answer_format_without_the_search_tool(example):
+    closed = protocol.build_prompt("Who?", example=example, search=False)
+    assert "search" not in closed and "<result>" not in closed
+    assert "<think> </think> and <answer> </answer> tags" in closed
+    assert closed.endswith("User: Who?. Assistant:")
+    if example:
+        assert protocol.extract_answer(protocol.CLOSED_BOOK_EXAMPLE) == "King Wu of Zhou"
+    messages = protocol.build_prompt("Who?", template="chat", search=False)
+    assert "search" not in messages[0]["content"] and messages[1]["content"] == "Who?"

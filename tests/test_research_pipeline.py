@@ -82,3 +82,16 @@ def test_validation_plot(tmp_path):
     png = plot_validation(tmp_path)
     assert png == tmp_path / "validation.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_closed_book_prompt_has_no_search_and_never_searches():
+    search = FakeSearch()
+    items = [{"question": q, "golden_answers": g}
+             for q, g in [("Who wrote Hamlet?", ["Shakespeare"]), ("Capital of Peru?", ["Lima"])]]
+    metrics, records = evaluate(items, ByQuestion(), ByteTokenizer(), search,
+                                RolloutConfig(max_response_tokens=64),
+                                PipelineConfig(batch_size=2, search=False))
+    assert search.calls == []
+    assert [r["finish_reason"] for r in records] == ["turns", "eos"]  # a search request ends it
+    assert [r["prediction"] for r in records] == ["", "Lima"]
+    assert metrics["searches"] == 0.0 and metrics["em"] == 0.5

@@ -4,6 +4,7 @@ the project's rollout, reward and the real retrieval service on loopback."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,61 @@ def test_forced_searches_are_masked_and_carry_no_gradient(tiny_path, questions, 
     steps = [m for m in jsonl(run.out / "metrics.jsonl") if "loss" in m]
     assert [m["reasons"] for m in steps] == [{"correct": 2, "wrong answer": 2}] * 2
     assert all(m["searches_per_answer"] == 1.0 for m in steps)
+
+
+def test_closed_book_control_trains_without_search_or_service(tiny_path, questions, tmp_path):
+    """rollout.search=false: the closed-book prompt, a search request ends the response (no
+    retrieval: the service URL is dead), and bf16 mixed precision runs on CPU."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_path)
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port
+    config = small(tiny_path, questions, dead, tmp_path / "run", "rollout.search=false",
+                   "rollout.max_response_tokens=96", "grpo.bf16=true",
+                   f"data.dev={questions}", "data.dev_limit=2", "run.eval_steps=2")
+    assert config.rollout_config().max_turns == 0
+    with prepared_run(config, lambda: [ForceSearch(tokenizer)]) as run:
+        run.trainer.train()
+    rollouts = jsonl(run.out / "rollouts.jsonl")
+    prompt = tokenizer.decode(rollouts[0]["prompt_ids"])
+    assert "search" not in prompt
+    assert re.search(r"\. User: What is \w+\?\. Assistant:$", prompt)
+    assert all(r["turns"] == [] and r["finish_reason"] == "turns" for r in rollouts)
+    assert all(" <result>" not in r["text"] for r in rollouts)
+    steps = [m for m in jsonl(run.out / "metrics.jsonl") if "loss" in m]
+    assert [m["searches_per_answer"] for m in steps] == [0.0, 0.0]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in steps)
+    assert [v["searches_per_answer"] for v in jsonl(run.out / "validation.jsonl")] == [0.0, 0.0]
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model(tiny_path, questions, service_url,
+                                                       tmp_path):
+    pytest.importorskip("peft")
+    before = weights(tiny_path)
+    out = train(small(tiny_path, questions, service_url, tmp_path / "run", "model.lora_rank=4",
+                      "run.max_steps=1"))
+    after = weights(out / "final")  # a plain model folder: no adapter files needed
+    assert set(after) == set(before)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all("proj" in k for k in changed)  # linear layers only, merged
+    assert not (out / "final" / "adapter_config.json").exists()
+
+
+def test_progress_bar_shows_the_step_numbers():
+    import io
+
+    from tqdm import tqdm
+
+    from research.trainers.trl_engine import ProgressBar
+
+    bar = ProgressBar()
+    bar.bar = tqdm(total=4, file=io.StringIO())
+    logs = {"loss": 0.1, "reward": 0.25, "accuracy": 0.5, "searches_per_answer": 1.5,
+            "completions/mean_length": 97.4, "step_time": 12.34}
+    bar.on_log(None, None, None, logs=logs)
+    assert bar.bar.postfix == "reward=0.250, acc=0.50, searches=1.50, len=97, step_s=12.3"
+    bar.on_log(None, None, None, logs={"train_runtime": 3.0})  # the summary: bar unchanged
+    assert bar.bar.postfix.startswith("reward=0.250")
 
 
 def test_resume_continues_the_same_run(tiny_path, questions, service_url, tmp_path):

@@ -6,7 +6,7 @@ metrics. Used for validation during training and by the evaluation harness.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from research import protocol
 from research.metrics import average_metrics, compute_metrics
@@ -21,6 +21,7 @@ class PipelineConfig:
     example: bool = False  # the worked example in the base prompt
     clean: bool = False  # the clean base form (no "." after a question mark)
     batch_size: int = 16  # questions rolled out together
+    search: bool = True  # False: the closed-book prompt, and no search turns
 
 
 def predict(text: str, finish_reason: str | None) -> str:
@@ -44,11 +45,14 @@ def evaluate(
     ``searches``, ``failures``, ``response_tokens``) and one record per item.
     """
     greedy = replace(rollout, temperature=0.0)
+    if not config.search:
+        greedy = replace(greedy, max_turns=0)
     records = []
     for start in range(0, len(items), config.batch_size):
         chunk = items[start : start + config.batch_size]
         prompts = [encode_prompt(tokenizer, it["question"], config.template,
-                                 clean=config.clean, example=config.example) for it in chunk]
+                                 clean=config.clean, example=config.example,
+                                 search=config.search) for it in chunk]
         for item, t in zip(chunk, run_rollouts(prompts, generator, searcher, tokenizer, greedy),
                            strict=True):
             prediction = predict(t.text, t.finish_reason)
@@ -59,6 +63,8 @@ def evaluate(
                 "searches": t.num_searches,
                 "failures": t.num_failures, "response_tokens": len(t.response_ids),
                 "queries": [turn.query for turn in t.turns], "response": t.text,
+                "turns": [asdict(turn) for turn in t.turns],
+                "generated_tokens": len(t.inserted) - sum(t.inserted),
                 **compute_metrics(prediction, item["golden_answers"]),
             })
     keys = ("em", "acc", "f1", "precision", "recall", "searches", "failures", "response_tokens")

@@ -6,15 +6,17 @@ from research import protocol
 
 
 def encode_prompt(tokenizer, question: str, template: str = "base", clean: bool = False,
-                  example: bool = False) -> list[int]:
+                  example: bool = False, search: bool = True) -> list[int]:
     """Token ids of the prompt for ``question``.
 
     ``base``: the original's plain-text template (no chat template, for base models).
     ``example`` adds the worked example to the base form (small models need it to search).
     ``chat``: the instruction as the system message, rendered with the tokenizer's chat
     template and the assistant turn opened (for instruct models).
+    ``search=False``: the closed-book control's prompt (no search tool).
     """
-    prompt = protocol.build_prompt(question, template=template, clean=clean, example=example)
+    prompt = protocol.build_prompt(question, template=template, clean=clean, example=example,
+                                   search=search)
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("template 'chat' needs a tokenizer with a chat template; this one "

@@ -14,6 +14,8 @@ Endpoints:
   with ``text``, ``finish_reason`` ("stop" / "length"), vLLM's ``stop_reason`` (the stop
   string, None for EOS), ``logprobs = {tokens, token_logprobs, top_logprobs, text_offset}``,
   optionally ``token_ids``; and ``usage``. ``n > 1``, ``echo`` and ``stream`` get a 400.
+* ``POST /v1/chat/completions``: ``messages`` through the tokenizer's chat template (for an
+  LLM judge or a quick check); ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``.
 * ``GET /v1/models`` and ``GET /health``.
 
 Log-probs are those of the sampling distribution (temperature and top-p applied), as the
@@ -41,6 +43,22 @@ from pydantic import BaseModel, ConfigDict
 from research.rollout.generation import Generation, SamplingParams
 
 logger = logging.getLogger(__name__)
+
+
+class ChatRequest(BaseModel):
+    """The subset of the chat completions request this server honours."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[dict]
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
 
 
 class CompletionRequest(BaseModel):
@@ -116,6 +134,33 @@ class _Engine:
             tops = (self.top_logprobs(ids, g, params, req.logprobs)
                     if req.logprobs and req.logprobs >= 2 else None)
         return self.response(req, ids, g, tops)
+
+    def chat(self, req: ChatRequest) -> dict:
+        """One chat turn: the messages through the tokenizer's chat template, then generation."""
+        if req.n != 1 or req.stream:
+            raise BadRequest("n > 1 and stream are not supported by this server")
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise BadRequest("this model's tokenizer has no chat template: use /v1/completions")
+        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+        try:
+            params = SamplingParams(req.max_tokens, req.temperature, req.top_p, stop, req.seed)
+            ids = list(self.tokenizer.apply_chat_template(
+                req.messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        except (ValueError, TypeError, KeyError) as e:
+            raise BadRequest(f"invalid chat request: {e}") from None
+        with self.lock:
+            g = self.generator.generate([ids], [params])[0]
+        text = self.tokenizer.decode(g.token_ids, skip_special_tokens=True)
+        if g.stop_string is not None and (at := text.find(g.stop_string)) >= 0:
+            text = text[:at]
+        n_new = len(g.token_ids)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                "created": int(time.time()), "model": self.name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "length" if g.finish_reason == "length"
+                             else "stop"}],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": n_new,
+                          "total_tokens": len(ids) + n_new}}
 
     def top_logprobs(self, prompt: list[int], g: Generation, p: SamplingParams, n: int):
         """Top-``n`` ``(ids, logprobs)`` per new token, by one teacher-forced forward pass."""
@@ -204,6 +249,10 @@ def create_model_app(model_path_or_model, tokenizer=None, *, model_name: str | N
     @app.post("/v1/completions")
     def completions(req: CompletionRequest, request: Request):
         return request.app.state.engine.complete(req)
+
+    @app.post("/v1/chat/completions")
+    def chat(req: ChatRequest, request: Request):
+        return request.app.state.engine.chat(req)
 
     @app.get("/v1/models")
     def models(request: Request):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from research.trainers.config import ConfigError, TrainConfig, world_size
 from research.trainers.plot import plot_validation
@@ -118,7 +119,8 @@ class ReSearchRollout:
         if question not in self._prompt_cache:
             r = self.rollout
             self._prompt_cache[question] = encode_prompt(
-                self.tokenizer, question, r.template, clean=r.clean, example=r.example)
+                self.tokenizer, question, r.template, clean=r.clean, example=r.example,
+                search=r.search)
         return self._prompt_cache[question]
 
     def __call__(self, prompts: list, trainer) -> dict[str, list]:
@@ -141,7 +143,8 @@ class ReSearchRollout:
 
     @contextlib.contextmanager
     def generator(self, trainer) -> Iterator:
-        """The backend on the trainer's current weights, in eval mode without gradients."""
+        """The backend on the trainer's current weights, in eval mode without gradients, under
+        the trainer's mixed precision (``grpo.bf16``: bf16 matmuls on fp32 weights)."""
         if trainer.args.use_vllm:
             yield self._vllm_generator(trainer)
             return
@@ -154,7 +157,7 @@ class ReSearchRollout:
                 trainer.model_wrapped, trainer.accelerator,
                 gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
                 gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
-        ) as model, torch.no_grad():
+        ) as model, torch.no_grad(), trainer.accelerator.autocast():
             was_training = model.training
             model.eval()
             try:
@@ -260,12 +263,48 @@ class RunRecorder(TrainerCallback):
                 _append_jsonl(self.rollouts, {"step": state.global_step, **record})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs:  # a step's log, not the end-of-run summary
+            logs["step_time"] = self.step_time  # the progress bar shows it too
         if not state.is_world_process_zero:
             return
         record = {"step": state.global_step, "epoch": state.epoch, **(logs or {})}
-        if "loss" in record:  # a training step's log (not the end-of-training summary)
-            record.update(step_time=self.step_time, reasons=dict(self.samples.reasons))
+        if "loss" in record:
+            record["reasons"] = dict(self.samples.reasons)
         _append_jsonl(self.metrics, record)
+
+
+class ProgressBar(TrainerCallback):
+    """One progress bar over the steps with the numbers that matter, in place of the
+    trainer's default bar (which prints every logged key): reward, accuracy, searches per
+    answer, response length and step time of the last step."""
+
+    FIELDS = (("reward", "reward", "{:.3f}"), ("accuracy", "acc", "{:.2f}"),
+              ("searches_per_answer", "searches", "{:.2f}"),
+              ("completions/mean_length", "len", "{:.0f}"), ("step_time", "step_s", "{:.1f}"))
+
+    def __init__(self):
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and not args.disable_tqdm:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="GRPO",
+                            unit="step", dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.set_postfix({short: fmt.format(logs[key]) for key, short, fmt in self.FIELDS
+                                  if logs.get(key) is not None}, refresh=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class ValidationCallback(TrainerCallback):
@@ -299,7 +338,7 @@ class ValidationCallback(TrainerCallback):
 
         r = self.rollout.rollout
         pipeline = PipelineConfig(template=r.template, example=r.example, clean=r.clean,
-                                  batch_size=max(1, len(self.items)))
+                                  batch_size=max(1, len(self.items)), search=r.search)
         with self.rollout.generator(self.trainer) as generator:
             metrics, records = evaluate(self.items, generator, self.rollout.tokenizer,
                                         self.rollout.searcher, self.greedy, pipeline)
@@ -385,10 +424,14 @@ def check_resume(config: TrainConfig) -> Path | None:
 
 @contextlib.contextmanager
 def retrieval(config: TrainConfig, out: Path) -> Iterator:
-    """A ``SearchClient`` on ``retrieval.search_url``, or on a service started for the run."""
+    """A ``SearchClient`` on ``retrieval.search_url``, or on a service started for the run;
+    None for the closed-book control (``rollout.search: false``), which never searches."""
     from research.retrieval.client import SearchClient
 
     rc = config.retrieval
+    if not config.rollout.search:
+        yield None
+        return
     with contextlib.ExitStack() as stack:
         url = rc.search_url
         if url is None:
@@ -414,6 +457,33 @@ def _wandb_env(config: TrainConfig) -> None:
     if config.run.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
         raise ConfigError("run.wandb=online needs WANDB_API_KEY in the environment (never a "
                           "flag); or use run.wandb=offline")
+
+
+def lora_config(config: TrainConfig):
+    """peft's ``LoraConfig`` for ``model.lora_rank > 0`` (every linear layer), else None."""
+    m = config.model
+    if not m.lora_rank:
+        return None
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise ConfigError("model.lora_rank > 0 needs peft: pip install -e '.[trl]' (or pip "
+                          "install peft), or set model.lora_rank=0") from None
+    return LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha or 2 * m.lora_rank,
+                      lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def save_final(trainer, path: Path) -> None:
+    """The trained model as a plain Hugging Face folder (LoRA adapters merged into the
+    weights), loadable by the evaluation and by another training run."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):  # a peft model
+        import copy
+
+        copy.deepcopy(model).merge_and_unload().save_pretrained(str(path))
+        trainer.processing_class.save_pretrained(str(path))
+    else:
+        trainer.save_model(str(path))
 
 
 @dataclass
@@ -464,7 +534,10 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
         trainer = GRPOTrainer(model=model_path, reward_funcs=ReSearchReward(config.reward.name,
                                                                             samples),
                               args=args, train_dataset=dataset, processing_class=tokenizer,
-                              rollout_func=rollout, callbacks=callbacks)
+                              rollout_func=rollout, callbacks=callbacks,
+                              peft_config=lora_config(config))
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(ProgressBar())
         for callback in callbacks[1:]:
             callback.attach(trainer)
         yield PreparedRun(trainer, out, checkpoint, samples, rollout)
@@ -503,6 +576,6 @@ def train(config: TrainConfig, make_logits_processors: Callable[[], list] | None
                 truncate_jsonl(run.out / name, step)
             logger.info("resuming from %s (step %d)", run.checkpoint, step)
         run.trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
-        run.trainer.save_model(str(run.out / "final"))
+        save_final(run.trainer, run.out / "final")
     plot_validation(run.out)
     return run.out

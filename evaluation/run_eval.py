@@ -1,0 +1,17 @@
+"""Evaluate a checkpoint with ReSearch and the RAG baselines (the seed's entry point).
+
+    python evaluation/run_eval.py --config_path evaluation/eval_config.yaml \
+        --method_name research --split dev --dataset_name hotpotqa
+
+Same as ``research eval``; see ``research eval --help`` and ``--keys``.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from research.evaluation.commands import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The evaluation config: one YAML tree (``evaluation/eval_config.yaml``) with ``key=value``
+overrides, checked early with messages that say the fix. Nothing here imports torch.
+
+::
+
+    data:      dataset_name, split, data_dir, sample_num, random_sample, seed
+    generator: backend (local | openai), model, base_url, served_model_name, ...
+    retrieval: search_url (or a service started on `corpus`), corpus, topk, timeout, retries
+    method:    name, answer_tokens, chat, iter_retgen_*, flare_*, ircot_*, research_*
+    run:       save_dir, save_note, batch_size, overwrite
+    judge:     base_url, model, api_key_env (optional LLM-as-judge scoring)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from research import configtree
+from research.configtree import ConfigError
+
+_f = configtree.option
+
+
+@dataclass
+class DataSection:
+    dataset_name: str = _f("squad-open-mini", "dataset: DATA_DIR/NAME/SPLIT.jsonl (FlashRAG's "
+                           "layout), an embedded set (squad-open-mini, factbook-hop) or an "
+                           "evaluation set fetched on demand (strategyqa, nq, triviaqa)")
+    split: str = _f("dev", "split (the file name without .jsonl)")
+    data_dir: str | None = _f(None, "FlashRAG data folder holding NAME/SPLIT.jsonl (null: "
+                              "embedded and fetched sets only)")
+    sample_num: int | None = _f(None, "evaluate only N questions (null: all)")
+    random_sample: bool = _f(False, "draw the N questions at random (seeded) instead of the "
+                             "first N")
+    seed: int = _f(2024, "seed of the random sample")
+
+
+@dataclass
+class GeneratorSection:
+    backend: str = _f("local", "local: a Hugging Face model in this process; openai: an "
+                      "OpenAI-compatible server (vLLM, SGLang, research.serving.model_server)",
+                      ("local", "openai"))
+    model: str = _f("qwen2.5-0.5b", "local: a packaged model name or a model folder; openai: "
+                    "the tokenizer's folder (prompts travel as token ids)")
+    base_url: str | None = _f(None, "openai: the server root, e.g. http://127.0.0.1:8000")
+    served_model_name: str | None = _f(None, "openai: the model name the server expects "
+                                       "(null: the first one /v1/models lists)")
+    api_key_env: str | None = _f(None, "openai: the environment variable holding an API key "
+                                 "(never a flag)")
+    dtype: str = _f("bfloat16", "local: weights' dtype", ("float32", "bfloat16", "auto"))
+    threads: int | None = _f(None, "local: torch CPU threads (null: every core)")
+    timeout: float = _f(600.0, "openai: seconds per request")
+    max_connections: int = _f(16, "openai: most requests in flight at once")
+
+
+@dataclass
+class RetrievalSection:
+    search_url: str | None = _f(None, "URL of a running retrieval service (null: start one on "
+                                "loopback over `corpus` for the run)")
+    corpus: str | None = _f(None, "embedded corpus of the service started when search_url is "
+                            "null (null: the dataset's own, for embedded sets)")
+    topk: int = _f(5, "documents per retrieval")
+    timeout: float = _f(60.0, "seconds per search request")
+    retries: int = _f(3, "retries of a failed search request")
+
+
+@dataclass
+class MethodSection:
+    name: str = _f("research", "research, direct, naive-rag, iter-retgen, flare, ircot (the "
+                   "seed's names zero-shot, naive, iterretgen are aliases)")
+    answer_tokens: int = _f(32, "answer budget of direct, naive-rag and iter-retgen (FlashRAG's "
+                            "standard)")
+    chat: str = _f("auto", "baselines' chat template: auto (when the tokenizer has one), on, "
+                   "off", ("auto", "on", "off"))
+    iter_retgen_iterations: int = _f(3, "Iter-RetGen rounds")
+    flare_threshold: float = _f(0.2, "FLARE: retrieve when a token's probability is <= this")
+    flare_look_ahead: int = _f(64, "FLARE: tokens per look-ahead")
+    flare_max_tokens: int = _f(256, "FLARE: answer tokens before it stops")
+    flare_max_iterations: int = _f(5, "FLARE: rounds before it stops")
+    ircot_max_iterations: int = _f(5, "IRCoT: thoughts before it stops")
+    ircot_thought_tokens: int = _f(64, "IRCoT: budget of one thought")
+    research_template: str = _f("base", "ReSearch prompt: base (trained base models) or chat",
+                                ("base", "chat"))
+    research_example: bool = _f(False, "ReSearch: the worked example in the prompt (untrained "
+                                "small models)")
+    research_max_response_tokens: int = _f(8192, "ReSearch: response budget, results included")
+    research_max_turns: int | None = _f(None, "ReSearch: most searches (null: no cap)")
+
+
+@dataclass
+class RunSection:
+    save_dir: str = _f("runs/eval", "where run folders go: SAVE_DIR/DATASET_SPLIT_METHOD[_NOTE]")
+    save_note: str | None = _f(None, "suffix of the run folder's name")
+    batch_size: int = _f(16, "questions in flight together (one generate call and one search "
+                         "request per step for all of them)")
+    overwrite: bool = _f(False, "start again instead of resuming an existing run folder")
+
+
+@dataclass
+class JudgeSection:
+    base_url: str | None = _f(None, "LLM-as-judge: an OpenAI-compatible server root (null: "
+                              "no judge)")
+    model: str | None = _f(None, "the judge's model name")
+    api_key_env: str | None = _f(None, "environment variable holding the judge's API key")
+    max_tokens: int = _f(8, "the judge's answer budget")
+
+
+@dataclass
+class EvalConfig:
+    data: DataSection = field(default_factory=DataSection)
+    generator: GeneratorSection = field(default_factory=GeneratorSection)
+    retrieval: RetrievalSection = field(default_factory=RetrievalSection)
+    method: MethodSection = field(default_factory=MethodSection)
+    run: RunSection = field(default_factory=RunSection)
+    judge: JudgeSection = field(default_factory=JudgeSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def settings(self):
+        """The methods' :class:`~research.evaluation.methods.MethodSettings`."""
+        from research.evaluation.methods import MethodSettings
+
+        m = self.method
+        kwargs = {f.name: getattr(m, f.name) for f in dataclasses.fields(MethodSettings)
+                  if hasattr(m, f.name)}
+        return MethodSettings(topk=self.retrieval.topk, **kwargs)
+
+
+SECTIONS = tuple(configtree.sections(EvalConfig))
+
+
+def default_config_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "evaluation" / "eval_config.yaml"
+
+
+def validate(config: EvalConfig) -> None:
+    from research.evaluation.methods import resolve
+
+    try:
+        resolve(config.method.name)
+    except ValueError as e:
+        raise ConfigError(f"method.name: {e}") from None
+    g = config.generator
+    if g.backend == "openai" and not g.base_url:
+        raise ConfigError("generator.backend=openai needs generator.base_url (the server root, "
+                          "e.g. http://127.0.0.1:8000), or use generator.backend=local")
+    if g.api_key_env and g.api_key_env not in os.environ:
+        raise ConfigError(f"generator.api_key_env names {g.api_key_env}, which is not set in the "
+                          "environment")
+    for key in ("retrieval.topk", "run.batch_size", "method.answer_tokens",
+                "method.iter_retgen_iterations", "method.flare_look_ahead",
+                "method.flare_max_tokens", "method.flare_max_iterations",
+                "method.ircot_max_iterations", "method.ircot_thought_tokens",
+                "method.research_max_response_tokens", "generator.max_connections"):
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) < 1:
+            raise ConfigError(f"{key} must be >= 1")
+    if config.data.sample_num is not None and config.data.sample_num < 1:
+        raise ConfigError("data.sample_num must be >= 1 or null (all questions)")
+    if not 0 < config.method.flare_threshold < 1:
+        raise ConfigError("method.flare_threshold is a probability in (0, 1)")
+    if bool(config.judge.base_url) != bool(config.judge.model):
+        raise ConfigError("the judge needs both judge.base_url and judge.model (or neither)")
+
+
+def load_config(path: str | os.PathLike | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> EvalConfig:
+    """The config of ``path`` (default ``evaluation/eval_config.yaml``) with overrides."""
+    path = Path(path) if path is not None else default_config_path()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; the default is "
+                          f"{default_config_path()}")
+    tree = configtree.read_yaml(path, "an evaluation config")
+    for item in overrides:
+        configtree.apply_override(tree, item, SECTIONS)
+    config = configtree.from_dict(EvalConfig, tree, "an evaluation config")
+    validate(config)
+    return config
+
+
+def describe() -> str:
+    """Every key with its default and help (``research eval --keys``)."""
+    return configtree.describe(EvalConfig)

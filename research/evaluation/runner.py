@@ -1,0 +1,284 @@
+"""The evaluation runner: a dataset, a method, a served or local model, the retrieval
+service; one run folder with every item, the metrics and a table.
+
+A run folder ``SAVE_DIR/DATASET_SPLIT_METHOD[_NOTE]`` holds:
+
+* ``items.jsonl``: one line per question, appended as each batch finishes (question, golden
+  answers, prediction, trajectory, searches, generated tokens, metrics). A crash or an
+  interrupt keeps the finished lines; running the same command again skips them (resume).
+* ``metrics.json``: FlashRAG's ``em``, ``acc``, ``f1``, ``precision``, ``recall`` averaged,
+  plus mean searches, failures and generated tokens (and ``judge_acc`` with a judge).
+* ``table.md``: the seed's results table for this run; :func:`assemble_table` joins several.
+* ``config.yaml``: the config that produced it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import yaml
+
+from research.evaluation.config import ConfigError, EvalConfig
+from research.evaluation.methods import METHODS, RETRIEVAL_FREE, Context, resolve
+from research.metrics import average_metrics, compute_metrics
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("em", "acc", "f1", "precision", "recall")
+DATASET_TITLES = {"hotpotqa": "HotpotQA", "bamboogle": "Bamboogle", "strategyqa": "StrategyQA",
+                  "2wikimultihopqa": "2Wiki", "musique": "MuSiQue", "nq": "NQ",
+                  "triviaqa": "TriviaQA", "squad-open-mini": "SQuAD-open-mini",
+                  "factbook-hop": "Factbook-hop"}
+METHOD_TITLES = {"direct": "Direct", "naive-rag": "Naive-RAG", "iter-retgen": "Iter-RetGen",
+                 "flare": "FLARE", "ircot": "IRCoT", "research": "ReSearch"}
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def dataset_path(config: EvalConfig) -> Path:
+    """The FlashRAG jsonl of ``data.dataset_name`` / ``data.split``."""
+    from research.data import embedded
+
+    d = config.data
+    if d.data_dir is not None:
+        path = Path(d.data_dir) / d.dataset_name / f"{d.split}.jsonl"
+        if path.is_file():
+            return path
+    if d.dataset_name in embedded.EMBEDDED:
+        return embedded.split_path(d.dataset_name, d.split)
+    if d.dataset_name in embedded.EVAL_SPLITS:
+        return embedded.load_eval_set(d.dataset_name, d.split)
+    where = f"{d.data_dir}/{d.dataset_name}/{d.split}.jsonl not found; " if d.data_dir else ""
+    raise ConfigError(
+        f"{where}dataset {d.dataset_name!r} is not embedded ({', '.join(embedded.EMBEDDED)}) "
+        f"nor fetchable ({', '.join(embedded.EVAL_SPLITS)}): put it in FlashRAG's layout "
+        "DATA_DIR/NAME/SPLIT.jsonl and set data.data_dir")
+
+
+def load_items(config: EvalConfig) -> list[dict]:
+    """The questions to evaluate (``id``, ``question``, ``golden_answers``), sampled."""
+    from research.data.flashrag import load_flashrag_jsonl
+
+    items = []
+    for i, row in enumerate(load_flashrag_jsonl(dataset_path(config))):
+        items.append({"id": str(row.get("id", i)), "question": row["question"],
+                      "golden_answers": [str(a) for a in row["golden_answers"]]})
+    n = config.data.sample_num
+    if n is not None and n < len(items):
+        items = (random.Random(config.data.seed).sample(items, n) if config.data.random_sample
+                 else items[:n])
+    if not items:
+        raise ConfigError(f"{dataset_path(config)} holds no questions")
+    return items
+
+
+# --- model and retrieval ----------------------------------------------------------------------
+
+
+def _eos_ids(path: Path, tokenizer) -> list[int]:
+    """The tokenizer's EOS and the generation config's (chat models end turns with another)."""
+    ids = {tokenizer.eos_token_id}
+    config = path / "generation_config.json"
+    if config.is_file():
+        eos = json.loads(config.read_text()).get("eos_token_id")
+        ids |= set(eos if isinstance(eos, list) else [eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def _served_name(base_url: str, timeout: float) -> str:
+    import httpx
+
+    url = base_url.rstrip("/").removesuffix("/v1") + "/v1/models"
+    try:
+        models = httpx.get(url, timeout=timeout).json()["data"]
+        return models[0]["id"]
+    except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"could not read the model name from {url} ({e}): is the server up? "
+                          "Or set generator.served_model_name") from None
+
+
+@contextlib.contextmanager
+def open_generator(config: EvalConfig) -> Iterator[tuple[object, object]]:
+    """``(generator, tokenizer)`` of ``generator.backend``."""
+    from transformers import AutoTokenizer
+
+    from research.models.prepare import prepare_model
+
+    g = config.generator
+    path = Path(prepare_model(g.model))
+    if g.backend == "local":
+        import torch
+
+        from research.rollout.backends.hf import HFGenerator
+        from research.rollout.inspect import load_model
+
+        if g.threads:
+            torch.set_num_threads(g.threads)
+        model, tokenizer = load_model(str(path), g.dtype if g.dtype != "auto" else "bfloat16")
+        yield HFGenerator(model, tokenizer), tokenizer
+        return
+    from research.rollout.backends.openai_http import OpenAIGenerator
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    name = g.served_model_name or _served_name(g.base_url, g.timeout)
+    kwargs = {"api_key_env": g.api_key_env} if g.api_key_env else {}
+    with OpenAIGenerator(g.base_url, name, tokenizer, timeout=g.timeout,
+                         max_concurrency=g.max_connections,
+                         eos_token_ids=_eos_ids(path, tokenizer), **kwargs) as generator:
+        yield generator, tokenizer
+
+
+@contextlib.contextmanager
+def open_searcher(config: EvalConfig, out: Path, needed: bool) -> Iterator[object | None]:
+    """A ``SearchClient`` on ``retrieval.search_url`` or on a service started for the run."""
+    from research.data import embedded
+    from research.retrieval.client import SearchClient
+
+    r = config.retrieval
+    if not needed:
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        url = r.search_url
+        if url is None:
+            from research.serving.launch import running_service
+
+            corpus = r.corpus or config.data.dataset_name
+            if corpus not in embedded.EMBEDDED:
+                raise ConfigError(
+                    f"no retrieval service for {config.data.dataset_name}: set "
+                    "retrieval.search_url to a running service (python rag_serving/serving.py), "
+                    f"or retrieval.corpus to an embedded corpus ({', '.join(embedded.EMBEDDED)})")
+            serving = out / "serving_config.yaml"
+            serving.write_text(f"retriever:\n  embedded: {corpus}\n  method: bm25\n"
+                               "server:\n  num_retriever: 1\n")
+            url = stack.enter_context(running_service(serving, out / "service.log")).url
+        yield stack.enter_context(SearchClient(url, timeout=r.timeout, retries=r.retries))
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def run_name(config: EvalConfig) -> str:
+    d, note = config.data, config.run.save_note
+    return f"{d.dataset_name}_{d.split}_{resolve(config.method.name)}" + (f"_{note}" if note
+                                                                          else "")
+
+
+def read_items(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a crash: it is evaluated again
+            break
+    return records
+
+
+def summarise(records: Sequence[dict]) -> dict[str, float]:
+    keys = (*METRIC_KEYS, "searches", "search_failures", "generated_tokens")
+    if records and all("judge" in r for r in records):
+        keys = (*keys, "judge")
+    metrics = average_metrics([{k: float(r[k]) for k in keys} for r in records])
+    if "judge" in metrics:
+        metrics["judge_acc"] = metrics.pop("judge")
+    return metrics
+
+
+def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None) -> Path:
+    """Evaluate ``config.method.name`` on the dataset; returns the run folder.
+
+    ``backend``: a ``(generator, tokenizer)`` pair to use instead of ``config.generator``'s.
+    """
+    from tqdm.auto import tqdm
+
+    method = resolve(config.method.name)
+    items = load_items(config)
+    out = Path(config.run.save_dir) / run_name(config)
+    out.mkdir(parents=True, exist_ok=True)
+    items_path = out / "items.jsonl"
+    if config.run.overwrite and items_path.exists():
+        items_path.unlink()
+    done = read_items(items_path)
+    items_path.write_text("".join(json.dumps(r) + "\n" for r in done), encoding="utf-8")
+    done_ids = {r["id"] for r in done}
+    pending = [it for it in items if it["id"] not in done_ids]
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if done and pending:
+        logger.info("resuming %s: %d of %d items done", out, len(done), len(items))
+    start = time.perf_counter()
+    if pending:
+        with (contextlib.nullcontext(backend) if backend else open_generator(config)) as (
+                generator, tokenizer), \
+                open_searcher(config, out, method not in RETRIEVAL_FREE) as searcher:
+            ctx = Context(generator, tokenizer, searcher, config.settings())
+            bar = tqdm(total=len(items), initial=len(done), desc=f"{method} {run_name(config)}",
+                       unit="q", disable=not progress, dynamic_ncols=True)
+            with bar, items_path.open("a", encoding="utf-8") as sink:
+                for b in range(0, len(pending), config.run.batch_size):
+                    batch = pending[b : b + config.run.batch_size]
+                    for item, answer in zip(batch, METHODS[method](batch, ctx), strict=True):
+                        sink.write(json.dumps(to_record(item, answer)) + "\n")
+                    sink.flush()
+                    bar.update(len(batch))
+    records = [r for r in read_items(items_path) if r["id"] in {it["id"] for it in items}]
+    if config.judge.base_url:
+        from research.evaluation.judge import judge_records
+
+        records = judge_records(records, config.judge)
+        items_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    metrics = summarise(records)
+    summary = {"method": method, "dataset": config.data.dataset_name, "split": config.data.split,
+               "questions": len(records), "model": config.generator.model,
+               "backend": config.generator.backend, "metrics": metrics,
+               "seconds": round(time.perf_counter() - start, 1)}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "table.md").write_text(assemble_table([out]) + "\n")
+    logger.info("%s: %s", out, {k: round(v, 4) for k, v in metrics.items()})
+    return out
+
+
+def to_record(item: dict, answer) -> dict:
+    return {"id": item["id"], "question": item["question"],
+            "golden_answers": item["golden_answers"], "prediction": answer.prediction,
+            "response": answer.response, "trajectory": answer.trajectory,
+            "searches": answer.searches, "search_failures": answer.search_failures,
+            "generated_tokens": answer.generated_tokens,
+            **compute_metrics(answer.prediction, item["golden_answers"])}
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def assemble_table(run_dirs: Sequence[str | Path], metric: str = "em") -> str:
+    """The seed's results table (methods x datasets, ``metric`` x 100) from run folders."""
+    cells: dict[str, dict[str, float]] = {}
+    datasets: list[str] = []
+    for d in run_dirs:
+        path = Path(d) / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {d} a finished evaluation run?")
+        summary = json.loads(path.read_text())
+        if metric not in summary["metrics"]:
+            raise ValueError(f"{path} has no {metric!r}; it has "
+                             f"{', '.join(summary['metrics'])}")
+        if summary["dataset"] not in datasets:
+            datasets.append(summary["dataset"])
+        cells.setdefault(summary["method"], {})[summary["dataset"]] = (
+            100 * summary["metrics"][metric])
+    order = [m for m in METHOD_TITLES if m in cells] + [m for m in cells if m not in METHOD_TITLES]
+    head = "| Method | " + " | ".join(DATASET_TITLES.get(d, d) for d in datasets) + " |"
+    lines = [head, "|---" * (len(datasets) + 1) + "|"]
+    for m in order:
+        row = [f"{cells[m][d]:.2f}" if d in cells[m] else "-" for d in datasets]
+        lines.append(f"| {METHOD_TITLES.get(m, m)} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
