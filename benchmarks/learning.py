@@ -11,8 +11,9 @@ Arms (the same config, questions, seed, steps and batch):
 
 Reported per arm: training reward and accuracy over the first and the last quarter of the
 steps, greedy dev EM / F1 / mean reward before and after, searches per answer, response
-length, wall time and mean step time. Written to ``benchmarks/results/learning.json`` and
-printed as a markdown table. A killed run resumes (each arm continues from its checkpoint).
+length, wall time (from the arm's first start, resumes included) and mean step time.
+Written to ``benchmarks/results/learning.json`` and printed as a markdown table. A killed run
+resumes (each arm continues from its checkpoint).
 """
 
 from __future__ import annotations
@@ -96,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     from research.trainers.trl_engine import find_checkpoint, train
 
     results_path = Path(args.results)
-    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     results = {"command": "python benchmarks/learning.py " + " ".join(sys.argv[1:] if argv is None
                                                                     else argv),
                "config": args.config, "overrides": args.overrides, "cores": os.cpu_count(),
@@ -107,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, [*args.overrides, *ARMS[arm],
                                            f"run.output_dir={out}", f"run.resume={resume}"])
         print(f"== {arm}: {out} ({'resuming' if resume else 'starting'})", flush=True)
-        start = time.perf_counter()
+        started = out / "started_at"  # wall time from the arm's first start (resumes included)
+        out.mkdir(parents=True, exist_ok=True)
+        if not started.exists():
+            started.write_text(str(time.time()))
         train(config)
-        wall = time.perf_counter() - start
-        if resume:  # the wall time of a resumed arm covers only its last part
-            wall = previous.get("arms", {}).get(arm, {}).get("wall_s", 0) + wall
-        results["arms"][arm] = summarise(out, wall)
+        results["arms"][arm] = summarise(out, time.time() - float(started.read_text()))
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))

@@ -12,7 +12,7 @@ if [ ! -x "$venv/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-if [[ ",$extras," =~ ,(dense|models|trl), ]] && ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+if [[ ",$extras," =~ ,(dense|models|trl|verl), ]] && ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   "$venv/bin/python" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
 "$venv/bin/python" -m pip install -q -e ".[$extras]"

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Install everything the tests need, lint, and run the test suite on CPU.
 #   bash scripts/test.sh [PYTEST ARGS]
-# RESEARCH_SLOW=1 also runs the tests marked slow.
+# RESEARCH_SLOW=1 also runs the tests marked slow. The verl engine's tests then run in their
+# own environment (.venv-verl, bash scripts/setup_verl.sh); RESEARCH_SKIP_VERL=1 skips them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh "dense,fast,models,trl,test"
 venv="${VENV:-.venv}"
 "$venv/bin/ruff" check .
 "$venv/bin/python" -m pytest "$@"
+if [[ "${RESEARCH_SKIP_VERL:-0}" != 1 ]]; then
+  bash scripts/setup_verl.sh
+  .venv-verl/bin/python -m pytest -p no:cacheprovider tests/test_verl_engine.py \
+      tests/test_verl_launch.py "$@"
+fi

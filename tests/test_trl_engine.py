@@ -296,7 +296,7 @@ def test_train_command_bad_config_is_one_line_and_exit_2(tmp_path):
     assert rc == 0 and "grpo:" in out and "num_generations: 5" in out
 
 
-def test_run_sh_maps_the_original_flags_and_refuses_verl():
+def test_run_sh_maps_the_original_flags_and_picks_the_engine():
     run = lambda *a: subprocess.run(["bash", str(REPO / "training" / "run.sh"), *a],  # noqa: E731
                                     capture_output=True, text=True, timeout=30)
     r = run("--dry-run", "--config", "original", "--actor_model_path", "/m", "--search_url",
@@ -307,7 +307,10 @@ def test_run_sh_maps_the_original_flags_and_refuses_verl():
         "-m", "research.cli", "train", "--config", "original", "model.path=/m",
         "retrieval.search_url=http://h:1", "data.train=t.parquet", "data.dev=d.parquet",
         "run.output_dir=/o", "run.max_steps=3"]
-    r = run("--engine", "verl")
-    assert r.returncode == 2 and "verl engine is not available yet" in r.stderr
+    r = run("--engine", "verl", "--dry-run", "--search_url", "http://h:1",
+            "--train_data_path", "missing.parquet", "--save_path", "/tmp/none")
+    assert r.returncode == 2 and "missing.parquet not found" in r.stderr  # the verl launcher
+    r = run("--engine", "tensorflow")
+    assert r.returncode == 2 and "valid: trl, verl" in r.stderr
     r = run("--wandb_api_key", "secret")
     assert r.returncode == 2 and "WANDB_API_KEY" in r.stderr

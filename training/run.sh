@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Launch ReSearch GRPO training.
 #
-#   bash training/run.sh [--engine trl] [--config FILE|NAME] [section.key=value ...] [--resume]
+#   bash training/run.sh [--engine trl|verl] [--config FILE|NAME] [section.key=value ...] [--resume]
 #
+# trl (default): one machine, TRL. verl: GPU clusters, verl + Ray (default config `original`:
+# 8 GPUs, vLLM TP 2); it runs in .venv-verl when present (bash scripts/setup_verl.sh).
 # The original's flags are accepted and mapped onto config keys:
 #   --actor_model_path P -> model.path=P        --search_url U   -> retrieval.search_url=U
 #   --train_data_path P  -> data.train=P        --dev_data_path P -> data.dev=P
@@ -35,7 +37,7 @@ while [[ $# -gt 0 ]]; do
       echo "error: the wandb key is read only from the environment: export WANDB_API_KEY" \
            "and set run.wandb=online" >&2
       exit 2 ;;
-    -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *=*) args+=("$1"); shift ;;
     *) echo "error: unknown argument $1 (see bash training/run.sh --help)" >&2; exit 2 ;;
   esac
@@ -43,7 +45,15 @@ done
 
 case "$engine" in
   trl) ;;
-  verl) echo "error: the verl engine is not available yet; use --engine trl" >&2; exit 2 ;;
+  verl)
+    # verl pins transformers below TRL's range: its own environment (scripts/setup_verl.sh)
+    if [[ -z "${PYTHON:-}" && -x "$here/.venv-verl/bin/python" ]]; then
+      python="$here/.venv-verl/bin/python"
+    fi
+    cmd=("$python" -m research.trainers.verl_launch "${args[@]}")
+    [[ $dry_run == 1 ]] && cmd+=(--dry-run)
+    export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
+    exec "${cmd[@]}" ;;
   *) echo "error: unknown engine $engine; valid: trl, verl" >&2; exit 2 ;;
 esac
 

@@ -110,8 +110,14 @@ class Trajectory:
         return asdict(self)
 
 
-class _Rollout:
-    def __init__(self, generator: Generator, searcher: BatchSearcher, tokenizer,
+class RolloutState:
+    """The state machine of one rollout, per trajectory: what to sample next
+    (:meth:`sampling_params`), what a generation means (:meth:`record_generation`: the
+    trajectory ends, or asks to search) and the result block that follows (:meth:`search`,
+    :meth:`insert`). :func:`run_rollouts` drives it over a batch; the verl agent loop drives
+    it one trajectory at a time against verl's servers."""
+
+    def __init__(self, generator: Generator | None, searcher: BatchSearcher, tokenizer,
                  config: RolloutConfig):
         self.generator = generator
         self.searcher = searcher
@@ -131,22 +137,31 @@ class _Rollout:
         t.inserted += [inserted] * len(ids)
         t.loss_mask += [0 if inserted and self.config.mask_results else 1] * len(ids)
 
+    def sampling_params(self, t: Trajectory) -> SamplingParams:
+        """The next turn of ``t``: the budget left, stopping at ``</search>``."""
+        c = self.config
+        return SamplingParams(max_new_tokens=self.budget_left(t), temperature=c.temperature,
+                              top_p=c.top_p, stop=(protocol.SEARCH_END,), seed=c.seed)
+
+    def record_generation(self, t: Trajectory, g: Generation) -> str | None:
+        """Append the model's tokens; returns the query when ``t`` asked to search (``""``
+        for an empty one), else None and ``t.finish_reason`` is set."""
+        self.add(t, g.token_ids, g.logprobs, inserted=False)
+        reason = self._after_generation(t, g)
+        if reason is not None:
+            t.finish_reason = reason
+            return None
+        return protocol.extract_query(self.tokenizer.decode(g.token_ids)) or ""
+
     def turn(self, active: list[Trajectory]) -> list[tuple[Trajectory, str]]:
         """Generate one turn for every active trajectory; returns those that asked to search."""
-        c = self.config
-        params = [SamplingParams(max_new_tokens=self.budget_left(t), temperature=c.temperature,
-                                 top_p=c.top_p, stop=(protocol.SEARCH_END,), seed=c.seed)
-                  for t in active]
+        params = [self.sampling_params(t) for t in active]
         outputs = self.generator.generate([t.prompt_ids + t.response_ids for t in active], params)
         searching = []
         for t, g in zip(active, outputs, strict=True):
-            self.add(t, g.token_ids, g.logprobs, inserted=False)
-            reason = self._after_generation(t, g)
-            if reason is None:
-                query = protocol.extract_query(self.tokenizer.decode(g.token_ids)) or ""
+            query = self.record_generation(t, g)
+            if query is not None:
                 searching.append((t, query))
-            else:
-                t.finish_reason = reason
         return searching
 
     def _after_generation(self, t: Trajectory, g: Generation) -> TrajectoryFinish | None:
@@ -214,7 +229,7 @@ def run_rollouts(
 ) -> list[Trajectory]:
     """Roll out every prompt (token ids) to the end; one :class:`Trajectory` each, in order."""
     config = config or RolloutConfig()
-    run = _Rollout(generator, searcher, tokenizer, config)
+    run = RolloutState(generator, searcher, tokenizer, config)
     trajectories = [Trajectory(index=i, prompt_ids=list(p)) for i, p in enumerate(prompts)]
     while active := [t for t in trajectories if t.finish_reason is None]:
         searching = run.turn(active)

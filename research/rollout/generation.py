@@ -69,3 +69,36 @@ def check_batch(prompts: Sequence[Sequence[int]], params: Sequence[SamplingParam
         raise ValueError(f"one SamplingParams per prompt is needed: {len(prompts)} prompts, "
                          f"{len(params)} params")
     return bool(prompts)
+
+
+def generation_from_tokens(tokenizer, token_ids: Sequence[int], logprobs: Sequence[float] | None,
+                           eos_token_ids: frozenset[int], stop: Sequence[str] = (),
+                           max_new_tokens: int | None = None) -> Generation:
+    """A :class:`Generation` from a server that returns token ids but not why it stopped
+    (verl's agent-loop servers): cut after the first EOS (``"eos"``), else after the first
+    token whose text completes a stop string (``"stop"``), else ``"length"``. Missing
+    log-probs are 0.0.
+
+    >>> class Tok:
+    ...     def decode(self, ids): return "".join(chr(i) for i in ids)
+    >>> g = generation_from_tokens(Tok(), [ord(c) for c in "ab</s>cd"], None, frozenset(),
+    ...                            stop=("</s>",))
+    >>> "".join(map(chr, g.token_ids)), g.finish_reason, g.stop_string
+    ('ab</s>', 'stop', '</s>')
+    """
+    ids = [int(t) for t in token_ids]
+    lps = [float(x) for x in logprobs] if logprobs is not None else [0.0] * len(ids)
+    if len(lps) != len(ids):
+        raise ValueError(f"{len(ids)} token ids but {len(lps)} log-probs")
+    eos_at = next((i for i, t in enumerate(ids) if t in eos_token_ids), None)
+    end = len(ids) if eos_at is None else eos_at + 1
+    if stop:
+        window = 2 + max(len(s) for s in stop)
+        for k in range(1, end + 1):
+            tail = tokenizer.decode(ids[max(0, k - window) : k])
+            hit = next((s for s in stop if s in tail), None)
+            if hit is not None and (eos_at is None or k <= eos_at):
+                return Generation(ids[:k], lps[:k], "stop", hit)
+    if eos_at is not None:
+        return Generation(ids[:end], lps[:end], "eos")
+    return Generation(ids, lps, "length")

@@ -9,6 +9,7 @@
     reward:    name (v1 | f1)
     grpo:      prompts_per_step, num_generations, per_device_batch, learning_rate, beta, ...
     run:       output_dir, max_steps, save_steps, eval_steps, seed, torch_threads, wandb, ...
+    cluster:   gpus_per_node, nnodes, rollout_engine, ... (the verl engine's)
 
 :func:`load_config` reads a YAML file (any subset of the tree; the rest keeps the defaults
 below), applies overrides such as ``grpo.num_generations=4`` (values parsed as YAML scalars:
@@ -133,6 +134,21 @@ class RunConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Settings of the verl engine (training/run.sh --engine verl); TRL ignores them."""
+
+    gpus_per_node: int = _f(8, "verl: GPUs per node")
+    nnodes: int = _f(1, "verl: nodes in the Ray cluster")
+    rollout_engine: str = _f("vllm", "verl: the rollout servers", ("vllm", "sglang"))
+    max_prompt_tokens: int = _f(512, "verl: prompt budget (data.max_prompt_length)")
+    max_concurrent_searches: int = _f(32, "verl: search requests in flight per agent-loop "
+                                      "worker")
+    verl: dict = field(default_factory=dict, metadata={
+        "help": "any other verl (Hydra) key, passed as is (e.g. {trainer.use_v1: false})",
+        "choices": None})
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -141,6 +157,7 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     grpo: GRPOSection = field(default_factory=GRPOSection)
     run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -216,7 +233,9 @@ def world_size() -> int:
 
 
 def _positive(config: TrainConfig) -> None:
-    for key in ("grpo.prompts_per_step", "grpo.num_generations", "grpo.per_device_batch",
+    for key in ("cluster.gpus_per_node", "cluster.nnodes", "cluster.max_prompt_tokens",
+                "cluster.max_concurrent_searches",
+                "grpo.prompts_per_step", "grpo.num_generations", "grpo.per_device_batch",
                 "grpo.epochs", "rollout.max_response_tokens", "rollout.top_k",
                 "run.save_steps", "run.logging_steps", "data.dev_limit"):
         section, name = key.split(".")

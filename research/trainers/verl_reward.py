@@ -1,0 +1,56 @@
+"""The reward verl calls (``reward.custom_reward_function.path`` = this file, ``.name`` =
+``compute_score``): the project's reward on the decoded response.
+
+verl 0.9.1's reward loop calls ``compute_score(data_source=..., solution_str=...,
+ground_truth=..., extra_info=..., **reward_kwargs)`` per sample. ``solution_str`` is the
+response decoded without special tokens (the EOS is gone), so whether the response ended with
+EOS comes from the agent loop's ``extra_fields`` (merged into ``extra_info``). The result is a
+dict of numbers with the same keys for every sample, which verl logs: ``score``, ``acc``
+(the answer was correct), ``format_ok`` (it passed the format gates), ``searches``.
+``reward_kwargs.reward_name`` picks the reward (``v1`` by default, or ``f1``).
+
+This module imports nothing from verl; the tests call it directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from research.rewards import get_reward_fn
+
+FORMAT_FAILURES = ("bad format", "no eos", "cannot extract")
+
+
+def golden_answers(ground_truth: Any) -> list[str]:
+    """``reward_model.ground_truth`` of the project's rows: a string or a list of strings
+    (numpy arrays included, as parquet returns them)."""
+    if isinstance(ground_truth, str):
+        return [ground_truth]
+    if isinstance(ground_truth, Mapping) and "target" in ground_truth:
+        return golden_answers(ground_truth["target"])
+    if isinstance(ground_truth, Sequence) or hasattr(ground_truth, "tolist"):
+        values = ground_truth.tolist() if hasattr(ground_truth, "tolist") else ground_truth
+        return [str(v) for v in values]
+    raise ValueError(f"ground truth must be a string or a list of strings, got "
+                     f"{type(ground_truth).__name__}")
+
+
+def compute_score(data_source: str | None = None, solution_str: str = "",
+                  ground_truth: Any = None, extra_info: Mapping | None = None,
+                  reward_name: str = "v1", **kwargs) -> dict[str, float]:
+    """Score one response; see the module docstring.
+
+    >>> r = compute_score("hotpotqa", "<think> t </think> <answer> \\\\boxed{Paris} </answer>",
+    ...                   "paris", {"ended_with_eos": True, "num_searches": 1})
+    >>> r["score"], r["acc"], r["format_ok"], r["searches"]
+    (1.0, 1.0, 1.0, 1.0)
+    """
+    info = dict(extra_info or {})
+    ended = info.get("ended_with_eos")
+    result = get_reward_fn(reward_name)(solution_str, golden_answers(ground_truth),
+                                        ended_with_eos=None if ended is None else bool(ended))
+    return {"score": float(result.score),
+            "acc": float(result.reason == "correct"),
+            "format_ok": float(not result.reason.startswith(FORMAT_FAILURES)),
+            "searches": float(info.get("num_searches", 0) or 0)}

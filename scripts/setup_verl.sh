@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The verl engine's environment (.venv-verl): verl 0.9.1 pins transformers below the TRL
+# engine's range, so the two engines live in separate environments.
+#   bash scripts/setup_verl.sh          then: PYTHON=.venv-verl/bin/python ... or
+#                                       bash training/run.sh --engine verl (uses it)
+# Environment: PYTHON (default python3), TORCH_SPEC (default torch==2.13.0, the CPU build;
+# set your CUDA torch on GPU machines, then pip install "verl[vllm,fsdp]==0.9.1" there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv-verl bash scripts/setup.sh "verl,test" >/dev/null
+echo "environment ready: .venv-verl (verl $(.venv-verl/bin/python -c 'import verl; print(verl.__version__)'))"
