@@ -185,15 +185,20 @@ def test_blank_queries_are_not_sent_and_failures_are_counted(tok):
     assert answers[1].trajectory[0]["failure"] == "down"
 
 
-def test_research_method_is_the_rollout(tiny, client):
-    from research.rollout.backends.hf import HFGenerator
+def test_research_method_is_the_rollout(tok, client):
+    def reply(text, i):
+        if "</result>" in text.rsplit("Assistant:", 1)[1]:
+            return " <answer> \\boxed{alpha} </answer>", None
+        return f"<think> t </think> <search> {token(4)} </search>", None
 
-    model, tok = tiny
-    answers = M.METHODS["research"]([question(i) for i in range(2)],
-                                    ctx(HFGenerator(model, tok), tok, client,
-                                        research_max_response_tokens=24))
-    assert all(a.generated_tokens <= 24 for a in answers)
-    assert all(a.prediction == "" for a in answers)  # random weights never box an answer
+    gen = Scripted(tok, reply)
+    [a] = M.METHODS["research"]([question(4)], ctx(gen, tok, client, topk=1))
+    assert gen.calls[0][0].startswith("A conversation between User and Assistant.")
+    assert gen.calls[0][0].endswith(f"User: What is {token(4)}?. Assistant:")
+    assert gen.calls[0][1].stop == ("</search>",) and gen.calls[0][1].temperature == 0
+    assert a.prediction == "alpha" and a.searches == 1
+    assert a.trajectory[0]["query"] == token(4) and a.trajectory[0]["doc_ids"] == ["doc-4"]
+    assert "<result>" in a.response
 
 
 # --- the runner -------------------------------------------------------------------------------
@@ -239,6 +244,9 @@ def test_metrics_resume_and_table(tok, service_url, tmp_path):
     assert records[1]["trajectory"][0] == {"output": "Paris city", "tokens": records[1][
         "generated_tokens"]}
 
+    with pytest.raises(ConfigError, match=r"other settings \(method.answer_tokens\)"):
+        run(load_config(None, [*base, "method.answer_tokens=8"]), progress=False,
+            backend=(gen, tok))
     rag = run(load_config(None, [*base, "method.name=naive"]), progress=False,
               backend=(Scripted(tok, lambda t, i: ("Lima", None)), tok))
     table = assemble_table([out, rag])
@@ -247,6 +255,17 @@ def test_metrics_resume_and_table(tok, service_url, tmp_path):
     assert "| Direct | 66.67 |" in assemble_table([out, rag], "acc")
     with pytest.raises(FileNotFoundError, match="finished evaluation run"):
         assemble_table([tmp_path])
+
+
+def test_a_failed_judge_request_keeps_the_other_verdicts():
+    from research.evaluation.config import JudgeSection
+    from research.evaluation.judge import judge_records
+
+    records = [{"question": "q", "golden_answers": ["x"], "prediction": "x", "judge": 1.0},
+               {"question": "q", "golden_answers": ["x"], "prediction": "y"}]
+    out = judge_records(records, JudgeSection(base_url="http://127.0.0.1:9", model="m"),
+                        workers=2)
+    assert out[0]["judge"] == 1.0 and "judge" not in out[1] and "judge_error" in out[1]
 
 
 def test_summarise_adds_the_judge_when_every_item_has_it():
@@ -363,3 +382,20 @@ def test_flashrag_pipeline_needs_flashrag_and_says_so():
 
     with pytest.raises(ImportError, match="pip install flashrag-dev"):
         adapter.ReSearchPipeline  # noqa: B018
+
+
+def test_the_seeds_flags_map_onto_config_keys():
+    import argparse
+
+    from research.evaluation.commands import add_arguments, overrides_of
+
+    parse = add_arguments(argparse.ArgumentParser()).parse_args
+    args = parse(["data.sample_num=3", "--method_name", "research,naive", "--apply_chat", "True",
+                  "--gpu_id", "", "--sgl_remote_url", "http://h:80", "--split", "test"])
+    assert args.method_name == ["research", "naive"]
+    assert overrides_of(args) == ["data.split=test", "generator.backend=openai",
+                                  "generator.base_url=http://h:80",
+                                  "method.research_template=chat", "data.sample_num=3"]
+    assert "method.research_template=chat" not in overrides_of(parse([]))
+    with pytest.raises(SystemExit):  # an override swallowed as the flag's value is refused
+        parse(["--apply_chat", "data.sample_num=3"])

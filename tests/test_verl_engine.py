@@ -37,17 +37,42 @@ class ScriptedServer:
         if self.eos and not self.texts:
             ids.append(self.tok.eos_token_id)
         ids = ids[: sampling_params["max_tokens"]]
-        return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids), stop_reason="completed")
+        step = len(self.requests) + 6  # verl tags each generation with the trainer's step
+        return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids), stop_reason="completed",
+                           extra_fields={"global_steps": step})
 
 
-def agent_loop(tokenizer, server, search_url, response_length=256, **settings):
+def test_agent_loop_reads_the_models_end_of_turn_tokens(tiny, tiny_path, tmp_path):
+    import json
+    import shutil
+
+    _, tok = tiny
+    model = tmp_path / "model"
+    shutil.copytree(tiny_path, model)
+    chat_end = tok.convert_tokens_to_ids("<|im_end|>")
+    (model / "generation_config.json").write_text(json.dumps({"eos_token_id": [chat_end]}))
+    server = ScriptedServer(tok, [" <answer> \\boxed{a} </answer><|im_end|> more"], eos=False)
+    out = run_loop(lambda: agent_loop(tok, server, "http://127.0.0.1:9", model_path=str(model)),
+                   "Q?")
+    assert out.extra_fields["ended_with_eos"] and out.response_ids[-1] == chat_end
+
+
+def test_agent_loop_refuses_a_prompt_over_the_budget(tiny):
+    _, tok = tiny
+    with pytest.raises(ValueError, match="over data.max_prompt_length=16"):
+        run_loop(lambda: agent_loop(tok, ScriptedServer(tok, ["x"]), "http://127.0.0.1:9",
+                                    prompt_length=16), "Q?")
+
+
+def agent_loop(tokenizer, server, search_url, response_length=256, model_path="/none",
+               prompt_length=1024, **settings):
     from omegaconf import OmegaConf
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap
 
     from research.trainers.verl_agent import ReSearchAgentLoop
 
-    config = OmegaConf.create({"actor_rollout_ref": {"rollout": {
-        "response_length": response_length, "prompt_length": 1024}}, "data": {}})
+    config = OmegaConf.create({"actor_rollout_ref": {"model": {"path": model_path}, "rollout": {
+        "response_length": response_length, "prompt_length": prompt_length}}, "data": {}})
     return ReSearchAgentLoop(trainer_config=DictConfigWrap(config), server_manager=server,
                              tokenizer=tokenizer, processor=None, dataset_cls=None,
                              data_config=DictConfigWrap(config.data), search_url=search_url,
@@ -76,6 +101,7 @@ def test_agent_loop_masks_results_and_keeps_the_budget(tiny, service_url):
     assert block.startswith(" <result>\n") and token(3) in block and block.endswith("</result>")
     assert all(out.response_logprobs[i] == 0.0 for i in inserted)
     assert all(out.response_logprobs[i] == -0.5 for i, m in enumerate(out.response_mask) if m)
+    assert (out.extra_fields["min_global_steps"], out.extra_fields["max_global_steps"]) == (7, 8)
     first, second = server.requests
     assert first["params"]["stop"] == ["</search>"] and first["params"]["max_tokens"] == 256
     assert second["params"]["max_tokens"] == 256 - len(second["prompt_ids"]) + len(
@@ -91,11 +117,13 @@ def test_agent_loop_budget_and_failures(tiny):
     server = ScriptedServer(tok, [long, long, "x " * 100], eos=False)
     out = run_loop(lambda: agent_loop(tok, server, "http://127.0.0.1:9", response_length=64,
                                       search_retries=0, search_timeout=2), "Q?")
-    assert len(out.response_ids) <= 64
     assert out.extra_fields["num_search_failures"] >= 1
     assert "search failed" in tok.decode(out.response_ids)
     assert out.extra_fields["finish_reason"] == "length"
-    assert sum(r["params"]["max_tokens"] for r in server.requests) <= 64 * len(server.requests)
+    start = len(server.requests[0]["prompt_ids"])
+    for r in server.requests:  # each turn asks for exactly the budget left
+        assert r["params"]["max_tokens"] == 64 - (len(r["prompt_ids"]) - start)
+    assert len(out.response_ids) == 64  # the budget was spent, not overrun (no slicing needed)
 
 
 def test_generated_config_passes_verls_own_checks(tmp_path):

@@ -1,4 +1,4 @@
-"""``research eval`` and ``python evaluation/run_eval.py``: evaluate methods on datasets.
+"""Evaluate ReSearch and the RAG baselines on datasets: research eval, evaluation/run_eval.py.
 
 ::
 
@@ -35,6 +35,13 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _flag_value(text: str) -> str:
+    if "=" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} looks like an override: give --apply_chat "
+                                         "a value (--apply_chat True) or put it last")
+    return text
+
+
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. data.sample_num=50 method.flare_threshold=0.3")
@@ -50,9 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--sgl_remote_url", default=None,
                    help="an OpenAI-compatible server (SGLang, vLLM): sets generator.backend="
                         "openai and generator.base_url")
-    p.add_argument("--apply_chat", action="store_true",
+    p.add_argument("--apply_chat", nargs="?", const="True", default=None, type=_flag_value,
                    help="the ReSearch prompt through the chat template (method."
-                        "research_template=chat)")
+                        "research_template=chat); as the seed, any non-empty value turns it on")
+    p.add_argument("--gpu_id", default=None, help="accepted for the seed's command lines; "
+                   "GPUs are the model server's (set CUDA_VISIBLE_DEVICES for a local model)")
     p.add_argument("--table", nargs="+", metavar="RUN_DIR", default=None,
                    help="print the results table of finished run folders and exit")
     p.add_argument("--metric", default="em", help="the table's metric (em, acc, f1, ...)")

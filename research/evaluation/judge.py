@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from research.http import JsonPoster
+from research.http import JsonPoster, RequestFailed
 
 JUDGE_PROMPT = (
     "You are checking an answer to a question against the reference answers.\n"
@@ -40,7 +40,9 @@ def verdict(text: str) -> float:
 
 
 def judge_records(records: Sequence[dict], judge, workers: int = 8) -> list[dict]:
-    """``records`` with ``judge`` and ``judge_output`` set (records already judged are kept)."""
+    """``records`` with ``judge`` and ``judge_output`` set (records already judged are kept).
+    A request that fails after its retries leaves ``judge_error`` on its record instead; a
+    rerun judges those again."""
     headers = {}
     if judge.api_key_env:
         key = os.environ.get(judge.api_key_env)
@@ -54,10 +56,15 @@ def judge_records(records: Sequence[dict], judge, workers: int = 8) -> list[dict
     def one(record: dict) -> dict:
         if "judge" in record:
             return record
-        body = poster.post("/v1/chat/completions",
-                           judge_payload(record, judge.model, judge.max_tokens))
-        text = body["choices"][0]["message"]["content"] or ""
-        return {**record, "judge": verdict(text), "judge_output": text}
+        try:
+            body = poster.post("/v1/chat/completions",
+                               judge_payload(record, judge.model, judge.max_tokens))
+            text = body["choices"][0]["message"]["content"] or ""
+        except (RequestFailed, KeyError, IndexError, TypeError) as e:  # judged on a rerun
+            return {**{k: v for k, v in record.items() if k != "judge_error"},
+                    "judge_error": str(e)}
+        return {**{k: v for k, v in record.items() if k != "judge_error"},
+                "judge": verdict(text), "judge_output": text}
 
     try:
         with ThreadPoolExecutor(workers) as pool:

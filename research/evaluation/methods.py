@@ -26,8 +26,10 @@ Prompts and settings are FlashRAG's standard ones (``flashrag/prompt/base_prompt
   prediction.
 * ``research``: the ReSearch rollout, greedy (:mod:`research.evaluation.research_pipeline`).
 
-Baselines use the tokenizer's chat template when it has one (instruct models), else the
-system and user texts joined by a blank line, as FlashRAG does.
+Baselines use the tokenizer's chat template when it has one (``method.chat=auto``), else the
+system and user texts joined by a blank line. FlashRAG decides by the model's name ("chat" or
+"instruct" in it); base models whose tokenizer carries a chat template (Qwen2.5's do) need
+``method.chat=off`` to match it.
 """
 
 from __future__ import annotations

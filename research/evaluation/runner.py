@@ -82,16 +82,6 @@ def load_items(config: EvalConfig) -> list[dict]:
 # --- model and retrieval ----------------------------------------------------------------------
 
 
-def _eos_ids(path: Path, tokenizer) -> list[int]:
-    """The tokenizer's EOS and the generation config's (chat models end turns with another)."""
-    ids = {tokenizer.eos_token_id}
-    config = path / "generation_config.json"
-    if config.is_file():
-        eos = json.loads(config.read_text()).get("eos_token_id")
-        ids |= set(eos if isinstance(eos, list) else [eos])
-    return sorted(i for i in ids if i is not None)
-
-
 def _served_name(base_url: str, timeout: float) -> str:
     import httpx
 
@@ -125,13 +115,14 @@ def open_generator(config: EvalConfig) -> Iterator[tuple[object, object]]:
         yield HFGenerator(model, tokenizer), tokenizer
         return
     from research.rollout.backends.openai_http import OpenAIGenerator
+    from research.rollout.generation import model_eos_ids
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     name = g.served_model_name or _served_name(g.base_url, g.timeout)
     kwargs = {"api_key_env": g.api_key_env} if g.api_key_env else {}
     with OpenAIGenerator(g.base_url, name, tokenizer, timeout=g.timeout,
                          max_concurrency=g.max_connections,
-                         eos_token_ids=_eos_ids(path, tokenizer), **kwargs) as generator:
+                         eos_token_ids=model_eos_ids(path, tokenizer), **kwargs) as generator:
         yield generator, tokenizer
 
 
@@ -139,28 +130,20 @@ def open_generator(config: EvalConfig) -> Iterator[tuple[object, object]]:
 def open_searcher(config: EvalConfig, out: Path, needed: bool) -> Iterator[object | None]:
     """A ``SearchClient`` on ``retrieval.search_url`` or on a service started for the run."""
     from research.data import embedded
-    from research.retrieval.client import SearchClient
+    from research.serving.launch import search_client
 
     r = config.retrieval
     if not needed:
         yield None
         return
-    with contextlib.ExitStack() as stack:
-        url = r.search_url
-        if url is None:
-            from research.serving.launch import running_service
-
-            corpus = r.corpus or config.data.dataset_name
-            if corpus not in embedded.EMBEDDED:
-                raise ConfigError(
-                    f"no retrieval service for {config.data.dataset_name}: set "
-                    "retrieval.search_url to a running service (python rag_serving/serving.py), "
-                    f"or retrieval.corpus to an embedded corpus ({', '.join(embedded.EMBEDDED)})")
-            serving = out / "serving_config.yaml"
-            serving.write_text(f"retriever:\n  embedded: {corpus}\n  method: bm25\n"
-                               "server:\n  num_retriever: 1\n")
-            url = stack.enter_context(running_service(serving, out / "service.log")).url
-        yield stack.enter_context(SearchClient(url, timeout=r.timeout, retries=r.retries))
+    corpus = r.corpus or config.data.dataset_name
+    if r.search_url is None and corpus not in embedded.EMBEDDED:
+        raise ConfigError(
+            f"no retrieval service for {config.data.dataset_name}: set retrieval.search_url to "
+            "a running service (python rag_serving/serving.py), or retrieval.corpus to an "
+            f"embedded corpus ({', '.join(embedded.EMBEDDED)})")
+    with search_client(r.search_url, corpus, out, r.timeout, r.retries) as client:
+        yield client
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -182,6 +165,34 @@ def read_items(path: Path) -> list[dict]:
         except json.JSONDecodeError:  # a line cut by a crash: it is evaluated again
             break
     return records
+
+
+def fingerprint(config: EvalConfig) -> dict:
+    """What makes two runs' items comparable: every setting but the run's own, the judge and
+    the sample size (a larger sample extends a run)."""
+    tree = config.to_dict()
+    tree.pop("run")
+    tree.pop("judge")
+    for key in ("sample_num", "random_sample"):
+        tree["data"].pop(key)
+    return tree
+
+
+def check_same_run(out: Path, config: EvalConfig) -> None:
+    """Refuse to resume a run folder made with other settings (another model, method
+    settings, data...): its items would be mixed with these."""
+    path = out / "fingerprint.json"
+    now = fingerprint(config)
+    if config.run.overwrite or not path.exists():
+        path.write_text(json.dumps(now, indent=2) + "\n")
+        return
+    before = json.loads(path.read_text())
+    if before != now:
+        changed = sorted(f"{section}.{key}" for section in now for key in now[section]
+                         if before.get(section, {}).get(key) != now[section][key])
+        raise ConfigError(f"{out} holds a run with other settings ({', '.join(changed)}): "
+                          "set run.save_note to start another run folder, or "
+                          "run.overwrite=true to replace it")
 
 
 def summarise(records: Sequence[dict]) -> dict[str, float]:
@@ -208,6 +219,7 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
     items_path = out / "items.jsonl"
     if config.run.overwrite and items_path.exists():
         items_path.unlink()
+    check_same_run(out, config)
     done = read_items(items_path)
     items_path.write_text("".join(json.dumps(r) + "\n" for r in done), encoding="utf-8")
     done_ids = {r["id"] for r in done}
@@ -230,11 +242,16 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
                         sink.write(json.dumps(to_record(item, answer)) + "\n")
                     sink.flush()
                     bar.update(len(batch))
-    records = [r for r in read_items(items_path) if r["id"] in {it["id"] for it in items}]
+    wanted = {it["id"] for it in items}
+    records = [r for r in read_items(items_path) if r["id"] in wanted]
     if config.judge.base_url:
         from research.evaluation.judge import judge_records
 
         records = judge_records(records, config.judge)
+        failed = sum("judge_error" in r for r in records)
+        if failed:
+            logger.warning("the judge failed on %d of %d items (judge_error in items.jsonl); "
+                           "no judge_acc until a rerun judges them", failed, len(records))
         items_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     metrics = summarise(records)
     summary = {"method": method, "dataset": config.data.dataset_name, "split": config.data.split,

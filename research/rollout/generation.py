@@ -92,7 +92,7 @@ def generation_from_tokens(tokenizer, token_ids: Sequence[int], logprobs: Sequen
         raise ValueError(f"{len(ids)} token ids but {len(lps)} log-probs")
     eos_at = next((i for i, t in enumerate(ids) if t in eos_token_ids), None)
     end = len(ids) if eos_at is None else eos_at + 1
-    if stop:
+    if stop and any(s in tokenizer.decode(ids[:end]) for s in stop):  # then find the token
         window = 2 + max(len(s) for s in stop)
         for k in range(1, end + 1):
             tail = tokenizer.decode(ids[max(0, k - window) : k])
@@ -102,3 +102,17 @@ def generation_from_tokens(tokenizer, token_ids: Sequence[int], logprobs: Sequen
     if eos_at is not None:
         return Generation(ids[:end], lps[:end], "eos")
     return Generation(ids, lps, "length")
+
+
+def model_eos_ids(model_dir, tokenizer) -> list[int]:
+    """The tokenizer's EOS and the model's ``generation_config.json`` ones (chat models end
+    turns with another token; vLLM stops on both)."""
+    import json
+    from pathlib import Path
+
+    ids = {tokenizer.eos_token_id}
+    config = Path(model_dir) / "generation_config.json"
+    if config.is_file():
+        eos = json.loads(config.read_text()).get("eos_token_id")
+        ids |= set(eos if isinstance(eos, list) else [eos])
+    return sorted(int(i) for i in ids if i is not None)

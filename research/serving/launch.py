@@ -65,3 +65,17 @@ def running_service(config: Path, log_path: Path, timeout: float = 300
     finally:
         service.process.terminate()
         service.process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def search_client(url: str | None, embedded: str, out: Path, timeout: float = 30.0,
+                  retries: int = 3) -> Iterator[SearchClient]:
+    """A client on ``url``, or on a BM25 service over the ``embedded`` corpus started for the
+    block (its config and log in ``out``)."""
+    with contextlib.ExitStack() as stack:
+        if url is None:
+            serving = out / "serving_config.yaml"
+            serving.write_text(f"retriever:\n  embedded: {embedded}\n  method: bm25\n"
+                               "server:\n  num_retriever: 1\n")
+            url = stack.enter_context(running_service(serving, out / "service.log")).url
+        yield stack.enter_context(SearchClient(url, timeout=timeout, retries=retries))

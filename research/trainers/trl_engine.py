@@ -426,22 +426,14 @@ def check_resume(config: TrainConfig) -> Path | None:
 def retrieval(config: TrainConfig, out: Path) -> Iterator:
     """A ``SearchClient`` on ``retrieval.search_url``, or on a service started for the run;
     None for the closed-book control (``rollout.search: false``), which never searches."""
-    from research.retrieval.client import SearchClient
+    from research.serving.launch import search_client
 
     rc = config.retrieval
     if not config.rollout.search:
         yield None
         return
-    with contextlib.ExitStack() as stack:
-        url = rc.search_url
-        if url is None:
-            from research.serving.launch import running_service
-
-            serving = out / "serving_config.yaml"
-            serving.write_text(f"retriever:\n  embedded: {rc.corpus}\n  method: bm25\n"
-                               "server:\n  num_retriever: 1\n")
-            url = stack.enter_context(running_service(serving, out / "service.log")).url
-        yield stack.enter_context(SearchClient(url, timeout=rc.timeout, retries=rc.retries))
+    with search_client(rc.search_url, rc.corpus, out, rc.timeout, rc.retries) as client:
+        yield client
 
 
 def _wandb_env(config: TrainConfig) -> None:

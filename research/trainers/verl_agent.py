@@ -19,11 +19,14 @@ failures and whether the response ended with EOS, which verl merges into the rew
 ``extra_info`` (:mod:`research.trainers.verl_reward`).
 
 verl's server does not say which stop ended a generation; the token ids are read back with
-:func:`research.rollout.generation.generation_from_tokens`.
+:func:`research.rollout.generation.generation_from_tokens` (off the event loop). The
+``min_global_steps`` / ``max_global_steps`` tags verl's server puts on each generation are
+passed on, as verl's own loops do (its trainer reads them every step).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +37,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutp
 from research import protocol
 from research.retrieval.client import SearchClient
 from research.rollout.engine import RolloutConfig, RolloutState, Trajectory
-from research.rollout.generation import generation_from_tokens
+from research.rollout.generation import generation_from_tokens, model_eos_ids
 from research.rollout.prompts import encode_prompt
 
 # One client and one bounded pool per worker process and service (agent loops are built per
@@ -92,20 +95,23 @@ class ReSearchAgentLoop(AgentLoopBase):
                                      mask_results=mask_results)
         self.searcher = search_client(search_url, search_timeout, search_retries)
         self.pool = search_pool(max_concurrent_searches)
-        eos = {self.tokenizer.eos_token_id}
-        gen_eos = getattr(getattr(self.tokenizer, "generation_config", None), "eos_token_id",
-                          None)
-        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        self.eos_token_ids = frozenset(int(e) for e in eos if e is not None)
+        self.prompt_length = int(self.rollout_config.prompt_length)
+        self.eos_token_ids = frozenset(model_eos_ids(self.config.actor_rollout_ref.model.path,
+                                                     self.tokenizer))
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         question = question_of(kwargs)
         prompt_ids = encode_prompt(self.tokenizer, question, self.template, clean=self.clean,
                                    example=self.example)
+        if len(prompt_ids) > self.prompt_length:
+            raise ValueError(f"the prompt of {question[:80]!r} has {len(prompt_ids)} tokens, "
+                             f"over data.max_prompt_length={self.prompt_length}: raise "
+                             "cluster.max_prompt_tokens or drop the question")
         state = RolloutState(None, self.searcher, self.tokenizer, self.rollout)
         t = Trajectory(index=0, prompt_ids=prompt_ids)
         request_id = uuid.uuid4().hex  # one id per trajectory: its turns stay on one server
         generating = searching = 0.0
+        server_fields: list[dict] = []  # verl's per-generation tags (global steps)
         while t.finish_reason is None:
             left = state.budget_left(t)
             params = {**sampling_params, "max_tokens": left, "stop": [protocol.SEARCH_END]}
@@ -113,9 +119,11 @@ class ReSearchAgentLoop(AgentLoopBase):
             out = await self.server_manager.generate(
                 request_id, prompt_ids=t.prompt_ids + t.response_ids, sampling_params=params)
             generating += time.perf_counter() - start
-            g = generation_from_tokens(self.tokenizer, out.token_ids[:left], (
-                out.log_probs[:left] if out.log_probs is not None else None),
-                self.eos_token_ids, stop=(protocol.SEARCH_END,))
+            server_fields.append(dict(getattr(out, "extra_fields", None) or {}))
+            logprobs = out.log_probs[:left] if out.log_probs is not None else None
+            g = await self.loop.run_in_executor(None, functools.partial(
+                generation_from_tokens, self.tokenizer, out.token_ids[:left], logprobs,
+                self.eos_token_ids, stop=(protocol.SEARCH_END,)))
             if not g.token_ids:  # nothing came back: end rather than loop
                 t.finish_reason = "length"
                 break
@@ -125,6 +133,8 @@ class ReSearchAgentLoop(AgentLoopBase):
                 await self.loop.run_in_executor(self.pool, state.search, [(t, query)])
                 searching += time.perf_counter() - start
         n = self.response_length
+        steps = [f["global_steps"] for f in server_fields if f.get("global_steps") is not None]
+        tags = {"min_global_steps": steps[0], "max_global_steps": steps[-1]} if steps else {}
         return AgentLoopOutput(
             prompt_ids=t.prompt_ids, response_ids=t.response_ids[:n],
             response_mask=t.loss_mask[:n], response_logprobs=t.logprobs[:n],
@@ -132,4 +142,4 @@ class ReSearchAgentLoop(AgentLoopBase):
             metrics={"generate_sequences": generating, "tool_calls": searching},
             extra_fields={"num_searches": t.num_searches, "num_search_failures": t.num_failures,
                           "ended_with_eos": t.ended_with_eos,
-                          "finish_reason": t.finish_reason})
+                          "finish_reason": t.finish_reason, **tags})

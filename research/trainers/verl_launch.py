@@ -78,7 +78,8 @@ def overrides(config: TrainConfig, *, model_path: str, train_files: str, val_fil
         "data.train_batch_size": g.prompts_per_step,
         "data.max_prompt_length": c.max_prompt_tokens,
         "data.max_response_length": r.max_response_tokens,
-        "data.filter_overlong_prompts": True,
+        "data.filter_overlong_prompts": False,  # verl's filter measures chat prompts; the
+        # agent loop renders the project's prompt and refuses one over the budget
         "data.seed": run.seed,
         "actor_rollout_ref.model.path": model_path,
         "actor_rollout_ref.model.enable_gradient_checkpointing":
@@ -139,8 +140,9 @@ def rows_file(source: str, split: str, limit: int | None, out: Path) -> str:
     items = load_questions(source, limit, split=split)
     if not items:
         raise ConfigError(f"no questions in {source} ({split}): check data.train / data.dev")
+    name = Path(source).parent.name if source.endswith(".jsonl") else source  # NAME/SPLIT.jsonl
     rows = [make_row(it["question"], [str(a) for a in it["golden_answers"]],
-                     id=str(it.get("id", i)), data_source=Path(source).stem, index=i)
+                     id=str(it.get("id", i)), data_source=name, index=i)
             for i, it in enumerate(items)]
     write_rows(rows, out)
     return str(out.resolve())

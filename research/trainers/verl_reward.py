@@ -5,7 +5,8 @@ verl 0.9.1's reward loop calls ``compute_score(data_source=..., solution_str=...
 ground_truth=..., extra_info=..., **reward_kwargs)`` per sample. ``solution_str`` is the
 response decoded without special tokens (the EOS is gone), so whether the response ended with
 EOS comes from the agent loop's ``extra_fields`` (merged into ``extra_info``). The result is a
-dict of numbers with the same keys for every sample, which verl logs: ``score``, ``acc``
+dict of numbers with the same keys for every sample (verl logs them at validation and keeps
+them in its rollout dumps): ``score``, ``acc``
 (the answer was correct), ``format_ok`` (it passed the format gates), ``searches``.
 ``reward_kwargs.reward_name`` picks the reward (``v1`` by default, or ``f1``).
 
@@ -47,9 +48,11 @@ def compute_score(data_source: str | None = None, solution_str: str = "",
     (1.0, 1.0, 1.0, 1.0)
     """
     info = dict(extra_info or {})
-    ended = info.get("ended_with_eos")
+    # the research_agent loop always says; a row rolled out by another loop counts as not
+    # ended (reward 0) rather than stopping verl's reward worker
+    ended = bool(info.get("ended_with_eos", False))
     result = get_reward_fn(reward_name)(solution_str, golden_answers(ground_truth),
-                                        ended_with_eos=None if ended is None else bool(ended))
+                                        ended_with_eos=ended)
     return {"score": float(result.score),
             "acc": float(result.reason == "correct"),
             "format_ok": float(not result.reason.startswith(FORMAT_FAILURES)),
