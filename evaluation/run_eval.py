@@ -1,7 +1,9 @@
 """Evaluate a checkpoint with ReSearch and the RAG baselines (the seed's entry point).
 
     python evaluation/run_eval.py --config_path evaluation/eval_config.yaml \
-        --method_name research --split dev --dataset_name hotpotqa
+        --method_name research --split dev --dataset_name hotpotqa --data_dir /data/flashrag
+
+(hotpotqa is not embedded: ``--data_dir`` holds FlashRAG's ``hotpotqa/dev.jsonl``.)
 
 Same as ``research eval``; see ``research eval --help`` and ``--keys``.
 """
