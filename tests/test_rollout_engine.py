@@ -53,12 +53,12 @@ class Scripted:
 
     @staticmethod
     def _cut(ids, p):
-        stop = p.stop[0].encode()
         raw = bytes(i for i in ids if i < 256)
-        at = raw.find(stop)
-        if at >= 0 and at + len(stop) <= p.max_new_tokens:
-            n = at + len(stop)
-            return Generation(ids[:n], [-0.5] * n, "stop", p.stop[0])
+        found = [(raw.find(s.encode()) + len(s.encode()), s) for s in p.stop
+                 if raw.find(s.encode()) >= 0]
+        if found and min(found)[0] <= p.max_new_tokens:  # the earliest stop string, as vLLM
+            n, stop = min(found)
+            return Generation(ids[:n], [-0.5] * n, "stop", stop)
         if len(ids) > p.max_new_tokens:
             return Generation(ids[: p.max_new_tokens], [-0.5] * p.max_new_tokens, "length")
         reason = "eos" if ids and ids[-1] == EOS else "length"
@@ -179,13 +179,40 @@ def test_generation_over_budget_is_length():
     assert t.finish_reason == "length" and len(t.response_ids) == 20
 
 
-def test_max_turns_caps_searches():
+def test_max_turns_caps_searches_and_end_reproduces_the_hard_stop():
     script = ["<search> a </search>", "<search> b </search>", "<search> c </search>", "<eos>"]
-    (t,), _, search = roll({1: script}, max_turns=2)
+    (t,), _, search = roll({1: script}, max_turns=2, on_max_turns="end")
     assert t.finish_reason == "turns" and t.num_searches == 2
     assert search.calls == [["a"], ["b"]]
+    assert t.turn_limit_notices == 0
     (t0,), _, _ = roll({1: script}, max_turns=0)
     assert t0.finish_reason == "turns" and t0.num_searches == 0
+
+
+def test_a_search_beyond_the_cap_gets_the_notice_once_and_the_model_answers():
+    answer = " <think> enough </think> <answer> \\boxed{b} </answer><eos>"
+    script = ["<search> a </search>", "<search> b </search>", "<search> c </search>", answer]
+    (t,), gen, search = roll({1: script}, max_turns=2)
+    assert search.calls == [["a"], ["b"]]  # the third query is never sent
+    assert t.num_searches == 2 and t.turn_limit_notices == 1
+    assert t.finish_reason == "eos" and t.ended_with_eos
+    notice = protocol.format_result_text(protocol.TURN_LIMIT_TEXT)
+    model, inserted = parts(t)
+    assert inserted.endswith(notice) and notice not in model
+    assert t.text.endswith("<search> c </search>" + notice + answer.removesuffix("<eos>"))
+    # a second search beyond the cap ends the trajectory
+    (t2,), _, _ = roll({1: ["<search> a </search>", "<search> b </search>",
+                            "<search> c </search>", "<eos>"]}, max_turns=1)
+    assert t2.finish_reason == "turns" and t2.turn_limit_notices == 1 and t2.num_searches == 1
+
+
+def test_stop_at_answer_ends_the_response_at_the_first_answer_end():
+    text = "<think> t </think> <answer> \\boxed{x} </answer> User: next? Assistant: <eos>"
+    (t,), _, _ = roll({1: [text]}, stop_at_answer=True)
+    assert t.finish_reason == "answer" and t.ended_with_eos
+    assert t.text == "<think> t </think> <answer> \\boxed{x} </answer>"
+    (full,), _, _ = roll({1: [text]})  # the original: on to EOS
+    assert full.finish_reason == "eos" and "User: next?" in full.text
 
 
 def test_result_token_cap():

@@ -63,6 +63,25 @@ def test_stop_string_and_per_sequence_budgets(tiny):
     assert short.finish_reason == "length" and short.token_ids == free.token_ids[:3]
 
 
+def test_every_eos_id_of_the_generation_config_ends_a_sequence(tiny):
+    """A model whose generation config lists two end-of-text ids stops at either (the
+    prepared Qwen2.5 lists <|im_end|> and <|endoftext|>)."""
+    model, tok = tiny
+    p = prompts(tok, ["Once upon a time"])[0]
+    free = HFGenerator(model, tok).generate([p], [SamplingParams(12, temperature=0)])[0]
+    second = free.token_ids[4]  # a token greedy decoding reaches: make it an EOS too
+    old = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tok.eos_token_id, second]
+    try:
+        gen = HFGenerator(model, tok)
+        out = gen.generate([p], [SamplingParams(12, temperature=0)])[0]
+    finally:
+        model.generation_config.eos_token_id = old
+    assert gen.eos_token_ids == {tok.eos_token_id, second}
+    cut = free.token_ids.index(second) + 1
+    assert out.finish_reason == "eos" and out.token_ids == free.token_ids[:cut]
+
+
 class ForceText:
     """A logits processor that makes the model write given texts, one per turn, then EOS."""
 

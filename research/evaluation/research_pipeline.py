@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 
 from research import protocol
 from research.metrics import average_metrics, compute_metrics
-from research.rollout.engine import BatchSearcher, RolloutConfig, run_rollouts
+from research.rollout.engine import COMPLETE_FINISHES, BatchSearcher, RolloutConfig, run_rollouts
 from research.rollout.generation import Generator
 from research.rollout.prompts import encode_prompt
 
@@ -18,15 +18,16 @@ from research.rollout.prompts import encode_prompt
 @dataclass(frozen=True)
 class PipelineConfig:
     template: str = "base"  # base | chat
-    example: bool = False  # the worked example in the base prompt
+    example: bool | str = False  # a worked example in the prompt (True or its name)
     clean: bool = False  # the clean base form (no "." after a question mark)
     batch_size: int = 16  # questions rolled out together
     search: bool = True  # False: the closed-book prompt, and no search turns
 
 
 def predict(text: str, finish_reason: str | None) -> str:
-    """The prediction of one response: the boxed answer, empty on over-length or no box."""
-    if finish_reason != "eos":
+    """The prediction of one response: the boxed answer, empty on over-length or no box
+    (a response ends properly at EOS, or at ``</answer>`` when the rollout stops there)."""
+    if finish_reason not in COMPLETE_FINISHES:
         return ""
     return protocol.extract_answer(text) or ""
 

