@@ -1,5 +1,6 @@
 """Evidence that GRPO with search learns: the same CPU budget spent twice, with search and
-closed book (the control), each measured by greedy validation before and after.
+closed book (the control), each measured by greedy validation on held-out questions before
+and after.
 
     python benchmarks/learning.py                      # training/configs/cpu-evidence.yaml
     python benchmarks/learning.py run.max_steps=20     # any training override, both arms
@@ -7,13 +8,18 @@ closed book (the control), each measured by greedy validation before and after.
 Arms (the same config, questions, seed, steps and batch):
 
 * ``search``: the ReSearch prompt and rollout against the retrieval service on loopback;
-* ``closed-book``: ``rollout.search=false``: the prompt without the search tool, no search.
+  its stage ``before`` is the untrained model with search, ``after`` the trained one;
+* ``closed-book``: ``rollout.search=false``: the prompt without the search tool, no search
+  (stage ``before``: the closed-book ceiling of the untrained model).
 
-Reported per arm: training reward and accuracy over the first and the last quarter of the
-steps, greedy dev EM / F1 / mean reward before and after, searches per answer, response
-length, wall time (from the arm's first start, resumes included) and mean step time.
-Written to ``benchmarks/results/learning.json`` and printed as a markdown table. A killed run
-resumes (each arm continues from its checkpoint).
+Reported per arm: training reward, accuracy and valid share over the first and the last
+quarter of the steps, greedy dev EM / F1 / mean reward before and after, searches per
+answer, response length, wall time (from the arm's first start, resumes included) and mean
+step time. Written to ``benchmarks/results/learning.json`` (with ``data.train`` /
+``data.dev``), each dev question's prediction per arm and stage to
+``benchmarks/results/learning_dev.jsonl``, the figure (dev EM, training reward and valid
+share against step, both arms) to ``asset/learning.png``, and printed as a markdown table.
+A killed run resumes (each arm continues from its checkpoint).
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ def summarise(out: Path, wall_s: float | None) -> dict:
         "train_reward_last": mean(m["reward"] for m in last),
         "train_accuracy_first": mean(m["accuracy"] for m in first),
         "train_accuracy_last": mean(m["accuracy"] for m in last),
+        "train_valid_first": mean(m.get("format_valid") for m in first),
+        "train_valid_last": mean(m.get("format_valid") for m in last),
         "train_searches": mean(m["searches_per_answer"] for m in steps),
         "train_response_length": mean(m["completions/mean_length"] for m in steps),
         "step_time_s": mean(m.get("step_time") for m in steps),
@@ -66,6 +74,8 @@ def table(results: dict) -> str:
     rows = [("train reward (first / last quarter)", "train_reward_first", "train_reward_last"),
             ("train accuracy (first / last quarter)", "train_accuracy_first",
              "train_accuracy_last"),
+            ("train valid share (first / last quarter)", "train_valid_first",
+             "train_valid_last"),
             ("dev EM (before / after)", "dev_em_before", "dev_em_after"),
             ("dev F1 (before / after)", "dev_f1_before", "dev_f1_after"),
             ("dev reward (before / after)", "dev_reward_before", "dev_reward_after"),
@@ -84,6 +94,45 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def dev_predictions(arm: str, out: Path) -> list[dict]:
+    """One line per stage (``before``: the first validation, ``after``: the last) and dev
+    question of an arm, from its ``validation_items.jsonl``."""
+    items = jsonl(out / "validation_items.jsonl")
+    steps = sorted({it["step"] for it in items})
+    stages = {"before": steps[0], "after": steps[-1]} if len(steps) > 1 else {}
+    return [{"arm": arm, "stage": stage, "step": step,
+             **{k: it[k] for k in ("id", "question", "golden_answers", "prediction", "em")}}
+            for stage, step in stages.items() for it in items if it["step"] == step]
+
+
+def plot(arm_dirs: dict[str, Path], path: Path) -> Path | None:
+    """Dev EM, training reward and valid share against step, one line per arm."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = (("Dev exact match (greedy, held out)", "validation.jsonl", "em"),
+              ("Training reward (mean per step)", "metrics.jsonl", "reward"),
+              ("Training valid share", "metrics.jsonl", "format_valid"))
+    for ax, (title, name, key) in zip(axes, panels, strict=True):
+        for arm, out in arm_dirs.items():
+            points = [(r["step"], r[key]) for r in jsonl(out / name) if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=arm)
+        ax.set(title=title, xlabel="step", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="training key=value overrides (both arms)")
@@ -91,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/evidence", help="run directory of the two arms")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--results", default=str(Path(__file__).parent / "results" / "learning.json"))
+    p.add_argument("--figure", default=str(Path(__file__).parents[1] / "asset" / "learning.png"))
     args = p.parse_args(argv)
 
     from research.trainers.config import load_config
@@ -101,20 +151,34 @@ def main(argv: list[str] | None = None) -> int:
                                                                     else argv),
                "config": args.config, "overrides": args.overrides, "cores": os.cpu_count(),
                "date": time.strftime("%Y-%m-%d"), "arms": {}}
-    for arm in args.arms:
-        out = Path(args.out) / arm
+    arm_dirs = {arm: Path(args.out) / arm for arm in args.arms}
+    dev_lines: list[dict] = []
+    for arm, out in arm_dirs.items():
         resume = find_checkpoint(out) is not None
         config = load_config(args.config, [*args.overrides, *ARMS[arm],
                                            f"run.output_dir={out}", f"run.resume={resume}"])
+        d = config.data
+        results["data"] = {"train": d.train, "train_type": d.train_type, "dev": d.dev,
+                           "dev_split": d.dev_split, "dev_type": d.dev_type,
+                           "dev_limit": d.dev_limit, "model": config.model.path}
         print(f"== {arm}: {out} ({'resuming' if resume else 'starting'})", flush=True)
         started = out / "started_at"  # wall time from the arm's first start (resumes included)
         out.mkdir(parents=True, exist_ok=True)
         if not started.exists():
             started.write_text(str(time.time()))
-        train(config)
-        results["arms"][arm] = summarise(out, time.time() - float(started.read_text()))
+        finished = out / "finished_at"
+        if not finished.exists():  # a finished arm is not trained again
+            train(config)
+            finished.write_text(str(time.time()))
+        results["arms"][arm] = summarise(out, float(finished.read_text())
+                                         - float(started.read_text()))
+        results["dev_questions"] = results["arms"][arm]["dev_questions"]
+        dev_lines += dev_predictions(arm, out)
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2) + "\n")
+        results_path.with_name("learning_dev.jsonl").write_text(
+            "".join(json.dumps(line) + "\n" for line in dev_lines))
+        plot(arm_dirs, Path(args.figure))
     print(table(results))
     return 0
 

@@ -105,6 +105,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from research.quickstart import (
+        format_steps_table,
         format_table,
         format_training_table,
         run_quickstart,
@@ -116,10 +117,13 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     result = run_quickstart(run_dir, dataset=args.dataset, limit=args.limit or None, k=args.k)
     print(format_table(result))
     if args.train_steps > 0:
-        validation = run_training(run_dir, args.train_steps, tuple(args.override))
-        print("\nReSearch pipeline on the dev slice, before and after GRPO:")
+        validation, steps = run_training(run_dir, args.train_steps, tuple(args.override))
+        print("\nGRPO steps (training questions, sampled at temperature 1):")
+        print(format_steps_table(steps))
+        print("\nReSearch pipeline on held-out dev questions (greedy), before and after GRPO:")
         print(format_training_table(validation))
-        print(f"figure: {run_dir / 'train' / 'validation.png'}")
+        print(f"figures: {run_dir / 'train' / 'training.png'}, "
+              f"{run_dir / 'train' / 'validation.png'}")
     print(f"run directory: {run_dir} ({time.time() - start:.0f} s)")
     return 0
 

@@ -74,8 +74,14 @@ def run_quickstart(run_dir: Path, dataset: str = "squad-open-mini", limit: int |
     return result
 
 
-def run_training(run_dir: Path, steps: int, overrides: tuple[str, ...] = ()) -> list[dict]:
-    """The quickstart's GRPO run; returns its validation records (before and after)."""
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_training(run_dir: Path, steps: int, overrides: tuple[str, ...] = ()
+                 ) -> tuple[list[dict], list[dict]]:
+    """The quickstart's GRPO run; returns its validation records (before and after) and its
+    step records (``metrics.jsonl``)."""
     from research.trainers.config import load_config
     from research.trainers.trl_engine import train
 
@@ -83,8 +89,21 @@ def run_training(run_dir: Path, steps: int, overrides: tuple[str, ...] = ()) -> 
                                         f"run.max_steps={steps}", f"run.eval_steps={steps}",
                                         f"run.save_steps={steps}", *overrides])
     out = train(config)
-    path = out / "validation.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    steps_done = [m for m in _jsonl(out / "metrics.jsonl") if "loss" in m]
+    return _jsonl(out / "validation.jsonl"), steps_done
+
+
+def format_steps_table(steps: list[dict]) -> str:
+    """One row per GRPO step: what the model sampled and how the reward scored it."""
+    lines = ["| step | mean reward | exact share | valid share | groups with spread | "
+             "searches / sample | response tokens | step s |", "|---" * 8 + "|"]
+    for m in steps:
+        cells = [m.get(k) for k in ("reward", "accuracy", "format_valid", "groups_with_spread",
+                                    "searches_per_answer")]
+        lines.append(f"| {m['step']} | " + " | ".join(
+            "-" if v is None else f"{v:.2f}" for v in cells)
+            + f" | {m.get('completions/mean_length', 0):.0f} | {m.get('step_time') or 0:.0f} |")
+    return "\n".join(lines)
 
 
 def format_training_table(validation: list[dict]) -> str:

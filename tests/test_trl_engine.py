@@ -114,8 +114,27 @@ def test_reward_uses_the_response_and_golden_answers_and_logs_reasons():
     assert scores == [1.0, 0.1, 0.0]
     assert samples.reasons == {"correct": 1, "wrong answer": 1, "bad format: no think tags": 1}
     assert samples.records[0] == {"reward": 1.0, "reason": "correct"}
-    assert logged == {"accuracy": pytest.approx(1 / 3), "searches_per_answer": 1.0}
+    assert logged == {"accuracy": pytest.approx(1 / 3), "format_valid": pytest.approx(2 / 3),
+                      "searches_per_answer": 1.0}
     assert reward.__name__ == "reward_v1"
+
+
+def test_rollout_monitors_count_queries_failures_notices_and_inserted_tokens():
+    from research.trainers.trl_engine import rollout_monitors
+
+    def traj(queries, inserted, failures=(), notices=0):
+        turns = [Turn(q, [], 0.0, f, 0) for q, f in zip(queries, [*failures, *[None] * 9],
+                                                         strict=False)]
+        return Trajectory(index=0, prompt_ids=[1], response_ids=[0] * len(inserted),
+                          inserted=inserted, turns=turns, turn_limit_notices=notices)
+
+    out = rollout_monitors([
+        traj(["a", "a", ""], [False, True, True, False], failures=[None, "search failed: x"]),
+        traj(["b"], [False] * 4, notices=1),
+    ])
+    assert out == {"rollout/searches": 2.0, "rollout/empty_queries": 0.5,
+                   "rollout/repeated_queries": 0.5, "rollout/search_failures": 0.5,
+                   "rollout/turn_limit_notices": 0.5, "rollout/inserted_share": 0.25}
 
 
 def test_resume_needs_a_checkpoint_and_a_fresh_run_refuses_one(tmp_path):
@@ -143,6 +162,13 @@ def test_two_grpo_steps_through_trl_with_the_real_service(tiny_path, questions, 
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in steps)
     assert all(m["step_time"] > 0 and sum(m["reasons"].values()) == 4 for m in steps)
     assert {"reward", "accuracy", "searches_per_answer"} <= set(steps[0])
+    monitors = {"format_valid", "groups_with_spread", "entropy", "clip_ratio/region_mean",
+                "rollout/searches", "rollout/empty_queries", "rollout/repeated_queries",
+                "rollout/inserted_share", "rollout/turn_limit_notices", "rollout/seconds"}
+    assert all(monitors <= set(m) for m in steps), monitors - set(steps[0])
+    assert all(0 <= m["format_valid"] <= 1 and 0 <= m["groups_with_spread"] <= 1
+               for m in steps)
+    assert (out / "training.png").stat().st_size > 1000  # the monitors' figure
     rollouts = jsonl(out / "rollouts.jsonl")
     assert {r["step"] for r in rollouts} == {1, 2}
     assert all({"question", "response_ids", "loss_mask", "reward", "reason"} <= set(r)
@@ -204,6 +230,8 @@ def test_forced_searches_are_masked_and_carry_no_gradient(tiny_path, questions, 
     steps = [m for m in jsonl(run.out / "metrics.jsonl") if "loss" in m]
     assert [m["reasons"] for m in steps] == [{"correct": 2, "wrong answer": 2}] * 2
     assert all(m["searches_per_answer"] == 1.0 for m in steps)
+    assert all(m["rollout/searches"] == 1.0 and m["rollout/inserted_share"] > 0 for m in steps)
+    assert all(m["groups_with_spread"] == 1.0 for m in steps)  # each group: right and wrong
 
 
 def test_closed_book_control_trains_without_search_or_service(tiny_path, questions, tmp_path):
@@ -254,9 +282,11 @@ def test_progress_bar_shows_the_step_numbers():
     bar = ProgressBar()
     bar.bar = tqdm(total=4, file=io.StringIO())
     logs = {"loss": 0.1, "reward": 0.25, "accuracy": 0.5, "searches_per_answer": 1.5,
-            "completions/mean_length": 97.4, "step_time": 12.34}
+            "completions/mean_length": 97.4, "step_time": 12.34, "format_valid": 0.75,
+            "groups_with_spread": 0.5}
     bar.on_log(None, None, None, logs=logs)
-    assert bar.bar.postfix == "reward=0.250, acc=0.50, searches=1.50, len=97, step_s=12.3"
+    assert bar.bar.postfix == ("reward=0.250, acc=0.50, valid=0.75, spread=0.50, searches=1.50, "
+                               "len=97, step_s=12.3")
     bar.on_log(None, None, None, logs={"train_runtime": 3.0})  # the summary: bar unchanged
     assert bar.bar.postfix.startswith("reward=0.250")
 

@@ -1,10 +1,68 @@
-"""The run's figure: validation score and response length over training steps (as the seed's
-``asset/validation.png``), drawn from ``validation.jsonl``."""
+"""The run's figures: validation score and response length over training steps (as the seed's
+``asset/validation.png``), drawn from ``validation.jsonl``; and the training monitors of every
+step (``training.png``: reward, accuracy, valid share, groups with reward spread, searches,
+response length, entropy, clipping, KL), drawn from ``metrics.jsonl``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+# (panel title, [(metrics.jsonl key, label)]) of training.png
+TRAINING_PANELS = (
+    ("Training reward and answers", [("reward", "mean reward"), ("accuracy", "exact share"),
+                                     ("format_valid", "valid share"),
+                                     ("groups_with_spread", "groups with spread")]),
+    ("Search", [("searches_per_answer", "searches per sample"),
+                ("rollout/empty_queries", "empty queries"),
+                ("rollout/repeated_queries", "repeated queries"),
+                ("rollout/inserted_share", "inserted-token share")]),
+    ("Response length (tokens)", [("completions/mean_length", "mean length")]),
+    ("Policy", [("entropy", "token entropy"), ("clip_ratio/region_mean", "clip fraction"),
+                ("kl", "KL")]),
+)
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
+    """Write ``training.png`` from the step records of ``run_dir/metrics.jsonl``; None when
+    there is no step yet or matplotlib is missing."""
+    run_dir = Path(run_dir)
+    rows = [r for r in _rows(run_dir / "metrics.jsonl") if "loss" in r]
+    plt = _pyplot()
+    if not rows or plt is None:
+        return None
+    fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(4.2 * len(TRAINING_PANELS), 3.4))
+    for ax, (title, series) in zip(axes, TRAINING_PANELS, strict=True):
+        for key, label in series:
+            points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=label)
+        ax.set(title=title, xlabel="step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out) if out else run_dir / "training.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def plot_validation(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
@@ -17,16 +75,9 @@ def plot_validation(run_dir: str | Path, out: str | Path | None = None) -> Path 
     path = run_dir / "validation.jsonl"
     if not path.is_file():
         return None
-    rows = sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()),
-                  key=lambda r: r["step"])
-    if not rows:
-        return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    rows = sorted(_rows(path), key=lambda r: r["step"])
+    plt = _pyplot()
+    if not rows or plt is None:
         return None
     steps = [r["step"] for r in rows]
     fig, (score, length) = plt.subplots(1, 2, figsize=(10, 3.6))

@@ -36,7 +36,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from research.trainers.config import ConfigError, TrainConfig, world_size
-from research.trainers.plot import plot_validation
+from research.trainers.plot import plot_training, plot_validation
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +96,33 @@ def to_trl_output(trajectories) -> dict[str, list]:
     return out
 
 
+def rollout_monitors(trajectories) -> dict[str, float]:
+    """Per-step facts of the rollout a user watches for learning or collapse: searches,
+    empty and repeated queries, search failures and turn-cap notices per sample, and the
+    share of response tokens that were inserted (retrieved, masked out of the loss)."""
+    n = max(1, len(trajectories))
+    queries = [[turn.query for turn in t.turns] for t in trajectories]
+    tokens = sum(len(t.response_ids) for t in trajectories)
+    return {
+        "rollout/searches": sum(map(len, queries)) / n,
+        "rollout/empty_queries": sum(not q.strip() for qs in queries for q in qs) / n,
+        "rollout/repeated_queries": sum(len(qs) - len(set(qs)) for qs in queries) / n,
+        "rollout/search_failures": sum(t.num_failures for t in trajectories) / n,
+        "rollout/turn_limit_notices": sum(t.turn_limit_notices for t in trajectories) / n,
+        "rollout/inserted_share": sum(t.inserted_tokens for t in trajectories) / max(1, tokens),
+    }
+
+
 @dataclass
 class StepSamples:
     """What the current step rolled out and how it scored (read by :class:`RunRecorder`)."""
 
     records: list[dict] = field(default_factory=list)
     reasons: Counter = field(default_factory=Counter)
+    monitors: dict = field(default_factory=dict)  # rollout_monitors of the step
 
     def reset(self) -> None:
-        self.records, self.reasons = [], Counter()
+        self.records, self.reasons, self.monitors = [], Counter(), {}
 
 
 class ReSearchRollout:
@@ -146,6 +164,7 @@ class ReSearchRollout:
         self.samples.reset()
         self.samples.records = [{"question": q, **t.to_dict()}
                                 for q, t in zip(prompts, trajectories, strict=True)]
+        self.samples.monitors = {**rollout_monitors(trajectories), "rollout/seconds": seconds}
         logger.debug("rolled out %d trajectories in %.1f s", len(trajectories), seconds)
         return to_trl_output(trajectories)
 
@@ -228,6 +247,9 @@ class ReSearchReward:
             record.update(reward=r.score, reason=r.reason)
         if log_metric is not None:
             log_metric("accuracy", reasons["correct"] / len(results))
+            # passes every gate of the reward (format, proper end, a box): the share GRPO
+            # can tell apart from invalid samples at all
+            log_metric("format_valid", sum(r.score > 0 for r in results) / len(results))
             if num_searches is not None:
                 log_metric("searches_per_answer", sum(num_searches) / len(num_searches))
         logger.info("reward reasons: %s", dict(reasons.most_common()))
@@ -273,6 +295,9 @@ class RunRecorder(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and "loss" in logs:  # a step's log, not the end-of-run summary
             logs["step_time"] = self.step_time  # the progress bar shows it too
+            logs.update(self.samples.monitors)
+            if "frac_reward_zero_std" in logs:  # GRPO has a gradient only in these groups
+                logs["groups_with_spread"] = 1.0 - logs["frac_reward_zero_std"]
         if not state.is_world_process_zero:
             return
         record = {"step": state.global_step, "epoch": state.epoch, **(logs or {})}
@@ -280,13 +305,19 @@ class RunRecorder(TrainerCallback):
             record["reasons"] = dict(self.samples.reasons)
         _append_jsonl(self.metrics, record)
 
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # the figure follows the checkpoints
+            plot_training(self.metrics.parent)
+
 
 class ProgressBar(TrainerCallback):
     """One progress bar over the steps with the numbers that matter, in place of the
-    trainer's default bar (which prints every logged key): reward, accuracy, searches per
+    trainer's default bar (which prints every logged key): reward, accuracy, the share of
+    samples the reward passes (valid), the share of groups with reward spread, searches per
     answer, response length and step time of the last step."""
 
     FIELDS = (("reward", "reward", "{:.3f}"), ("accuracy", "acc", "{:.2f}"),
+              ("format_valid", "valid", "{:.2f}"), ("groups_with_spread", "spread", "{:.2f}"),
               ("searches_per_answer", "searches", "{:.2f}"),
               ("completions/mean_length", "len", "{:.0f}"), ("step_time", "step_s", "{:.1f}"))
 
@@ -315,12 +346,18 @@ class ProgressBar(TrainerCallback):
             self.bar = None
 
 
+VALIDATION_ITEM_KEYS = ("id", "question", "golden_answers", "prediction", "em", "f1",
+                        "searches", "queries", "finish_reason", "response_tokens", "response")
+
+
 class ValidationCallback(TrainerCallback):
     """Greedy ReSearch rollouts on the dev questions before training and every
-    ``eval_steps`` steps: mean reward, accuracy, searches; appended to ``validation.jsonl``."""
+    ``eval_steps`` steps: mean reward, accuracy, searches; appended to ``validation.jsonl``,
+    and each question's prediction to ``validation_items.jsonl``."""
 
     def __init__(self, out: Path, config: TrainConfig, items: list[dict], rollout, reward_fn):
         self.path, self.items, self.rollout = out / "validation.jsonl", items, rollout
+        self.items_path = out / "validation_items.jsonl"
         self.every, self.reward_fn = config.run.eval_steps, reward_fn
         self.greedy = replace(config.rollout_config(), temperature=0.0)
         self.trainer = None  # set by attach(): the generator needs the trainer's model
@@ -360,6 +397,11 @@ class ValidationCallback(TrainerCallback):
                   "response_length": metrics["response_tokens"],
                   **{k: metrics[k] for k in ("em", "acc", "f1")}}
         if state.is_world_process_zero:
+            truncate_jsonl(self.items_path, state.global_step - 1)  # a validation cut short
+            for rec, result in zip(records, results, strict=True):
+                _append_jsonl(self.items_path, {"step": state.global_step, "reward": result.score,
+                                                "reason": result.reason,
+                                                **{k: rec[k] for k in VALIDATION_ITEM_KEYS}})
             _append_jsonl(self.path, record)
             plot_validation(self.path.parent)
         logger.info("validation at step %d: %s", state.global_step, record)
@@ -572,10 +614,12 @@ def train(config: TrainConfig, make_logits_processors: Callable[[], list] | None
     with prepared_run(config, make_logits_processors) as run:
         if run.checkpoint is not None:
             step = json.loads((run.checkpoint / "trainer_state.json").read_text())["global_step"]
-            for name in ("metrics.jsonl", "rollouts.jsonl", "validation.jsonl"):
+            for name in ("metrics.jsonl", "rollouts.jsonl", "validation.jsonl",
+                         "validation_items.jsonl"):
                 truncate_jsonl(run.out / name, step)
             logger.info("resuming from %s (step %d)", run.checkpoint, step)
         run.trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
         save_final(run.trainer, run.out / "final")
     plot_validation(run.out)
+    plot_training(run.out)
     return run.out

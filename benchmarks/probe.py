@@ -1,7 +1,7 @@
 """Measure the training signal before training: what the untrained model samples under
 several rollout settings, and how the reward scores it.
 
-    python benchmarks/signal.py --config cpu-evidence --questions 6 --samples 4 \\
+    python benchmarks/probe.py --config cpu-evidence --questions 6 --samples 4 \\
         --setting "two-search: rollout.example_style=two-search" \\
         --setting "one-search: rollout.example_style=one-search rollout.stop_at_answer=true" \\
         data.train=factbook-facts data.train_type=one-hop retrieval.corpus=factbook-facts
@@ -10,15 +10,15 @@ Each ``--setting "NAME: key=value ..."`` is a list of training-config overrides 
 of the config and the shared overrides (the last arguments); the rollout, prompt, reward and
 data keys are the training config's own, so a setting found here is the setting trained with.
 Every setting samples ``--samples`` responses (GRPO's group) for the same ``--questions``
-training questions (never the dev ones) at the config's temperature, against one retrieval
-service on loopback.
+training questions (evenly spaced over the training set; never dev questions) at the
+config's temperature, against one retrieval service on loopback.
 
 Reported per setting: the share of samples the reward passes (format, end, box: the
 "valid" share), the reward reasons, the share of groups whose rewards are not all equal
 (GRPO has a gradient only there), exact answers (reward reason "correct"), searches per
 sample, empty and repeated queries, turn-cap notices, finish reasons, response and inserted
-tokens, and seconds. Written to ``benchmarks/results/signal.json`` (``--results``), the
-samples to ``runs/signal/samples.jsonl`` (``--out``), and printed as a markdown table.
+tokens, and seconds. Written to ``benchmarks/results/probe.json`` (``--results``), the
+samples to ``runs/probe/samples.jsonl`` (``--out``), and printed as a markdown table.
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions", type=int, default=6, help="training questions per setting")
     p.add_argument("--samples", type=int, default=4, help="samples per question (the group)")
     p.add_argument("--seed", type=int, default=0, help="torch seed of the sampling")
-    p.add_argument("--out", default="runs/signal", help="folder of samples.jsonl")
-    p.add_argument("--results", default=str(Path(__file__).parent / "results" / "signal.json"))
+    p.add_argument("--out", default="runs/probe", help="folder of samples.jsonl")
+    p.add_argument("--results", default=str(Path(__file__).parent / "results" / "probe.json"))
     args = p.parse_args(argv)
 
     import torch
@@ -168,11 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     d = base.data
-    items = load_items(d.train, d.train_split, args.questions, d.train_type)
+    pool = load_items(d.train, d.train_split, d.train_limit, d.train_type)
+    step = max(1, len(pool) // args.questions)  # spread over the set, not its first rows
+    items = pool[::step][: args.questions]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
-    results = {"command": "python benchmarks/signal.py " + " ".join(
+    results = {"command": "python benchmarks/probe.py " + " ".join(
                    sys.argv[1:] if argv is None else argv),
                "config": args.config, "model": base.model.path, "data": d.train,
                "data_type": d.train_type, "cores": os.cpu_count(),
