@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", default="squad-open-mini", choices=("squad-open-mini",))
     q.add_argument("--limit", type=int, default=1000, help="dev questions (0: all)")
     q.add_argument("-k", type=int, default=5)
-    q.add_argument("--train-steps", type=int, default=5,
+    q.add_argument("--train-steps", type=int, default=4,
                    help="GRPO steps of the training stage (0: retrieval only)")
     q.add_argument("override", nargs="*", default=[],
                    help="key=value overrides of training/configs/quickstart.yaml")

@@ -3,11 +3,12 @@
 1. Retrieval: build (or reuse) the BM25 index of the embedded ``squad-open-mini`` corpus,
    start the real retrieval service on loopback, send dev questions through the HTTP client
    in batches, and measure recall@5 of each question's gold passage and the throughput.
-2. Training (unless ``train=False``): prepare the packaged SmolLM2-135M model, start the
-   service for the run, measure the model on a dev slice with the ReSearch pipeline (greedy),
-   train a short GRPO run with TRL (``training/configs/quickstart.yaml``), measure again, and
-   print the before / after table. The run directory keeps the metrics, rollouts, validation
-   figure and checkpoint.
+2. Training (unless ``train=False``): prepare the packaged Qwen2.5-0.5B model, start the
+   service on the embedded ``factbook-facts`` corpus, measure the model on held-out dev
+   questions with the ReSearch pipeline (greedy), train a short GRPO run with TRL
+   (``training/configs/quickstart.yaml``), measure again, and print the table of its steps
+   and the before / after table. The run directory keeps the metrics, rollouts, figures and
+   checkpoint.
 """
 
 from __future__ import annotations

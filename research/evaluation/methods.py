@@ -106,6 +106,10 @@ class MethodSettings:
     research_example: bool = False  # the worked example (small models)
     research_max_response_tokens: int = 8192
     research_max_turns: int | None = None
+    research_example_style: str = "two-search"  # which worked example, with research_example
+    research_stop_at_answer: bool = False  # end each response at its first </answer>
+    research_on_max_turns: str = "answer"  # a search beyond the cap: notice, or end
+    research_max_result_tokens: int | None = None
 
 
 @dataclass
@@ -405,8 +409,12 @@ def research(items: Sequence[dict], ctx: Context) -> list[Answer]:
 
     s = ctx.settings
     rollout = RolloutConfig(max_response_tokens=s.research_max_response_tokens,
-                            max_turns=s.research_max_turns, top_k=s.topk, temperature=0.0)
-    config = PipelineConfig(template=s.research_template, example=s.research_example,
+                            max_turns=s.research_max_turns, top_k=s.topk, temperature=0.0,
+                            max_result_tokens=s.research_max_result_tokens,
+                            stop_at_answer=s.research_stop_at_answer,
+                            on_max_turns=s.research_on_max_turns)
+    example = s.research_example and s.research_example_style
+    config = PipelineConfig(template=s.research_template, example=example,
                             batch_size=max(1, len(items)))
     _, records = evaluate(items, ctx.generator, ctx.tokenizer, ctx.searcher, rollout, config)
     return [Answer(r["prediction"], trajectory=r["turns"], searches=r["searches"],

@@ -75,10 +75,12 @@ def run_inspection(args) -> int:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     items = load_questions(args.data, args.limit)
     model, tokenizer = load_model(args.model, args.dtype)
-    prompts = [encode_prompt(tokenizer, it["question"], args.template, example=args.example)
+    example = args.example and args.example_style
+    prompts = [encode_prompt(tokenizer, it["question"], args.template, example=example)
                for it in items for _ in range(args.n)]
     config = RolloutConfig(max_response_tokens=args.max_response_tokens, max_turns=args.max_turns,
-                           top_k=args.top_k, temperature=args.temperature)
+                           top_k=args.top_k, temperature=args.temperature,
+                           stop_at_answer=args.stop_at_answer, on_max_turns=args.on_max_turns)
     reward = get_reward_fn(args.reward)
     start = time.time()
     with SearchClient(args.search_url) as client:
@@ -115,7 +117,13 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/rollout.jsonl")
     p.add_argument("--template", choices=("base", "chat"), default="base")
     p.add_argument("--example", action="store_true",
-                   help="put a worked example in the base prompt (small models need it)")
+                   help="put a worked example in the prompt (small models need it)")
+    p.add_argument("--example-style", choices=("two-search", "one-search"), default="two-search",
+                   help="which worked example (with --example)")
+    p.add_argument("--stop-at-answer", action="store_true",
+                   help="end each response at its first </answer>")
+    p.add_argument("--on-max-turns", choices=("answer", "end"), default="answer",
+                   help="a search beyond --max-turns: a 'no more searches' notice, or the end")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-response-tokens", type=int, default=1024)
     p.add_argument("--max-turns", type=int, default=4)

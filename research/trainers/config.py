@@ -315,6 +315,7 @@ _OWNED = {
     "top_p": "rollout.top_p", "max_completion_length": "rollout.max_response_tokens",
     "bf16": "grpo.bf16", "use_vllm": "grpo.use_vllm", "report_to": "run.wandb",
     "num_train_epochs": "grpo.epochs", "gradient_checkpointing": "model.gradient_checkpointing",
+    "activation_checkpointing": "model.gradient_checkpointing",
 }
 
 

@@ -440,7 +440,7 @@ def grpo_config(config: TrainConfig, use_cpu: bool):
         max_steps=run.max_steps, save_steps=run.save_steps, save_total_limit=run.save_total_limit,
         logging_steps=run.logging_steps, seed=run.seed, report_to=report,
         run_name=Path(run.output_dir).name, bf16=g.bf16, use_cpu=use_cpu,
-        gradient_checkpointing=config.model.gradient_checkpointing,
+        **{_checkpointing_arg(): config.model.gradient_checkpointing},
         model_init_kwargs={"dtype": config.model.dtype},
         use_vllm=g.use_vllm, vllm_mode="colocate",
         vllm_tensor_parallel_size=g.vllm_tensor_parallel_size,
@@ -451,6 +451,31 @@ def grpo_config(config: TrainConfig, use_cpu: bool):
         return protocol_grpo_config(**kwargs)
     except TypeError as exc:  # an unknown grpo.trl option
         raise ConfigError(f"grpo.trl: {exc}; see trl.GRPOConfig for the valid options") from None
+
+
+def _checkpointing_arg() -> str:
+    """transformers 5 renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the
+    old name warns); older versions know only the old one."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else (
+        "gradient_checkpointing")
+
+
+@contextlib.contextmanager
+def _quiet_trl_internals():
+    """TRL 1.16 itself reads two names transformers 5 deprecated (``is_gradient_checkpointing``
+    in its generation unwrap, ``past_key_values`` in its forward wrapper): hide those two
+    FutureWarnings, which no setting of the project can avoid."""
+    import warnings
+
+    with warnings.catch_warnings():
+        for message in (".*is_gradient_checkpointing.*", ".*past_key_values.*"):
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        yield
 
 
 def find_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -611,7 +636,7 @@ def train(config: TrainConfig, make_logits_processors: Callable[[], list] | None
     With ``run.resume`` the newest checkpoint of ``run.output_dir`` is loaded (weights,
     optimiser, scheduler, RNG, step) and the JSONL logs continue from its step.
     """
-    with prepared_run(config, make_logits_processors) as run:
+    with _quiet_trl_internals(), prepared_run(config, make_logits_processors) as run:
         if run.checkpoint is not None:
             step = json.loads((run.checkpoint / "trainer_state.json").read_text())["global_step"]
             for name in ("metrics.jsonl", "rollouts.jsonl", "validation.jsonl",

@@ -1,0 +1,74 @@
+"""The signal probe (benchmarks/probe.py): its table from known samples, and one real run
+of the tiny model against the real service."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_probe():
+    spec = importlib.util.spec_from_file_location("probe", ROOT / "benchmarks" / "probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(reward, reason, queries=(), finish="answer", inserted=0, notices=0):
+    return {"reward": reward, "reason": reason, "searches": len(queries),
+            "empty_queries": sum(not q for q in queries),
+            "repeated_queries": len(queries) - len(set(queries)),
+            "turn_limit_notices": notices, "response_tokens": 10, "inserted_tokens": inserted,
+            "finish_reason": finish}
+
+
+def test_summary_counts_valid_spread_exact_and_queries():
+    probe = load_probe()
+    records = [record(1.0, "correct", ["a"]), record(0.1, "wrong answer", ["a", "a"]),
+               record(0.0, "bad format: no think tags", [""], finish="eos"),
+               record(0.0, "bad format: no think tags", notices=1, finish="turns")]
+    row = probe.summarise(records, samples=2, seconds=3.0)
+    assert row["samples"] == 4 and row["questions"] == 2
+    assert row["valid"] == 0.5  # the reward passes 2 of 4
+    assert row["groups_with_spread"] == 0.5  # (1.0, 0.1) differ, (0, 0) do not
+    assert row["exact"] == 1 and row["mean_reward"] == pytest.approx(0.275, abs=1e-3)
+    assert (row["empty_queries"], row["repeated_queries"], row["turn_limit_notices"]) == (1, 1, 1)
+    assert row["never_search"] == 0.25 and row["searches"] == 1.0
+    assert row["finish"] == {"answer": 2, "eos": 1, "turns": 1}
+    assert row["reasons"]["bad format: no think tags"] == 2
+    assert probe.table({"x": row}).splitlines()[-1].startswith("| x | 0.5 | 0.5 | 1 | 0.275 |")
+
+
+def test_a_setting_needs_a_name():
+    import argparse
+
+    probe = load_probe()
+    assert probe.parse_setting("a: rollout.top_k=1") == ("a", ["rollout.top_k=1"])
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME: key=value"):
+        probe.parse_setting("rollout.top_k=1")
+
+
+def test_probe_samples_every_setting_with_the_real_service(tiny_path, tmp_path, monkeypatch):
+    probe = load_probe()
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "probe.json"
+    code = probe.main([
+        "--config", "cpu-evidence", "--questions", "2", "--samples", "2",
+        "--setting", "short: rollout.max_response_tokens=16",
+        "--setting", "closed: rollout.search=false rollout.max_response_tokens=8",
+        f"model.path={tiny_path}", "model.lora_rank=0", "grpo.bf16=false",
+        "--out", str(tmp_path / "out"), "--results", str(results)])
+    assert code == 0
+    out = json.loads(results.read_text())
+    assert list(out["settings"]) == ["short", "closed"]
+    assert all(s["samples"] == 4 and s["questions"] == 2 for s in out["settings"].values())
+    samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").open()]
+    assert [s["setting"] for s in samples] == ["short"] * 4 + ["closed"] * 4
+    assert all(s["response_tokens"] <= 16 for s in samples)
+    assert all(s["searches"] == 0 for s in samples[4:])  # closed book never searches
+    assert out["data"] == "factbook-facts" and out["data_type"] == "one-hop"
