@@ -304,6 +304,24 @@ def test_resume_continues_the_same_run(tiny_path, questions, service_url, tmp_pa
     assert sorted({r["step"] for r in jsonl(out / "rollouts.jsonl")}) == [1, 2, 3]
 
 
+def test_resuming_a_run_at_its_last_step_trains_no_further(tiny_path, questions, service_url,
+                                                            tmp_path):
+    """A run killed after its last checkpoint (before its final model) is finished on resume
+    from that checkpoint's weights, without the extra step the trainer would take."""
+    import shutil
+
+    out = tmp_path / "run"  # one step of an epoch of two: the checkpoint is mid-epoch
+    train(small(tiny_path, questions, service_url, out, "run.save_steps=1", "run.max_steps=1"))
+    first = weights(out / "final")
+    shutil.rmtree(out / "final")
+    train(small(tiny_path, questions, service_url, out, "run.save_steps=1", "run.max_steps=1",
+                "run.resume=true"))
+    assert not (out / "checkpoint-2").exists()
+    assert [m["step"] for m in jsonl(out / "metrics.jsonl") if "loss" in m] == [1]
+    again = weights(out / "final")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
 # --- entry points -----------------------------------------------------------------------------
 
 

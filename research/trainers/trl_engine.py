@@ -634,16 +634,23 @@ def train(config: TrainConfig, make_logits_processors: Callable[[], list] | None
     """Run GRPO with TRL as ``config`` says; returns the run directory.
 
     With ``run.resume`` the newest checkpoint of ``run.output_dir`` is loaded (weights,
-    optimiser, scheduler, RNG, step) and the JSONL logs continue from its step.
+    optimiser, scheduler, RNG, step) and the JSONL logs continue from its step. A checkpoint
+    already at ``run.max_steps`` is not trained further (the trainer would take one more
+    step): its weights become the final model.
     """
     with _quiet_trl_internals(), prepared_run(config, make_logits_processors) as run:
+        step = None
         if run.checkpoint is not None:
             step = json.loads((run.checkpoint / "trainer_state.json").read_text())["global_step"]
             for name in ("metrics.jsonl", "rollouts.jsonl", "validation.jsonl",
                          "validation_items.jsonl"):
                 truncate_jsonl(run.out / name, step)
             logger.info("resuming from %s (step %d)", run.checkpoint, step)
-        run.trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
+        if step is not None and 0 < config.run.max_steps <= step:
+            run.trainer._load_from_checkpoint(str(run.checkpoint))
+        else:
+            run.trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint
+                              else None)
         save_final(run.trainer, run.out / "final")
     plot_validation(run.out)
     plot_training(run.out)
