@@ -82,14 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from research.trainers.config import load_config
-    from research.trainers.trl_engine import prepared_run
+    from research.trainers.trl_engine import _quiet_trl_internals, prepared_run
 
     shutil.rmtree(args.out, ignore_errors=True)
     config = load_config(args.config, [*args.overrides, f"run.output_dir={args.out}",
                                        f"run.max_steps={args.steps}", "run.eval_steps=0",
                                        f"run.save_steps={args.steps + 1}"])
     timers = Timers()
-    with prepared_run(config) as run:
+    with _quiet_trl_internals(), prepared_run(config) as run:
         trainer = run.trainer
         searcher = run.rollout.searcher
         if searcher is not None:
