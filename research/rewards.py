@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
 
-from research.metrics import golden_list, token_scores
+from research.metrics import em, golden_list, token_scores
 from research.protocol import (
     ANSWER_END,
     ANSWER_START,
@@ -213,6 +213,44 @@ def reward_f1(
     return RewardResult(WRONG_ANSWER_SCORE, "wrong answer")
 
 
+# Graded credit (Search-R1's later reward, arXiv 2505.15117): a named alternative, not the
+# protocol's reward. Keys: (answer correct, format valid and ended properly).
+GRADED_SCORES = MappingProxyType({(True, True): 1.0, (True, False): 0.8,
+                                  (False, True): 0.2, (False, False): 0.1})
+
+
+def reward_graded(
+    response: str,
+    ground_truth: str | Sequence[str],
+    *,
+    ended_with_eos: bool | None = None,
+    eos_token: str | None = None,
+) -> RewardResult:
+    """Partial credit: a correct answer (normalised exact match) scores 1.0 in a valid
+    response and 0.8 in an invalid one; a wrong one 0.2 in a valid response, 0.1 in an
+    invalid one; no boxed answer at all scores 0. Not the protocol's reward: for small models
+    whose samples rarely pass the format (``reward.name=graded``).
+
+    >>> ok = "<think> t </think> <answer> \\\\boxed{Paris} </answer>"
+    >>> reward_graded(ok, ["paris"], ended_with_eos=True)
+    RewardResult(score=1.0, reason='correct')
+    >>> reward_graded("<answer> \\\\boxed{Paris} </answer>", ["paris"], ended_with_eos=True)
+    RewardResult(score=0.8, reason='correct, bad format: no think tags')
+    >>> reward_graded(ok, ["Lyon"], ended_with_eos=False)
+    RewardResult(score=0.1, reason='wrong answer, no eos (over length)')
+    """
+    response, ended = _resolve_eos(response, ended_with_eos, eos_token)
+    answer = extract_answer(response)
+    if answer is None:
+        return RewardResult(0.0, "cannot extract boxed answer")
+    problem = format_problem(response) or (None if ended else "no eos (over length)")
+    correct = em(answer, _checked_golds(ground_truth)) == 1.0
+    reason = "correct" if correct else "wrong answer"
+    if problem is not None:
+        reason += f", {problem if problem.startswith('no eos') else 'bad format: ' + problem}"
+    return RewardResult(GRADED_SCORES[(correct, problem is None)], reason)
+
+
 def _checked_golds(ground_truth: str | Sequence[str]) -> list[str]:
     """The ground truths as a non-empty list of strings."""
     golds = golden_list(ground_truth)
@@ -222,7 +260,7 @@ def _checked_golds(ground_truth: str | Sequence[str]) -> list[str]:
 
 
 REWARD_FNS: MappingProxyType[str, RewardFn] = MappingProxyType(
-    {"v1": reward_v1, "em": reward_v1, "f1": reward_f1}
+    {"v1": reward_v1, "em": reward_v1, "f1": reward_f1, "graded": reward_graded}
 )
 
 

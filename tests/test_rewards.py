@@ -332,14 +332,15 @@ def test_reward_f1_gates(response: str, eos: bool, reason: str) -> None:
 # --- registry ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "fn"), [("v1", reward_v1), ("em", reward_v1), ("f1", reward_f1)])
+@pytest.mark.parametrize(("name", "fn"), [("v1", reward_v1), ("em", reward_v1), ("f1", reward_f1),
+                                        ("graded", rewards.reward_graded)])
 def test_registry(name: str, fn) -> None:
     assert get_reward_fn(name) is fn
 
 
 @pytest.mark.parametrize("name", ["", "V1", "exact", "f1_score"])
 def test_registry_unknown_name(name: str) -> None:
-    with pytest.raises(ValueError, match="valid names: em, f1, v1"):
+    with pytest.raises(ValueError, match="valid names: em, f1, graded, v1"):
         get_reward_fn(name)
 
 
@@ -392,3 +393,29 @@ def test_f1_scores_are_bounded(response: str, eos: bool) -> None:
 def test_v1_correct_on_own_answer(text: str) -> None:
     response = answer(f"\\boxed{{{text}}}")
     assert reward_v1(response, text, ended_with_eos=True) == RewardResult(1.0, "correct")
+
+
+@pytest.mark.parametrize(
+    ("response", "eos", "truth", "score", "reason"),
+    [
+        ("<think> t </think> <answer> \\boxed{ the Paris } </answer>", True, ["paris"], 1.0,
+         "correct"),
+        ("<answer> \\boxed{Paris} </answer>", True, ["paris"], 0.8,
+         "correct, bad format: no think tags"),
+        ("<think> t </think> <answer> \\boxed{Paris} </answer>", False, ["paris"], 0.8,
+         "correct, no eos (over length)"),
+        ("<think> t </think> <answer> \\boxed{Lyon} </answer>", True, ["paris"], 0.2,
+         "wrong answer"),
+        ("<think> t <answer> \\boxed{Lyon} </answer>", True, ["paris"], 0.1,
+         "wrong answer, bad format: think tags unpaired"),
+        ("<think> t </think> <answer> Paris </answer>", True, ["paris"], 0.0,
+         "cannot extract boxed answer"),
+    ],
+)
+def test_graded_reward_gives_partial_credit(response, eos, truth, score, reason) -> None:
+    """The named alternative: correctness counts even in a broken format, format even when
+    wrong; the protocol's rewards give 0 to both."""
+    got = rewards.get_reward_fn("graded")(response, truth, ended_with_eos=eos)
+    assert (got.score, got.reason) == (score, reason)
+    if score in (0.8, 0.1):
+        assert rewards.reward_f1(response, truth, ended_with_eos=eos).score == 0.0

@@ -102,8 +102,9 @@ class RolloutSection:
 
 @dataclass
 class RewardConfig:
-    name: str = _f("v1", "v1: the first version's exact match; f1: the paper's token F1",
-                   ("v1", "em", "f1"))
+    name: str = _f("v1", "v1: the first version's exact match; f1: the paper's token F1; "
+                   "graded: partial credit for format and answer (Search-R1's later reward, "
+                   "not the protocol's)", ("v1", "em", "f1", "graded"))
 
 
 @dataclass
