@@ -520,15 +520,21 @@ def build_factbook(
     return BuiltSet(corpus, splits, _factbook_stats(corpus, splits, countries, dev_codes, seed))
 
 
-def _factbook_stats(corpus, splits, countries, dev_codes, seed) -> dict:
+def _split_stats(corpus, splits, countries, dev_codes, seed, note: str = "") -> dict:
+    """The counts and split of a Factbook set (the head of its stats.json)."""
     rows = splits["train"] + splits["dev"]
-    stats = {
+    return {
         "countries": len(countries), "countries_train": len(countries) - len(dev_codes),
         "countries_dev": len(dev_codes), "passages": len(corpus), "questions": len(rows),
         "questions_train": len(splits["train"]), "questions_dev": len(splits["dev"]),
-        "split": f"by country, {DEV_FRACTION:.0%} of countries to dev, seed {seed}",
+        "split": f"by country, {DEV_FRACTION:.0%} of countries to dev, seed {seed}{note}",
         "bm25": "bm25s lucene k1=1.5 b=0.75, stopwords en, PyStemmer english",
     }
+
+
+def _factbook_stats(corpus, splits, countries, dev_codes, seed) -> dict:
+    rows = splits["train"] + splits["dev"]
+    stats = _split_stats(corpus, splits, countries, dev_codes, seed)
     if not rows or len(corpus) < 2:
         return stats
     queries = [q["metadata"][f] for q in rows for f in ("hop1_query", "hop2_query")]
@@ -622,14 +628,7 @@ def build_facts(directory: Path, seed: int = SEED, per_country: int = 5) -> Buil
 
 def _facts_stats(corpus, splits, countries, dev_codes, seed) -> dict:
     rows = splits["train"] + splits["dev"]
-    stats = {
-        "countries": len(countries), "countries_train": len(countries) - len(dev_codes),
-        "countries_dev": len(dev_codes), "passages": len(corpus), "questions": len(rows),
-        "questions_train": len(splits["train"]), "questions_dev": len(splits["dev"]),
-        "split": f"by country, {DEV_FRACTION:.0%} of countries to dev, seed {seed} (as "
-                 "factbook-hop)",
-        "bm25": "bm25s lucene k1=1.5 b=0.75, stopwords en, PyStemmer english",
-    }
+    stats = _split_stats(corpus, splits, countries, dev_codes, seed, " (as factbook-hop)")
     if not rows or len(corpus) < 2:
         return stats
     one = [q for q in rows if q["metadata"]["type"] == "one-hop"]

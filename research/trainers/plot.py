@@ -40,6 +40,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out: Path, dpi: int) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     """Write ``training.png`` from the step records of ``run_dir/metrics.jsonl``; None when
     there is no step yet or matplotlib is missing."""
@@ -58,11 +65,7 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path | 
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out) if out else run_dir / "training.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, Path(out) if out else run_dir / "training.png", dpi=110)
 
 
 def plot_validation(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
@@ -90,8 +93,4 @@ def plot_validation(run_dir: str | Path, out: str | Path | None = None) -> Path 
     length.set(title="Response length (tokens)", xlabel="step")
     for ax in (score, length):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out) if out else run_dir / "validation.png"
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, Path(out) if out else run_dir / "validation.png", dpi=120)
