@@ -166,7 +166,8 @@ class RolloutState:
         t.loss_mask += [0 if inserted and self.config.mask_results else 1] * len(ids)
 
     def sampling_params(self, t: Trajectory) -> SamplingParams:
-        """The next turn of ``t``: the budget left, stopping at ``</search>``."""
+        """The next turn of ``t``: the budget left, stopping at ``</search>`` (and at
+        ``</answer>`` with ``stop_at_answer``)."""
         c = self.config
         return SamplingParams(max_new_tokens=self.budget_left(t), temperature=c.temperature,
                               top_p=c.top_p, stop=c.stops, seed=c.seed)
@@ -190,13 +191,9 @@ class RolloutState:
         c = self.config
         if c.on_max_turns != "answer" or not c.max_turns or t.turn_limit_notices:
             return False
-        ids = self._pieces.setdefault("limit", self._encode(
-            protocol.format_result_text(protocol.TURN_LIMIT_TEXT)))
-        left = self.budget_left(t)
-        self.add(t, ids[:left], [0.0] * min(len(ids), left), inserted=True)
+        self._insert_ids(t, self._pieces.setdefault("limit", self._encode(
+            protocol.format_result_text(protocol.TURN_LIMIT_TEXT))))
         t.turn_limit_notices += 1
-        if len(ids) >= left:
-            t.finish_reason = "length"
         return True
 
     def turn(self, active: list[Trajectory]) -> list[tuple[Trajectory, str]]:
@@ -257,15 +254,20 @@ class RolloutState:
             body = body[: self.config.max_result_tokens]
         return head + body + tail
 
+    def _insert_ids(self, t: Trajectory, ids: list[int]) -> int:
+        """Append inserted ids (loss mask 0, log-prob 0.0) up to the budget; returns how
+        many fit, and ends ``t`` ("length") when they filled it."""
+        left = self.budget_left(t)
+        kept = ids[:left]
+        self.add(t, kept, [0.0] * len(kept), inserted=True)
+        if len(ids) >= left:
+            t.finish_reason = "length"  # the inserted text filled the budget
+        return len(kept)
+
     def insert(self, t: Trajectory, query: str, hits: list[Hit], failure: str | None,
                latency: float) -> None:
-        ids = self._result_ids(hits, failure)
-        left = self.budget_left(t)
-        self.add(t, ids[:left], [0.0] * min(len(ids), left), inserted=True)
-        t.turns.append(Turn(query, [h.id for h in hits], round(latency, 4), failure,
-                            min(len(ids), left)))
-        if len(ids) >= left:
-            t.finish_reason = "length"  # the result filled the budget
+        inserted = self._insert_ids(t, self._result_ids(hits, failure))
+        t.turns.append(Turn(query, [h.id for h in hits], round(latency, 4), failure, inserted))
 
 
 def run_rollouts(
