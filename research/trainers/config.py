@@ -3,10 +3,10 @@
 ::
 
     model:     path, dtype, gradient_checkpointing
-    data:      train, train_split, train_limit, dev, dev_split, dev_limit
+    data:      train, train_split, train_limit, train_type, dev, dev_split, dev_limit, dev_type
     retrieval: search_url (or a service started on `corpus`), corpus, timeout, retries
-    rollout:   template, example, clean, max_response_tokens, max_turns, top_k, ...
-    reward:    name (v1 | f1)
+    rollout:   template, example, example_style, clean, stop_at_answer, max_turns, on_max_turns, ...
+    reward:    name (v1 | f1 | graded)
     grpo:      prompts_per_step, num_generations, per_device_batch, learning_rate, beta, ...
     run:       output_dir, max_steps, save_steps, eval_steps, seed, torch_threads, wandb, ...
     cluster:   gpus_per_node, nnodes, rollout_engine, ... (the verl engine's)
