@@ -107,12 +107,10 @@ def dev_predictions(arm: str, out: Path) -> list[dict]:
 
 def plot(arm_dirs: dict[str, Path], path: Path) -> Path | None:
     """Dev EM, training reward and valid share against step, one line per arm."""
-    try:
-        import matplotlib
+    from research.trainers.plot import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = (("Dev exact match (greedy, held out)", "validation.jsonl", "em"),
@@ -126,11 +124,8 @@ def plot(arm_dirs: dict[str, Path], path: Path) -> Path | None:
         ax.set(title=title, xlabel="step", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,8 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -40,7 +41,8 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, out: Path, dpi: int) -> Path:
+def save_figure(plt, fig, out: Path, dpi: int) -> Path:
+    """Lay out, write and close ``fig``; returns ``out``."""
     fig.tight_layout()
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
@@ -52,7 +54,7 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path | 
     there is no step yet or matplotlib is missing."""
     run_dir = Path(run_dir)
     rows = [r for r in _rows(run_dir / "metrics.jsonl") if "loss" in r]
-    plt = _pyplot()
+    plt = pyplot()
     if not rows or plt is None:
         return None
     fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(4.2 * len(TRAINING_PANELS), 3.4))
@@ -65,7 +67,7 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path | 
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    return _save(plt, fig, Path(out) if out else run_dir / "training.png", dpi=110)
+    return save_figure(plt, fig, Path(out) if out else run_dir / "training.png", dpi=110)
 
 
 def plot_validation(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
@@ -79,7 +81,7 @@ def plot_validation(run_dir: str | Path, out: str | Path | None = None) -> Path 
     if not path.is_file():
         return None
     rows = sorted(_rows(path), key=lambda r: r["step"])
-    plt = _pyplot()
+    plt = pyplot()
     if not rows or plt is None:
         return None
     steps = [r["step"] for r in rows]
@@ -93,4 +95,4 @@ def plot_validation(run_dir: str | Path, out: str | Path | None = None) -> Path 
     length.set(title="Response length (tokens)", xlabel="step")
     for ax in (score, length):
         ax.grid(alpha=0.3)
-    return _save(plt, fig, Path(out) if out else run_dir / "validation.png", dpi=120)
+    return save_figure(plt, fig, Path(out) if out else run_dir / "validation.png", dpi=120)
