@@ -23,8 +23,9 @@ from research.rollout.backends.openai_http import (
     completion_payload,
     generation_from_choice,
 )
-from research.rollout.engine import RolloutConfig, run_rollouts
+from research.rollout.engine import run_rollouts
 from research.rollout.generation import SamplingParams
+from research.rollout.settings import RolloutSettings
 
 GREEDY = SamplingParams(12, temperature=0)
 
@@ -320,7 +321,7 @@ def test_full_rollout_through_the_http_backend(tiny, gen):
              " <answer> \\boxed{Paris} </answer>"]
     with Force(model, tok, turns):
         (t,) = run_rollouts(prompts(tok, ["Question: capital of France?"]), gen, searcher, tok,
-                            RolloutConfig(max_response_tokens=256, top_k=2, temperature=0))
+                            RolloutSettings(max_response_tokens=256, top_k=2, temperature=0))
     assert searcher.queries == ["capital of France"]
     assert t.finish_reason == "eos" and t.num_searches == 1 and t.num_failures == 0
     assert t.response_ids[-1] == tok.eos_token_id

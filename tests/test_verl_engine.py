@@ -91,7 +91,8 @@ def test_agent_loop_masks_results_and_keeps_the_budget(tiny, service_url):
     _, tok = tiny
     search = f"<think> look </think> <search> {token(3)} </search> <result> made up"
     server = ScriptedServer(tok, [search, " <answer> \\boxed{alpha} </answer>"])
-    out = run_loop(lambda: agent_loop(tok, server, service_url, top_k=1), f"What is {token(3)}?")
+    out = run_loop(lambda: agent_loop(tok, server, service_url, rollout={"top_k": 1}),
+                   f"What is {token(3)}?")
     text = tok.decode(out.response_ids)
     assert "made up" not in text  # the tokens after </search> are dropped
     assert out.extra_fields["num_searches"] == 1 and out.extra_fields["ended_with_eos"]
