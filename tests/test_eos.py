@@ -1,11 +1,12 @@
 """The one EOS policy (``model_eos_ids``) with the real SmolLM2 tokenizer, and the EOS a
-generation ends with on the Hugging Face backend: sampled, kept with its real log-prob, trained
-on (loss mask 1)."""
+generation ends with on the Hugging Face and vLLM backends: sampled, kept with its real
+log-prob, trained on (loss mask 1), never appended. The HTTP backend's: test_rollout_openai.py."""
 
 from __future__ import annotations
 
 import json
 import logging
+from types import SimpleNamespace as NS
 
 import pytest
 import torch
@@ -103,3 +104,62 @@ def test_hf_backend_ends_with_the_sampled_eos_and_its_log_prob(tiny):
     sampled = torch.log_softmax(logits, -1)[eos].item()
     assert t.loss_mask[-1] == 1 and t.logprobs[-1] == pytest.approx(sampled, abs=2e-4)
     assert sampled < -1e-3  # a real log-prob, not the 0.0 of an appended token
+
+
+class FakeLLM:
+    """A ``vllm.LLM`` answering scripted ``CompletionOutput``-shaped objects."""
+
+    def __init__(self, outputs, tokenizer=None, model=None):
+        self.outputs, self.params, self.tokenizer = list(outputs), [], tokenizer
+        self.llm_engine = NS(model_config=NS(model=model))
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def generate(self, requests, params, use_tqdm):
+        self.params += params
+        return [NS(outputs=[self.outputs.pop(0)]) for _ in requests]
+
+
+def vllm_out(ids, finish, stop_reason, logprob=-0.5):
+    return NS(token_ids=ids, finish_reason=finish, stop_reason=stop_reason,
+              logprobs=[{t: NS(logprob=logprob - i)} for i, t in enumerate(ids)])
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    import research.rollout.backends.vllm as backend
+
+    monkeypatch.setattr(backend, "_vllm", lambda: NS(SamplingParams=dict))
+    return backend.VLLMGenerator
+
+
+def test_vllm_backend_keeps_the_sampled_eos_and_asks_for_the_whole_set(tiny, fake_vllm):
+    _, tok = tiny
+    eos = tok.eos_token_id
+    llm = FakeLLM([vllm_out([5, 6, eos], "stop", None)])
+    (t,) = run_rollouts([[1, 2]], fake_vllm(llm, eos_token_ids=[eos, 7]), NoSearch(), tok,
+                        RolloutConfig(max_response_tokens=8, temperature=0))
+    assert t.finish_reason == "eos" and t.response_ids == [5, 6, eos]
+    assert t.logprobs == [-0.5, -1.5, -2.5] and t.loss_mask == [1, 1, 1]
+    (params,) = llm.params
+    assert params["stop_token_ids"] == sorted({eos, 7}) and params["logprobs"] == 0
+    assert params["skip_special_tokens"] is False
+
+
+def test_vllm_output_conversion_never_appends(fake_vllm):
+    from research.rollout.backends.vllm import to_generation
+
+    eos = frozenset({2, 7})
+    g = to_generation(vllm_out([5, 7], "stop", 7), eos)  # a stop_token_ids hit
+    assert (g.finish_reason, g.token_ids, g.logprobs) == ("eos", [5, 7], [-0.5, -1.5])
+    g = to_generation(vllm_out([5, 6, 2], "length", None), eos)  # EOS as the budget's last
+    assert g.finish_reason == "eos" and g.token_ids == [5, 6, 2]
+    g = to_generation(vllm_out([5, 9], "stop", None), eos)  # stopped on an id not in the set
+    assert g.finish_reason == "eos" and g.token_ids == [5, 9] and g.logprobs == [-0.5, -1.5]
+
+
+def test_vllm_backend_reads_the_engines_model_folder(tok, tmp_path, fake_vllm):
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, 2]}))
+    gen = fake_vllm(FakeLLM([], tokenizer=tok, model=str(tmp_path)))
+    assert gen.eos_token_ids == {0, 2}
