@@ -353,6 +353,6 @@ def test_vllm_output_mapping():
     assert (g.finish_reason, g.stop_string, g.token_ids) == ("stop", "</search>", [5, 6, 7])
     assert g.logprobs == pytest.approx([-0.1, -0.2, -0.3])
     assert to_generation(out([5, 2], "stop", None), frozenset({2})).finish_reason == "eos"
-    missing_eos = to_generation(out([5], "stop", None), frozenset({2}))
-    assert missing_eos.token_ids == [5, 2] and missing_eos.logprobs[-1] == 0.0
+    missing_eos = to_generation(out([5], "stop", None), frozenset({2}))  # nothing appended
+    assert missing_eos.token_ids == [5] and missing_eos.finish_reason == "eos"
     assert to_generation(out([5, 6], "length", None), frozenset({2})).finish_reason == "length"

@@ -103,10 +103,11 @@ def _generator(config, base_url: str | None, served_model_name: str | None):
     path = config["generator_model_path"]
     if base_url:
         from research.rollout.backends.openai_http import OpenAIGenerator
+        from research.rollout.generation import model_eos_ids
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         return OpenAIGenerator(base_url, served_model_name or config["generator_model"],
-                               tokenizer), tokenizer
+                               tokenizer, eos_token_ids=model_eos_ids(path, tokenizer)), tokenizer
     from research.rollout.backends.hf import HFGenerator
     from research.rollout.inspect import load_model
 

@@ -193,6 +193,7 @@ class ReSearchRollout:
         # engine. TRL syncs the weights before each rollout_func call; validation runs between
         # calls, so sync here too when the step moved on (what TRL's own _generate does).
         from research.rollout.backends.vllm import VLLMGenerator
+        from research.rollout.generation import model_eos_ids
 
         if trainer.args.vllm_mode != "colocate":
             raise ConfigError("the ReSearch rollout needs vllm_mode colocate (grpo.trl: "
@@ -200,14 +201,8 @@ class ReSearchRollout:
         if trainer.state.global_step != trainer._last_loaded_step:
             trainer.vllm_generation.sync_weights()
             trainer._last_loaded_step = trainer.state.global_step
-        eos = {self.tokenizer.eos_token_id}
-        eos |= set(_as_list(getattr(trainer.model.generation_config, "eos_token_id", None)))
-        return VLLMGenerator(trainer.vllm_generation.llm, eos_token_ids=sorted(e for e in eos
-                                                                              if e is not None))
-
-
-def _as_list(value) -> list:
-    return value if isinstance(value, list) else [value]
+        return VLLMGenerator(trainer.vllm_generation.llm,
+                             eos_token_ids=model_eos_ids(trainer.model, self.tokenizer))
 
 
 # --- reward -----------------------------------------------------------------------------------
