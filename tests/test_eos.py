@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from research.rollout.backends.hf import HFGenerator
-from research.rollout.engine import RolloutConfig, run_rollouts
+from research.rollout.engine import run_rollouts
 from research.rollout.generation import SamplingParams, chat_end_of_turn_id, model_eos_ids
+from research.rollout.settings import RolloutSettings
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ def test_hf_backend_ends_with_the_sampled_eos_and_its_log_prob(tiny):
     eos, expected = greedy_eos(model, tok, prompt)
     gen = HFGenerator(model, tok, eos_token_ids=[eos])
     (t,) = run_rollouts([prompt], gen, NoSearch(), tok,
-                        RolloutConfig(max_response_tokens=12, temperature=0))
+                        RolloutSettings(max_response_tokens=12, temperature=0))
     assert t.finish_reason == "eos" and t.response_ids == expected
     with torch.no_grad():
         logits = model(torch.tensor([prompt + expected])).logits[0, -2].float()
@@ -139,7 +140,7 @@ def test_vllm_backend_keeps_the_sampled_eos_and_asks_for_the_whole_set(tiny, fak
     eos = tok.eos_token_id
     llm = FakeLLM([vllm_out([5, 6, eos], "stop", None)])
     (t,) = run_rollouts([[1, 2]], fake_vllm(llm, eos_token_ids=[eos, 7]), NoSearch(), tok,
-                        RolloutConfig(max_response_tokens=8, temperature=0))
+                        RolloutSettings(max_response_tokens=8, temperature=0))
     assert t.finish_reason == "eos" and t.response_ids == [5, 6, eos]
     assert t.logprobs == [-0.5, -1.5, -2.5] and t.loss_mask == [1, 1, 1]
     (params,) = llm.params

@@ -159,7 +159,7 @@ def test_the_eos_is_the_sampled_token_with_its_log_prob(tiny, server):
     expected = free.token_ids[: free.token_ids.index(eos) + 1]
     with OpenAIGenerator(server[0], "tiny", tok, eos_token_ids=[tok.eos_token_id, eos]) as gen:
         (t,) = run_rollouts([p], gen, ScriptedSearcher(), tok,
-                            RolloutConfig(max_response_tokens=12, temperature=0))
+                            RolloutSettings(max_response_tokens=12, temperature=0))
     assert t.finish_reason == "eos" and t.response_ids == expected
     eos_logprob = free.logprobs[len(expected) - 1]
     assert t.loss_mask[-1] == 1 and t.logprobs[-1] == pytest.approx(eos_logprob, abs=1e-4)
