@@ -319,7 +319,9 @@ def test_mask_separates_model_text_from_inserted_text(script, budget, fail):
             block = protocol.format_result_text(_body(turn))
             expected += block.encode()[: turn.inserted_tokens].decode(errors="replace")
         assert inserted == expected
-        assert t.loss_mask == [0 if i else 1 for i in t.inserted]
+        # the log-probs line up with the mask: the scripted model's -0.5 on every sampled
+        # token, 0.0 on every inserted one
+        assert t.logprobs == [-0.5 if m else 0.0 for m in t.loss_mask]
 
 
 def _body(turn) -> str:
