@@ -108,6 +108,11 @@ def test_agent_loop_masks_results_and_keeps_the_budget(tiny, service_url):
     assert second["params"]["max_tokens"] == 256 - len(second["prompt_ids"]) + len(
         first["prompt_ids"])
     assert first["id"] == second["id"]  # one trajectory, one server
+    # turn 2 generates from the prompt and every earlier response token, inserted ones included
+    done = len(second["prompt_ids"]) - len(first["prompt_ids"])
+    assert second["prompt_ids"] == first["prompt_ids"] + out.response_ids[:done]
+    assert 0 in out.response_mask[:done] and out.response_mask[done:] == [1] * (
+        len(out.response_ids) - done)
     assert out.prompt_ids == first["prompt_ids"]
     assert tok.decode(out.prompt_ids).endswith(f"User: What is {token(3)}?. Assistant:")
 
