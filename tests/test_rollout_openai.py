@@ -122,6 +122,12 @@ def test_greedy_equals_hf_backend(tiny, gen):
         torch.testing.assert_close(torch.tensor(r.logprobs), torch.tensor(local.logprobs),
                                    atol=1e-4, rtol=0)
         assert "reencoded" not in r.extra and "eos_not_returned" not in r.extra
+        # an independent truth: the model's own log-probs of those tokens, teacher-forced
+        with torch.no_grad():
+            logits = model(torch.tensor([p + r.token_ids])).logits[0].float()
+        forced = torch.log_softmax(logits[len(p) - 1 : -1], -1)
+        expected = forced.gather(1, torch.tensor(r.token_ids)[:, None]).squeeze(1)
+        torch.testing.assert_close(torch.tensor(r.logprobs), expected, atol=2e-4, rtol=0)
 
 
 def test_stop_strings_and_per_sequence_budgets(tiny, gen):
