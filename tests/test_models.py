@@ -200,6 +200,26 @@ def test_prepared_smollm2_is_a_plain_chat_model(smollm2_dir):
     assert text.endswith("<|im_start|>assistant\n")
 
 
+def test_prepared_smollm2_knows_english(smollm2_dir):
+    """The conversion is right, not just shaped right: the prepared model's loss on a plain
+    sentence is that of a trained model (1.55 nats here; shuffling the rows of one MLP
+    matrix of its 30 layers already gives 2.15), and it completes a common fact."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    text = ("The capital of France is Paris. It is known for the Eiffel Tower, which was built "
+            "in 1889 for the World Fair.")
+    ids = torch.tensor([tokenizer.encode(text)])
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss.item()
+        out = model.generate(torch.tensor([tokenizer.encode("The capital of France is")]),
+                             max_new_tokens=2, do_sample=False)
+    assert loss < 1.9, loss
+    assert tokenizer.decode(out[0]).startswith("The capital of France is Paris")
+
+
 # --- the tiny model -----------------------------------------------------------------------
 
 
