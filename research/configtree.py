@@ -15,9 +15,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message says how to fix it."""
+from research.errors import ConfigError
 
 
 def option(default: Any, help: str, choices: tuple | None = None):

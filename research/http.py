@@ -13,10 +13,12 @@ import time
 import httpx
 import orjson
 
+from research.errors import ResearchError
+
 logger = logging.getLogger(__name__)
 
 
-class RequestFailed(RuntimeError):
+class RequestFailed(ResearchError, RuntimeError):
     """A request that failed after its retries (or was rejected with a 4xx)."""
 
     def __init__(self, message: str, *, status: int | None = None, attempts: int = 1):

@@ -31,6 +31,7 @@ from research.data.rows import (
     sample_indices,
     write_rows,
 )
+from research.errors import ResearchError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class FlashRAGFormatError(DataFormatError):
     """A FlashRAG jsonl file or record that is not in FlashRAG's format."""
 
 
-class FlashRAGLayoutError(FileNotFoundError):
+class FlashRAGLayoutError(ResearchError, FileNotFoundError):
     """A dataset or split missing from a FlashRAG data folder; the message lists what exists."""
 
 

@@ -34,6 +34,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from research.errors import ResearchError
 from research.paths import cache_root
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ _CHUNK = 1 << 20
 _ANSERINI_JAR = "pyserini/resources/jars/anserini-0.21.0-fatjar.jar"
 
 
-class SourceUnavailable(RuntimeError):
+class SourceUnavailable(ResearchError, RuntimeError):
     """A pinned source package could not be fetched or failed its checksum."""
 
 

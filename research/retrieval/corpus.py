@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from research.errors import ResearchError
+
 _HASH_BLOCK = 1 << 20
 
 
-class CorpusFormatError(ValueError):
+class CorpusFormatError(ResearchError, ValueError):
     """A corpus line that is not a valid document; the message names file and line."""
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from research import __version__
+from research.errors import ResearchError
 from research.retrieval.corpus import DocStore, file_sha256, is_gzip, iter_corpus, line_offsets
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ FORMAT_VERSION = 1
 METHODS = ("bm25", "dense")
 
 
-class IndexLoadError(RuntimeError):
+class IndexLoadError(ResearchError, RuntimeError):
     """An index directory is missing, unfinished or does not match its corpus."""
 
 

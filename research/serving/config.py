@@ -21,9 +21,7 @@ from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message says what to change."""
+from research.errors import ConfigError
 
 
 @dataclass

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from research import configtree
-from research.configtree import ConfigError
+from research.errors import ConfigError
 
 _f = configtree.option
 
