@@ -1,8 +1,10 @@
 """The ``research`` command: serve, index, search, quickstart, data, model, rollout, train.
 
 Each subcommand parses its arguments, calls one library function and returns an exit code;
-expected failures (bad config, missing index, malformed corpus) print one clear line to
-stderr and exit with code 2.
+expected failures (a :class:`~research.errors.ResearchError` such as a bad config, a missing
+index or a malformed corpus; a path that does not exist; a missing optional dependency) print
+one line ``error: ...`` on stderr and exit with code 2 (:func:`research.errors.cli_command`).
+Any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -16,22 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from research import __version__
+from research.errors import cli_command
 
 logger = logging.getLogger("research")
-
-
-class UsageError(Exception):
-    """An error the user can fix; printed without a traceback."""
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from research.retrieval.client import SearchError
-    from research.retrieval.corpus import CorpusFormatError
-    from research.retrieval.index import IndexLoadError
-    from research.serving.config import ConfigError
-
-    return (UsageError, ConfigError, IndexLoadError, CorpusFormatError, SearchError,
-            FileNotFoundError, ImportError, ValueError)
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -203,10 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
-        return int(args.func(args) or 0)
-    except _expected_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli_command(args.func)(args)
     except KeyboardInterrupt:
         return 130
 

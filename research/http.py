@@ -13,7 +13,7 @@ import time
 import httpx
 import orjson
 
-from research.errors import ResearchError
+from research.errors import ConfigError, ResearchError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class JsonPoster:
                  rejected: type[RequestFailed] = RequestRejected, headers: dict | None = None,
                  max_connections: int | None = None):
         if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
+            raise ConfigError(f"retries must be >= 0, got {retries}")
         self.base_url = base_url.rstrip("/")
         self.what, self.retries = what, retries
         self.backoff, self.max_backoff = backoff, max_backoff

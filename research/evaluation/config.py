@@ -151,7 +151,7 @@ def validate(config: EvalConfig) -> None:
 
     try:
         resolve(config.method.name)
-    except ValueError as e:
+    except ConfigError as e:
         raise ConfigError(f"method.name: {e}") from None
     g = config.generator
     if g.backend == "openai" and not g.base_url:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 from research import protocol
+from research.errors import ConfigError
 from research.retrieval.base import Hit
 from research.retrieval.client import SearchError
 from research.rollout.generation import Generation, Generator, SamplingParams
@@ -66,15 +67,15 @@ class RolloutConfig:
 
     def __post_init__(self):
         if self.max_response_tokens < 1:
-            raise ValueError("max_response_tokens must be >= 1")
+            raise ConfigError("max_response_tokens must be >= 1")
         if self.max_turns is not None and self.max_turns < 0:
-            raise ValueError("max_turns must be >= 0 or None")
+            raise ConfigError("max_turns must be >= 0 or None")
         if self.top_k < 1:
-            raise ValueError("top_k must be >= 1")
+            raise ConfigError("top_k must be >= 1")
         if self.max_result_tokens is not None and self.max_result_tokens < 1:
-            raise ValueError("max_result_tokens must be >= 1 or None")
+            raise ConfigError("max_result_tokens must be >= 1 or None")
         if self.on_max_turns not in ("answer", "end"):
-            raise ValueError(f"on_max_turns must be 'answer' or 'end', got {self.on_max_turns!r}")
+            raise ConfigError(f"on_max_turns must be 'answer' or 'end', got {self.on_max_turns!r}")
 
     @property
     def stops(self) -> tuple[str, ...]:

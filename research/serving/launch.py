@@ -12,8 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from research.errors import ResearchError
 from research.paths import repo_root
 from research.retrieval.client import SearchClient
+
+
+class ServiceStartError(ResearchError, RuntimeError):
+    """The retrieval service started for a job exited or did not answer in time; the message
+    holds the end of its log."""
 
 
 def free_port() -> int:
@@ -45,14 +51,15 @@ def start_service(config: Path, log_path: Path, port: int | None = None,
     while time.time() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text()[-2000:]
-            raise RuntimeError(f"the retrieval service exited ({proc.returncode}): {tail}")
+            raise ServiceStartError(f"the retrieval service exited ({proc.returncode}): {tail}")
         try:
             client.health()
             return RunningService(url, proc)
         except Exception:  # not listening yet
             time.sleep(0.2)
     proc.kill()
-    raise TimeoutError(f"the retrieval service did not start in {timeout} s; see {log_path}")
+    raise ServiceStartError(f"the retrieval service did not start in {timeout} s; see "
+                            f"{log_path}")
 
 
 @contextlib.contextmanager

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from research.errors import MissingDependency
+
 TRL_VERSION = "1.16.0"  # the version whose code the mapping and its test were checked against
 TRL_ADVANTAGE_EPS = 1e-4  # hard-coded in GRPOTrainer: advantages / (std_rewards + 1e-4)
 
@@ -164,7 +166,7 @@ def protocol_grpo_config(**overrides):
     try:
         from trl import GRPOConfig
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependency(
             f"the TRL engine needs trl: pip install trl=={TRL_VERSION}"
         ) from exc
     return GRPOConfig(**protocol_grpo_kwargs(**overrides))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from research.errors import MissingDependency
 from research.rollout.generation import Generation, SamplingParams, check_batch
 
 
@@ -19,7 +20,7 @@ def _vllm():
     try:
         import vllm
     except ImportError:
-        raise ImportError(
+        raise MissingDependency(
             "the vLLM backend needs vllm (CUDA machines): `pip install vllm`; on CPU use the "
             "Hugging Face backend"
         ) from None
