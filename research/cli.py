@@ -24,24 +24,32 @@ logger = logging.getLogger("research")
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    """The service's flags (shared with ``rag_serving/serving.py``)."""
+    """The service's flags (``rag_serving/serving.py`` takes the same)."""
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. retriever.embedded=factbook-facts "
+                        "limits.max_top_n=50")
     p.add_argument("--config", help="serving YAML (default: rag_serving/serving_config.yaml)")
     p.add_argument("--port", type=int, help="port (overrides server.port)")
     p.add_argument("--host", help="bind address (overrides server.host; default 127.0.0.1)")
     p.add_argument("--num_retriever", "--num-retriever", dest="num_retriever", type=int,
                    help="concurrent searches: worker threads / replicas (server.num_retriever)")
+    p.add_argument("--keys", action="store_true", help="list every config key and exit")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from research.paths import repo_root
-    from research.serving.config import load_config
+    from research.serving.config import describe, load_config
     from research.serving.server import serve
 
+    if args.keys:
+        print(describe())
+        return 0
     path = args.config
     if path is None:
         default = repo_root() / "rag_serving" / "serving_config.yaml"
         path = default if default.is_file() else None
-    config = load_config(path, port=args.port, host=args.host, num_retriever=args.num_retriever)
+    config = load_config(path, args.overrides, port=args.port, host=args.host,
+                         num_retriever=args.num_retriever)
     return serve(config)
 
 
