@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from research.errors import ResearchError
-from research.paths import repo_root
 from research.retrieval.client import SearchClient
 
 
@@ -37,12 +36,13 @@ class RunningService:
 
 def start_service(config: Path, log_path: Path, port: int | None = None,
                   timeout: float = 300) -> RunningService:
-    """Start ``rag_serving/serving.py`` on loopback and wait until ``/health`` answers."""
+    """Start ``research serve`` (this interpreter's ``research.cli``) on loopback and wait
+    until ``/health`` answers."""
     port = port or free_port()
     with log_path.open("w") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, str(repo_root() / "rag_serving" / "serving.py"),
-             "--config", str(config), "--port", str(port)],
+            [sys.executable, "-m", "research.cli", "serve", "--config", str(config),
+             "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
