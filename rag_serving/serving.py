@@ -1,10 +1,10 @@
 """The retrieval service, with the original ReSearch command line.
 
-    python rag_serving/serving.py --config rag_serving/serving_config.yaml \
-        --num_retriever 1 --port 8000
+    python rag_serving/serving.py [--config FILE] --num_retriever 1 --port 8000
 
 Same as ``research serve`` (the same flags, ``section.key=value`` overrides and ``--keys``);
-see ``research serve --help`` and the config file's comments.
+without ``--config`` the default that ships with the package is loaded
+(``research/configs/serving_config.yaml``, commented). See ``research serve --help``.
 """
 
 import sys

@@ -28,7 +28,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. retriever.embedded=factbook-facts "
                         "limits.max_top_n=50")
-    p.add_argument("--config", help="serving YAML (default: rag_serving/serving_config.yaml)")
+    p.add_argument("--config", help="serving YAML (default: the package's "
+                                    "research/configs/serving_config.yaml)")
     p.add_argument("--port", type=int, help="port (overrides server.port)")
     p.add_argument("--host", help="bind address (overrides server.host; default 127.0.0.1)")
     p.add_argument("--num_retriever", "--num-retriever", dest="num_retriever", type=int,
@@ -37,18 +38,13 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from research.paths import repo_root
     from research.serving.config import describe, load_config
     from research.serving.server import serve
 
     if args.keys:
         print(describe())
         return 0
-    path = args.config
-    if path is None:
-        default = repo_root() / "rag_serving" / "serving_config.yaml"
-        path = default if default.is_file() else None
-    config = load_config(path, args.overrides, port=args.port, host=args.host,
+    config = load_config(args.config, args.overrides, port=args.port, host=args.host,
                          num_retriever=args.num_retriever)
     return serve(config)
 
@@ -178,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--train-steps", type=int, default=4,
                    help="GRPO steps of the training stage (0: retrieval only)")
     q.add_argument("override", nargs="*", default=[],
-                   help="key=value overrides of training/configs/quickstart.yaml")
+                   help="key=value overrides of the named training config quickstart")
     q.set_defaults(func=cmd_quickstart)
     from research.data.commands import register as register_data
     from research.evaluation.commands import register as register_eval

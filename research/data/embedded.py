@@ -1,7 +1,8 @@
 """Loaders for the project's small datasets, all in FlashRAG's jsonl formats.
 
-Embedded sets are committed under ``data/`` (built by ``python -m
-research.data.build_embedded``; data cards in ``data/README.md``):
+Embedded sets are committed under ``research/data/sets/`` and ship with the package (built by
+``python -m research.data.build_embedded``; data cards and licences in
+``research/data/sets/README.md`` and each set's ``NOTICE.md``):
 
 - ``squad-open-mini``: SQuAD v1.1 dev + SQuADShifts New-Wiki paragraphs and questions.
 - ``factbook-hop``: two-hop questions over CIA World Factbook 2015 passages.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from research.data import sources
 from research.errors import ConfigError
-from research.paths import cache_root
+from research.paths import cache_root, package_path
 
 EMBEDDED = ("squad-open-mini", "factbook-hop", "factbook-facts")
 SPLITS = ("train", "dev")
@@ -49,12 +50,12 @@ TOPIC_FILES = {
 
 
 def data_root() -> Path:
-    """The repository's ``data/`` directory, found relative to this package."""
-    root = Path(__file__).resolve().parents[2] / "data"
+    """The embedded sets' folder, shipped with the package (``research/data/sets``)."""
+    root = package_path("data", "sets")
     if not root.is_dir():
         raise FileNotFoundError(
-            f"the embedded data directory {root} is missing: the sets live in the source "
-            "checkout (not in an installed wheel); run from a checkout or rebuild them with "
+            f"the embedded data directory {root} is missing from this install of the package: "
+            "reinstall it (pip install .), or rebuild the sets with "
             "`python -m research.data.build_embedded`"
         )
     return root
@@ -75,7 +76,7 @@ def corpus_path(name: str) -> Path:
 
 
 def split_path(name: str, split: str) -> Path:
-    """``data/NAME/SPLIT.jsonl`` (FlashRAG's DATA_DIR/NAME/SPLIT.jsonl layout)."""
+    """``NAME/SPLIT.jsonl`` under :func:`data_root` (FlashRAG's DATA_DIR/NAME/SPLIT.jsonl)."""
     _check_name(name)
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} of {name}; valid: {', '.join(SPLITS)}")

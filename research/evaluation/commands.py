@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. data.sample_num=50 method.flare_threshold=0.3")
     p.add_argument("--config_path", default=None,
-                   help="YAML config (default evaluation/eval_config.yaml)")
+                   help="YAML config (default: the package's "
+                        "research/configs/eval_config.yaml)")
     p.add_argument("--method_name", type=_names, default=None,
                    help="research, direct, naive-rag, iter-retgen, flare, ircot; several "
                         "comma-separated (research,naive-rag) run one after the other")

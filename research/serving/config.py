@@ -2,7 +2,7 @@
 overrides, checked at load time (the same machinery as the training and evaluation configs,
 :mod:`research.configtree`).
 
-Example (``rag_serving/serving_config.yaml``)::
+The default (``research/configs/serving_config.yaml``, shipped with the package, commented)::
 
     retriever:
       embedded: squad-open-mini   # or index_dir: PATH (built by `research index build`)
@@ -14,7 +14,8 @@ Example (``rag_serving/serving_config.yaml``)::
     limits:
       max_top_n: 100
 
-:func:`load_config` reads a YAML file (any subset of the tree), applies overrides such as
+:func:`load_config` reads a YAML file (any subset of the tree; the default above when none is
+given), applies overrides such as
 ``server.num_retriever=2`` (values parsed as YAML scalars) and validates the result; every
 problem raises :class:`~research.errors.ConfigError` with the fix. Relative paths
 (``index_dir``, ``faiss_index``, ``corpus``) are relative to the config file, or to the
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from research import configtree
 from research.errors import ConfigError
+from research.paths import package_path
 
 _f = configtree.option
 PATH_KEYS = ("index_dir", "faiss_index", "corpus")
@@ -122,18 +124,22 @@ def _resolve_paths(tree: dict, base: Path) -> None:
             retriever[key] = str(path if path.is_absolute() else (base / path).resolve())
 
 
+def default_config_path() -> Path:
+    """The default config, shipped with the package (``research/configs/serving_config.yaml``)."""
+    return package_path("configs", "serving_config.yaml")
+
+
 def load_config(path: str | os.PathLike | None = None,
                 overrides: list[str] | tuple[str, ...] = (), **server) -> ServingConfig:
-    """The config of ``path`` with ``overrides`` (``section.key=value``) applied, then the
-    ``server`` keywords that are not None (the command line's ``--port``, ``--host``,
-    ``--num_retriever``)."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
-        tree = configtree.read_yaml(path, "a serving config")
-        _resolve_paths(tree, path.resolve().parent)
+    """The config of ``path`` (default: :func:`default_config_path`) with ``overrides``
+    (``section.key=value``) applied, then the ``server`` keywords that are not None (the
+    command line's ``--port``, ``--host``, ``--num_retriever``)."""
+    path = Path(path) if path is not None else default_config_path()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; without --config the default "
+                          f"{default_config_path()} is used")
+    tree = configtree.read_yaml(path, "a serving config")
+    _resolve_paths(tree, path.resolve().parent)
     for item in overrides:
         configtree.apply_override(tree, item, SECTIONS)
     _resolve_paths(tree, Path.cwd())

@@ -4,7 +4,8 @@
 
     research train [--config FILE|NAME] [section.key=value ...] [--resume] [--keys]
 
-``--config`` is a YAML file or a named config of ``training/configs`` (default ``cpu-small``).
+``--config`` is a YAML file or a named config shipped with the package
+(``research/configs/training/NAME.yaml``; default ``cpu-small``).
 Expected failures (a bad config, nothing to resume, a missing file or package: see
 :func:`research.errors.cli_command`) print one line on stderr and exit with code 2.
 """
