@@ -15,7 +15,6 @@ the rollout inserts (:func:`format_result`) and the final answer (:func:`extract
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 from research.errors import ConfigError
 
@@ -102,7 +101,6 @@ CLOSED_BOOK_SYSTEM_PROMPT = (
 )
 
 TEMPLATES = ("base", "chat")
-TemplateName = Literal["base", "chat"]
 
 # Characters that end a sentence; the clean base form adds no "." after them.
 _SENTENCE_END = ".?!。？！…"

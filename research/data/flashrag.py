@@ -36,18 +36,6 @@ from research.errors import ConfigError, ResearchError
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 42
-KNOWN_DATASETS = (
-    "hotpotqa",
-    "bamboogle",
-    "strategyqa",
-    "2wikimultihopqa",
-    "musique",
-    "nq",
-    "triviaqa",
-    "popqa",
-)
-"""Dataset names the protocol evaluates on (any other name is accepted too)."""
-
 _FORMAT_FIX = 'each line must be {"id": ..., "question": "...", "golden_answers": ["..."]}'
 
 

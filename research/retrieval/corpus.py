@@ -105,15 +105,6 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def count_lines(path: str | Path) -> int:
-    """Number of non-blank lines of a corpus (a fast pass for progress bars)."""
-    n = 0
-    with open_binary(Path(path)) as f:
-        for line in f:
-            n += bool(line.strip())
-    return n
-
-
 def line_offsets(path: str | Path) -> np.ndarray:
     """Byte offsets of the non-blank lines of an uncompressed file, plus the file size.
 
