@@ -2,8 +2,8 @@
 several rollout settings, and how the reward scores it.
 
     python benchmarks/probe.py --config cpu-evidence --questions 6 --samples 4 \\
-        --setting "two-search: rollout.example_style=two-search" \\
-        --setting "one-search: rollout.example_style=one-search rollout.stop_at_answer=true" \\
+        --setting "two-search: rollout.example=two-search" \\
+        --setting "one-search: rollout.example=one-search rollout.stop_at_answer=true" \\
         data.train=factbook-facts data.train_type=one-hop retrieval.corpus=factbook-facts
 
 Each ``--setting "NAME: key=value ..."`` is a list of training-config overrides applied on top
@@ -109,19 +109,17 @@ def run_setting(name, config, model, tokenizer, client, items, samples, out_file
     from research.rewards import get_reward_fn
     from research.rollout.backends.hf import HFGenerator
     from research.rollout.engine import run_rollouts
-    from research.rollout.prompts import encode_prompt
 
     r = config.rollout
-    prompts = [encode_prompt(tokenizer, it["question"], r.template, clean=r.clean,
-                             example=config.prompt_example(), search=r.search)
-               for it in items for _ in range(samples)]
+    prompts = [r.encode_prompt(tokenizer, it["question"]) for it in items for _ in range(samples)]
     reward = get_reward_fn(config.reward.name)
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if config.grpo.bf16
                 else contextlib.nullcontext())
     start = time.perf_counter()
     with autocast:
-        trajectories = run_rollouts(prompts, HFGenerator(model, tokenizer, max_batch=r.max_batch),
-                                    client, tokenizer, config.rollout_config())
+        trajectories = run_rollouts(prompts, HFGenerator(model, tokenizer,
+                                                         max_batch=config.model.max_batch),
+                                    client, tokenizer, r)
     seconds = time.perf_counter() - start
     records = []
     for t in trajectories:

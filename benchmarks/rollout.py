@@ -81,7 +81,7 @@ def main() -> int:
     from research.paths import cache_root
     from research.retrieval.client import SearchClient
     from research.rollout.backends.hf import HFGenerator
-    from research.rollout.engine import RolloutConfig
+    from research.rollout.settings import RolloutSettings
     from research.serving.launch import running_service
 
     model, tok, prompts = _setup(args)
@@ -89,8 +89,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     cfg = work / "rollout-serving.yaml"
     cfg.write_text("retriever:\n  embedded: squad-open-mini\n")
-    config = RolloutConfig(max_response_tokens=args.max_response_tokens,
-                           max_turns=args.max_turns, temperature=1.0, seed=args.seed)
+    config = RolloutSettings(max_response_tokens=args.max_response_tokens,
+                             max_turns=args.max_turns, temperature=1.0, seed=args.seed)
     with running_service(cfg, work / "rollout-service.log") as service, \
             SearchClient(service.url) as client:
         gen = HFGenerator(model, tok)

@@ -18,15 +18,22 @@ import yaml
 from research.errors import ConfigError
 
 
-def option(default: Any, help: str, choices: tuple | None = None):
-    """A dataclass field with its help text and allowed values (shown by :func:`describe`)."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def option(default: Any, help: str, choices: tuple | None = None,
+           aliases: dict | None = None):
+    """A dataclass field with its help text and allowed values (shown by :func:`describe`);
+    ``aliases`` maps the booleans an older form of the key took to its values."""
+    return field(default=default, metadata={"help": help, "choices": choices,
+                                            "aliases": aliases or {}})
 
 
 def sections(root: type) -> dict[str, type]:
     """``{section name: section dataclass}`` of a root config dataclass."""
     hints = typing.get_type_hints(root)
     return {f.name: hints[f.name] for f in dataclasses.fields(root)}
+
+
+def _show(choice: Any) -> str:
+    return "null" if choice is None else str(choice)
 
 
 def _coerce(value: Any, base: type, choices: tuple | None) -> Any:
@@ -39,8 +46,11 @@ def _coerce(value: Any, base: type, choices: tuple | None) -> Any:
     return value
 
 
-def _check_value(key: str, value: Any, hint: Any, choices: tuple | None) -> Any:
+def _check_value(key: str, value: Any, hint: Any, choices: tuple | None,
+                 aliases: dict | None = None) -> Any:
     """``value`` for a field of type ``hint``, or a ConfigError naming the expected type."""
+    if aliases and isinstance(value, bool) and value in aliases:
+        value = aliases[value]
     args = typing.get_args(hint)
     optional = isinstance(hint, types.UnionType) and type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if optional else hint
@@ -65,7 +75,8 @@ def _check_value(key: str, value: Any, hint: Any, choices: tuple | None) -> Any:
                           f"{' or null' if optional else ''}, "
                           f"got {value!r} ({type(value).__name__})")
     if choices and value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        raise ConfigError(f"{key} must be one of {', '.join(map(_show, choices))}; got "
+                          f"{value!r}")
     return float(value) if base is float else value
 
 
@@ -83,7 +94,8 @@ def build_section(name: str, cls: type, values: Any):
         raise ConfigError(f"unknown key {name}.{unknown[0]}; valid keys of {name}: "
                           f"{', '.join(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _check_value(f"{name}.{k}", v, hints[k], fields[k].metadata.get("choices"))
+    kwargs = {k: _check_value(f"{name}.{k}", v, hints[k], fields[k].metadata.get("choices"),
+                              fields[k].metadata.get("aliases"))
               for k, v in values.items()}
     return cls(**kwargs)
 
@@ -121,7 +133,7 @@ def describe(root: type) -> str:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             choices = f.metadata.get("choices")
-            extra = f" [{' | '.join(choices)}]" if choices else ""
+            extra = f" [{' | '.join(map(_show, choices))}]" if choices else ""
             value = yaml.safe_dump(default, default_flow_style=True).strip()
             value = value.removesuffix("...").strip()
             lines.append(f"  {f.name}: {value}  # {f.metadata['help']}{extra}")

@@ -180,9 +180,10 @@ def test_blank_queries_are_not_sent_and_failures_are_counted(tok):
     answers = [M.Answer(""), M.Answer("")]
     c = ctx(None, tok, Failing())
     assert M.search(c, ["  ", "real"], answers) == [[], []]
-    assert answers[0].trajectory == [{"query": "  ", "doc_ids": [], "skipped": "empty query"}]
+    assert answers[0].trajectory == [{"query": "  ", "doc_ids": [], "latency_s": 0.0,
+                                      "failure": "invalid query", "inserted_tokens": 0}]
     assert (answers[0].searches, answers[1].searches, answers[1].search_failures) == (0, 1, 1)
-    assert answers[1].trajectory[0]["failure"] == "down"
+    assert answers[1].trajectory[0]["failure"] == "search failed: down"
 
 
 def test_research_method_is_the_rollout(tok, client):
@@ -339,7 +340,7 @@ def test_run_eval_script_takes_the_seeds_flags(tiny_path, service_url, tmp_path)
            "--split", "dev", "--dataset_name", "capitals", "--data_dir", str(data),
            "--save_dir", str(tmp_path / "o"), "--remote_retriever_url", service_url,
            "--generator_model", str(tiny_path), "--quiet", "generator.threads=1",
-           "method.research_max_response_tokens=16", "method.answer_tokens=4"]
+           "rollout.max_response_tokens=16", "method.answer_tokens=4"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| ReSearch | 0.00 |" in done.stdout and "| Direct |" in done.stdout
@@ -395,7 +396,7 @@ def test_the_seeds_flags_map_onto_config_keys():
     assert args.method_name == ["research", "naive"]
     assert overrides_of(args) == ["data.split=test", "generator.backend=openai",
                                   "generator.base_url=http://h:80",
-                                  "method.research_template=chat", "data.sample_num=3"]
-    assert "method.research_template=chat" not in overrides_of(parse([]))
+                                  "rollout.template=chat", "data.sample_num=3"]
+    assert "rollout.template=chat" not in overrides_of(parse([]))
     with pytest.raises(SystemExit):  # an override swallowed as the flag's value is refused
         parse(["--apply_chat", "data.sample_num=3"])

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import doctest
 import string
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from research import metrics
 from research.metrics import (
     METRIC_NAMES,
     acc,
@@ -24,13 +22,6 @@ from research.metrics import (
     recall,
     token_scores,
 )
-
-
-def test_doctests() -> None:
-    result = doctest.testmod(metrics)
-    assert result.attempted > 0
-    assert result.failed == 0
-
 
 # --- normalization -------------------------------------------------------------------------
 

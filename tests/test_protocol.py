@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -48,11 +46,6 @@ EXPECTED_INSTRUCTION = (
     "final exact answer is enclosed within \\boxed{} with latex format."
 )
 
-
-def test_doctests() -> None:
-    result = doctest.testmod(protocol)
-    assert result.attempted > 0
-    assert result.failed == 0
 
 
 # --- templates ---------------------------------------------------------------------------

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from test_rollout_engine import EOS, ByteTokenizer, FakeSearch
 
-from research.evaluation.research_pipeline import PipelineConfig, evaluate, predict
-from research.rollout.engine import RolloutConfig
+from research.evaluation.research_pipeline import evaluate, predict
 from research.rollout.generation import Generation
+from research.rollout.settings import RolloutSettings
 
 ANSWERS = {
     "Who wrote Hamlet?": "<search> hamlet author </search>",
@@ -48,8 +48,8 @@ def test_metrics_and_records():
          ("Capital of Peru?", ["Lima"]), ("Longest river?", ["Nile"])])]
     gen = ByQuestion()
     metrics, records = evaluate(items, gen, ByteTokenizer(), FakeSearch(),
-                                RolloutConfig(max_response_tokens=400, top_k=2, temperature=1.0),
-                                PipelineConfig(batch_size=2))
+                                RolloutSettings(max_response_tokens=400, top_k=2,
+                                                temperature=1.0), batch_size=2)
     assert gen.temperatures == {0.0}  # always greedy, whatever the rollout config says
     assert [r["prediction"] for r in records] == ["William Shakespeare", "Lima", ""]
     assert [r["searches"] for r in records] == [1, 0, 0]
@@ -89,8 +89,8 @@ def test_closed_book_prompt_has_no_search_and_never_searches():
     items = [{"question": q, "golden_answers": g}
              for q, g in [("Who wrote Hamlet?", ["Shakespeare"]), ("Capital of Peru?", ["Lima"])]]
     metrics, records = evaluate(items, ByQuestion(), ByteTokenizer(), search,
-                                RolloutConfig(max_response_tokens=64),
-                                PipelineConfig(batch_size=2, search=False))
+                                RolloutSettings(max_response_tokens=64, search=False),
+                                batch_size=2)
     assert search.calls == []
     assert [r["finish_reason"] for r in records] == ["turns", "eos"]  # a search request ends it
     assert [r["prediction"] for r in records] == ["", "Lima"]

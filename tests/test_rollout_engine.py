@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from research import protocol
 from research.retrieval.base import Hit
 from research.retrieval.client import SearchError
-from research.rollout.engine import RolloutConfig, run_rollouts
+from research.rollout.engine import RolloutState, SearchOutcome, Trajectory, run_rollouts
 from research.rollout.generation import Generation
+from research.rollout.settings import RolloutSettings
 
 EOS = 256
 
@@ -82,7 +83,7 @@ def roll(scripts, search=None, **cfg):
     gen = Scripted(scripts)
     search = search or FakeSearch()
     out = run_rollouts([[k] for k in scripts], gen, search, ByteTokenizer(),
-                       RolloutConfig(**{"top_k": 2, **cfg}))
+                       RolloutSettings(**{"top_k": 2, **cfg}))
     return out, gen, search
 
 
@@ -113,6 +114,56 @@ def test_search_then_answer():
     assert len(t.response_ids) == len(t.loss_mask) == len(t.logprobs) == len(t.inserted)
     assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.loss_mask, strict=True) if not m)
     assert all(lp == -0.5 for lp, m in zip(t.logprobs, t.loss_mask, strict=True) if m)
+
+
+def test_each_turn_generates_from_the_prompt_and_every_earlier_token():
+    class Recording(Scripted):
+        def generate(self, prompts, params):
+            self.inputs = getattr(self, "inputs", []) + [[list(p) for p in prompts]]
+            return super().generate(prompts, params)
+
+    gen = Recording({7: ["<search> q </search>", " <answer> \\boxed{x} </answer><eos>"]})
+    (t,) = run_rollouts([[7, 1, 2]], gen, FakeSearch(), ByteTokenizer(), RolloutSettings(top_k=1))
+    first, second = (call[0] for call in gen.inputs)
+    assert first == [7, 1, 2]
+    cut = len(b"<search> q </search>")
+    block = t.response_ids[cut : len(second) - 3]  # the inserted result, fed back in turn 2
+    assert all(t.inserted[cut : cut + len(block)]) and block
+    assert second == [7, 1, 2] + t.response_ids[: cut + len(block)]
+    assert t.response_ids[len(second) - 3 :] == list(b" <answer> \\boxed{x} </answer>") + [EOS]
+
+
+def test_the_state_machine_is_driven_by_hand_without_a_model_or_a_service():
+    state = RolloutState(RolloutSettings(max_response_tokens=200), ByteTokenizer())
+    t = Trajectory(index=0, prompt_ids=[9])
+    ids, params = state.request(t)
+    assert ids == [9] and params.max_new_tokens == 200 and params.stop == ("</search>",)
+    asked = list(b"<search> where </search>")
+    assert state.absorb(t, Generation(asked, [-1.0] * len(asked), "stop", "</search>")) == "where"
+    state.insert(t, "where", SearchOutcome([Hit("d", '"T"\nhere', 1.0)], None, 0.01))
+    ids, params = state.request(t)
+    assert ids == [9] + t.response_ids and params.max_new_tokens == 200 - len(t.response_ids)
+    assert state.absorb(t, Generation([EOS], [-0.1], "eos")) is None
+    assert t.finish_reason == "eos" and t.turns[0].doc_ids == ["d"]
+    assert state.finish(t).text.startswith("<search> where </search> <result>")
+
+
+def test_one_rejected_query_fails_alone_and_the_others_get_their_documents():
+    from research.retrieval.client import SearchRequestError
+
+    class Picky(FakeSearch):
+        def batch_search(self, queries, k):
+            if "bad" in queries:
+                self.calls.append(list(queries))
+                raise SearchRequestError("HTTP 400: query 'bad' is over the length limit")
+            return super().batch_search(queries, k)  # records the call
+
+    scripts = {1: ["<search> bad </search>"], 2: ["<search> good </search>"]}
+    (bad, good), _, search = roll(scripts, search=Picky())
+    assert search.calls[0] == ["bad", "good"]  # one request first, then each query alone
+    assert sorted(map(tuple, search.calls[1:])) == [("bad",), ("good",)]
+    assert bad.turns[0].failure.startswith("search failed: HTTP 400") and bad.num_failures == 1
+    assert good.turns[0].failure is None and good.turns[0].doc_ids == ["good-0", "good-1"]
 
 
 def test_all_active_sequences_generate_together_and_search_in_one_request():
@@ -268,7 +319,9 @@ def test_mask_separates_model_text_from_inserted_text(script, budget, fail):
             block = protocol.format_result_text(_body(turn))
             expected += block.encode()[: turn.inserted_tokens].decode(errors="replace")
         assert inserted == expected
-        assert t.loss_mask == [0 if i else 1 for i in t.inserted]
+        # the log-probs line up with the mask: the scripted model's -0.5 on every sampled
+        # token, 0.0 on every inserted one
+        assert t.logprobs == [-0.5 if m else 0.0 for m in t.loss_mask]
 
 
 def _body(turn) -> str:
@@ -285,7 +338,7 @@ def _body(turn) -> str:
                                  dict(max_turns=-1), dict(max_result_tokens=0)])
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ValueError):
-        RolloutConfig(**bad)
+        RolloutSettings(**bad)
 
 
 def test_vllm_output_mapping():
@@ -302,6 +355,6 @@ def test_vllm_output_mapping():
     assert (g.finish_reason, g.stop_string, g.token_ids) == ("stop", "</search>", [5, 6, 7])
     assert g.logprobs == pytest.approx([-0.1, -0.2, -0.3])
     assert to_generation(out([5, 2], "stop", None), frozenset({2})).finish_reason == "eos"
-    missing_eos = to_generation(out([5], "stop", None), frozenset({2}))
-    assert missing_eos.token_ids == [5, 2] and missing_eos.logprobs[-1] == 0.0
+    missing_eos = to_generation(out([5], "stop", None), frozenset({2}))  # nothing appended
+    assert missing_eos.token_ids == [5] and missing_eos.finish_reason == "eos"
     assert to_generation(out([5, 6], "length", None), frozenset({2})).finish_reason == "length"

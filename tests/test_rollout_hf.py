@@ -9,8 +9,9 @@ import torch
 from research import protocol
 from research.retrieval.client import SearchClient
 from research.rollout.backends.hf import HFGenerator
-from research.rollout.engine import RolloutConfig, run_rollouts
+from research.rollout.engine import run_rollouts
 from research.rollout.generation import SamplingParams
+from research.rollout.settings import RolloutSettings
 
 
 def prompts(tokenizer, texts):
@@ -112,7 +113,7 @@ def test_full_rollout_with_real_service(tiny, service_url):
     gen = HFGenerator(model, tok, logits_processors=[force])
     with SearchClient(service_url) as client:
         (t,) = run_rollouts(prompts(tok, ["Question: what is doc 31?"]), gen, client, tok,
-                            RolloutConfig(max_response_tokens=2048, top_k=2, temperature=1.0))
+                            RolloutSettings(max_response_tokens=2048, top_k=2, temperature=1.0))
     assert t.finish_reason == "eos" and t.num_searches == 1 and t.num_failures == 0
     assert t.turns[0].query == token(31) and t.turns[0].doc_ids[0] == "doc-31"
     inserted = tok.decode([i for i, m in zip(t.response_ids, t.loss_mask, strict=True) if not m])

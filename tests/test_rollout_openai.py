@@ -23,8 +23,9 @@ from research.rollout.backends.openai_http import (
     completion_payload,
     generation_from_choice,
 )
-from research.rollout.engine import RolloutConfig, run_rollouts
+from research.rollout.engine import run_rollouts
 from research.rollout.generation import SamplingParams
+from research.rollout.settings import RolloutSettings
 
 GREEDY = SamplingParams(12, temperature=0)
 
@@ -120,7 +121,13 @@ def test_greedy_equals_hf_backend(tiny, gen):
         assert r.token_ids == local.token_ids and r.finish_reason == local.finish_reason
         torch.testing.assert_close(torch.tensor(r.logprobs), torch.tensor(local.logprobs),
                                    atol=1e-4, rtol=0)
-        assert "reencoded" not in r.extra and "eos_appended" not in r.extra
+        assert "reencoded" not in r.extra and "eos_not_returned" not in r.extra
+        # an independent truth: the model's own log-probs of those tokens, teacher-forced
+        with torch.no_grad():
+            logits = model(torch.tensor([p + r.token_ids])).logits[0].float()
+        forced = torch.log_softmax(logits[len(p) - 1 : -1], -1)
+        expected = forced.gather(1, torch.tensor(r.token_ids)[:, None]).squeeze(1)
+        torch.testing.assert_close(torch.tensor(r.logprobs), expected, atol=2e-4, rtol=0)
 
 
 def test_stop_strings_and_per_sequence_budgets(tiny, gen):
@@ -145,7 +152,31 @@ def test_eos_from_the_server(tiny, gen):
         (g,) = gen.generate(prompts(tok, ["Say hello"]), [GREEDY])
     assert g.finish_reason == "eos"
     assert g.token_ids == tok.encode("hello world", add_special_tokens=False) + [tok.eos_token_id]
-    assert len(g.logprobs) == len(g.token_ids) and "eos_appended" not in g.extra
+    assert len(g.logprobs) == len(g.token_ids) and "eos_not_returned" not in g.extra
+
+
+def test_the_eos_is_the_sampled_token_with_its_log_prob(tiny, server):
+    """The client asks the server to stop on its EOS set (stop_token_ids); the server returns
+    the EOS it sampled, with its log-prob, and the rollout trains on it (loss mask 1)."""
+    model, tok = tiny
+    p = prompts(tok, ["Once upon a time"])[0]
+    (free,) = HFGenerator(model, tok).generate([p], [GREEDY])
+    eos = free.token_ids[4]  # a token greedy decoding reaches, made an EOS
+    expected = free.token_ids[: free.token_ids.index(eos) + 1]
+    with OpenAIGenerator(server[0], "tiny", tok, eos_token_ids=[tok.eos_token_id, eos]) as gen:
+        (t,) = run_rollouts([p], gen, ScriptedSearcher(), tok,
+                            RolloutSettings(max_response_tokens=12, temperature=0))
+    assert t.finish_reason == "eos" and t.response_ids == expected
+    eos_logprob = free.logprobs[len(expected) - 1]
+    assert t.loss_mask[-1] == 1 and t.logprobs[-1] == pytest.approx(eos_logprob, abs=1e-4)
+    assert t.logprobs[-1] < -1e-3  # a real log-prob, not the 0.0 of an appended token
+    body = httpx.post(f"{server[0]}/v1/completions", json={
+        "prompt": p, "max_tokens": 12, "temperature": 0, "stop_token_ids": [eos],
+        "return_token_ids": True, "logprobs": 0}).json()
+    (c,) = body["choices"]
+    assert c["token_ids"] == expected and c["stop_reason"] == eos  # as vLLM: the id
+    assert len(c["logprobs"]["token_logprobs"]) == len(expected)
+    assert c["text"] == tok.decode(expected[:-1], skip_special_tokens=True)  # EOS text left out
 
 
 def choice(**fields):
@@ -193,19 +224,24 @@ def test_finish_reasons_from_hand_made_responses(tiny):
     eos = frozenset([eos_id])
     stop = ("</search>",)
     toks = ["token_id:10", "token_id:11"]
-    # vLLM: EOS stop with stop_reason None and EOS absent from the ids -> appended
+    # EOS stop with stop_reason None but the EOS absent from the ids -> nothing appended
     g = generation_from_choice(choice(text="ab", finish_reason="stop", stop_reason=None,
                                       logprobs=logprobs_of(toks, [-1.0, -2.0])), tok, eos, stop)
-    assert g.finish_reason == "eos" and g.token_ids == [10, 11, eos_id]
-    assert g.logprobs == [-1.0, -2.0, 0.0] and g.extra["eos_appended"]
+    assert g.finish_reason == "eos" and g.token_ids == [10, 11]
+    assert g.logprobs == [-1.0, -2.0] and g.extra["eos_not_returned"]
+    # vLLM: a stop token id outside the set, named and returned: kept as sampled
+    g = generation_from_choice(choice(finish_reason="stop", stop_reason=11,
+                                      logprobs=logprobs_of(toks, [-1.0, -2.0])), tok, eos, stop)
+    assert g.token_ids == [10, 11] and "eos_not_returned" not in g.extra
     # EOS present in the ids: ends there, nothing appended
     g = generation_from_choice(choice(finish_reason="length", logprobs=logprobs_of(
         ["token_id:10", f"token_id:{eos_id}", "token_id:12"], [-1.0, -2.0, -3.0])), tok, eos)
     assert g.finish_reason == "eos" and g.token_ids == [10, eos_id] and g.logprobs == [-1.0, -2.0]
-    # SGLang: matched_stop is the EOS id; plain tokens -> re-encoded, EOS appended
+    # SGLang: matched_stop is the EOS id; plain tokens -> re-encoded, no EOS made up
     g = generation_from_choice(choice(text=" hi", finish_reason="stop", matched_stop=eos_id,
                                       logprobs=logprobs_of([" hi"], [-0.5])), tok, eos, stop)
-    assert g.finish_reason == "eos" and g.token_ids[-1] == eos_id and g.extra["reencoded"]
+    assert g.finish_reason == "eos" and eos_id not in g.token_ids and g.extra["reencoded"]
+    assert g.extra["eos_not_returned"] and len(g.logprobs) == len(g.token_ids)
     # a stop string named by the server (vLLM stop_reason / SGLang matched_stop) or found
     for named in ({"stop_reason": "</search>"}, {"matched_stop": "</search>"}, {}):
         g = generation_from_choice(choice(text="q </search>", finish_reason="stop", **named,
@@ -245,6 +281,8 @@ def test_payload_fields():
     assert body["top_p"] == 1.0 and body["stop"] == ["</search>"] and body["logprobs"] == 4
     assert body["seed"] == 3 and body["return_tokens_as_token_ids"]
     assert body["include_stop_str_in_output"] and body["skip_special_tokens"] is False
+    assert "stop_token_ids" not in body
+    assert completion_payload("m", [1], GREEDY, stop_token_ids={7, 2})["stop_token_ids"] == [2, 7]
 
 
 def test_retries_5xx_then_succeeds(gen, server):
@@ -320,7 +358,7 @@ def test_full_rollout_through_the_http_backend(tiny, gen):
              " <answer> \\boxed{Paris} </answer>"]
     with Force(model, tok, turns):
         (t,) = run_rollouts(prompts(tok, ["Question: capital of France?"]), gen, searcher, tok,
-                            RolloutConfig(max_response_tokens=256, top_k=2, temperature=0))
+                            RolloutSettings(max_response_tokens=256, top_k=2, temperature=0))
     assert searcher.queries == ["capital of France"]
     assert t.finish_reason == "eos" and t.num_searches == 1 and t.num_failures == 0
     assert t.response_ids[-1] == tok.eos_token_id

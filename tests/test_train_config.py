@@ -48,11 +48,11 @@ def test_a_file_path_and_overrides(tmp_path):
                            "run.output_dir=/tmp/x y", "rollout.example=true",
                            "grpo.trl={logging_first_step: true}", "reward.name=f1"])
     assert c.grpo.num_generations == 4 and c.grpo.learning_rate == 1e-5
-    assert c.rollout.max_turns is None and c.rollout.example is True
+    assert c.rollout.max_turns is None and c.rollout.example == "two-search"
     assert c.run.output_dir == "/tmp/x y" and c.run.wandb == "off"
     assert c.grpo.trl == {"logging_first_step": True} and c.reward.name == "f1"
     assert c.to_dict()["grpo"]["num_generations"] == 4
-    assert c.rollout_config().max_turns is None
+    assert c.rollout.turn_cap is None
 
 
 @pytest.mark.parametrize("overrides, fix", [

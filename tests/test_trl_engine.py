@@ -152,10 +152,15 @@ def test_resume_needs_a_checkpoint_and_a_fresh_run_refuses_one(tmp_path):
 
 def test_two_grpo_steps_through_trl_with_the_real_service(tiny_path, questions, service_url,
                                                            tmp_path):
+    from research.rollout import settings as rollout_settings
+
     before = weights(tiny_path)
-    out = train(small(tiny_path, questions, service_url, tmp_path / "run",
-                      f"data.dev={questions}", "data.dev_limit=2", "run.eval_steps=1"))
+    config = small(tiny_path, questions, service_url, tmp_path / "run", f"data.dev={questions}",
+                   "data.dev_limit=2", "run.eval_steps=1")
+    out = train(config)
     after = weights(out / "final")
+    for folder in (out, out / "final"):  # recorded for the evaluation of the trained model
+        assert rollout_settings.from_dict(rollout_settings.recorded(folder)) == config.rollout
     assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter changed"
     steps = [m for m in jsonl(out / "metrics.jsonl") if "loss" in m]
     assert [m["step"] for m in steps] == [1, 2]
@@ -244,7 +249,7 @@ def test_closed_book_control_trains_without_search_or_service(tiny_path, questio
     config = small(tiny_path, questions, dead, tmp_path / "run", "rollout.search=false",
                    "rollout.max_response_tokens=96", "grpo.bf16=true",
                    f"data.dev={questions}", "data.dev_limit=2", "run.eval_steps=2")
-    assert config.rollout_config().max_turns == 0
+    assert config.rollout.turn_cap == 0
     with prepared_run(config, lambda: [ForceSearch(tokenizer)]) as run:
         run.trainer.train()
     rollouts = jsonl(run.out / "rollouts.jsonl")

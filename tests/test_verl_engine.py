@@ -91,7 +91,8 @@ def test_agent_loop_masks_results_and_keeps_the_budget(tiny, service_url):
     _, tok = tiny
     search = f"<think> look </think> <search> {token(3)} </search> <result> made up"
     server = ScriptedServer(tok, [search, " <answer> \\boxed{alpha} </answer>"])
-    out = run_loop(lambda: agent_loop(tok, server, service_url, top_k=1), f"What is {token(3)}?")
+    out = run_loop(lambda: agent_loop(tok, server, service_url, rollout={"top_k": 1}),
+                   f"What is {token(3)}?")
     text = tok.decode(out.response_ids)
     assert "made up" not in text  # the tokens after </search> are dropped
     assert out.extra_fields["num_searches"] == 1 and out.extra_fields["ended_with_eos"]
@@ -107,6 +108,11 @@ def test_agent_loop_masks_results_and_keeps_the_budget(tiny, service_url):
     assert second["params"]["max_tokens"] == 256 - len(second["prompt_ids"]) + len(
         first["prompt_ids"])
     assert first["id"] == second["id"]  # one trajectory, one server
+    # turn 2 generates from the prompt and every earlier response token, inserted ones included
+    done = len(second["prompt_ids"]) - len(first["prompt_ids"])
+    assert second["prompt_ids"] == first["prompt_ids"] + out.response_ids[:done]
+    assert 0 in out.response_mask[:done] and out.response_mask[done:] == [1] * (
+        len(out.response_ids) - done)
     assert out.prompt_ids == first["prompt_ids"]
     assert tok.decode(out.prompt_ids).endswith(f"User: What is {token(3)}?. Assistant:")
 

@@ -60,8 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="an OpenAI-compatible server (SGLang, vLLM): sets generator.backend="
                         "openai and generator.base_url")
     p.add_argument("--apply_chat", nargs="?", const="True", default=None, type=_flag_value,
-                   help="the ReSearch prompt through the chat template (method."
-                        "research_template=chat); as the seed, any non-empty value turns it on")
+                   help="the ReSearch prompt through the chat template (rollout.template="
+                        "chat); as the seed, any non-empty value turns it on")
     p.add_argument("--gpu_id", default=None, help="accepted for the seed's command lines; "
                    "GPUs are the model server's (set CUDA_VISIBLE_DEVICES for a local model)")
     p.add_argument("--table", nargs="+", metavar="RUN_DIR", default=None,
@@ -86,7 +86,7 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
     if args.sgl_remote_url:
         out += ["generator.backend=openai", f"generator.base_url={args.sgl_remote_url}"]
     if args.apply_chat:
-        out.append("method.research_template=chat")
+        out.append("rollout.template=chat")
     return out + list(args.overrides)
 
 

@@ -7,7 +7,10 @@ the fix. Nothing here imports torch.
     data:      dataset_name, split, data_dir, sample_num, random_sample, seed
     generator: backend (local | openai), model, base_url, served_model_name, ...
     retrieval: search_url (or a service started on `corpus`), corpus, topk, timeout, retries
-    method:    name, answer_tokens, chat, iter_retgen_*, flare_*, ircot_*, research_*
+    method:    name, answer_tokens, chat, iter_retgen_*, flare_*, ircot_*
+    rollout:   the ReSearch method's settings (research.rollout.settings.RolloutSettings, the
+               training config's section): a trained model folder's recorded ones, then the
+               keys given here; always decoded greedily
     run:       save_dir, save_note, batch_size, overwrite
     judge:     base_url, model, api_key_env (optional LLM-as-judge scoring)
 """
@@ -18,10 +21,13 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from research import configtree
 from research.errors import ConfigError
 from research.paths import package_path
+from research.rollout import settings as rollout_settings
+from research.rollout.settings import RolloutSettings
 
 _f = configtree.option
 
@@ -84,21 +90,6 @@ class MethodSection:
     flare_max_iterations: int = _f(5, "FLARE: rounds before it stops")
     ircot_max_iterations: int = _f(5, "IRCoT: thoughts before it stops")
     ircot_thought_tokens: int = _f(64, "IRCoT: budget of one thought")
-    research_template: str = _f("base", "ReSearch prompt: base (trained base models) or chat",
-                                ("base", "chat"))
-    research_example: bool = _f(False, "ReSearch: the worked example in the prompt (untrained "
-                                "small models)")
-    research_max_response_tokens: int = _f(8192, "ReSearch: response budget, results included")
-    research_max_turns: int | None = _f(None, "ReSearch: most searches (null: no cap)")
-    research_example_style: str = _f("two-search", "ReSearch: which worked example "
-                                     "(two-search or one-search)", ("two-search", "one-search"))
-    research_stop_at_answer: bool = _f(False, "ReSearch: end each response at its first "
-                                       "</answer> (as a model trained with it)")
-    research_on_max_turns: str = _f("answer", "ReSearch: a search beyond research_max_turns: "
-                                    "a 'no more searches' notice (answer) or the end (end)",
-                                    ("answer", "end"))
-    research_max_result_tokens: int | None = _f(None, "ReSearch: cap on one inserted result's "
-                                                "tokens (null: none)")
 
 
 @dataclass
@@ -125,11 +116,26 @@ class EvalConfig:
     generator: GeneratorSection = field(default_factory=GeneratorSection)
     retrieval: RetrievalSection = field(default_factory=RetrievalSection)
     method: MethodSection = field(default_factory=MethodSection)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
     run: RunSection = field(default_factory=RunSection)
     judge: JudgeSection = field(default_factory=JudgeSection)
+    # the rollout keys the config file or the overrides gave (set by load_config); the others
+    # come from the model folder's recorded settings when it has them
+    given_rollout: ClassVar[frozenset[str]] = frozenset()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def resolved(self) -> EvalConfig:
+        """This config with the ReSearch rollout settings it runs with: those a training run
+        recorded in the model folder (``generator.model``, when it is a folder that has
+        them), then every ``rollout.*`` key given explicitly."""
+        recorded = rollout_settings.recorded(self.generator.model) if Path(
+            self.generator.model).is_dir() else {}
+        given = {k: getattr(self.rollout, k) for k in self.given_rollout}
+        out = dataclasses.replace(self, rollout=rollout_settings.from_dict({**recorded, **given}))
+        out.given_rollout = self.given_rollout
+        return out
 
     def settings(self):
         """The methods' :class:`~research.evaluation.methods.MethodSettings`."""
@@ -138,7 +144,7 @@ class EvalConfig:
         m = self.method
         kwargs = {f.name: getattr(m, f.name) for f in dataclasses.fields(MethodSettings)
                   if hasattr(m, f.name)}
-        return MethodSettings(topk=self.retrieval.topk, **kwargs)
+        return MethodSettings(topk=self.retrieval.topk, rollout=self.rollout, **kwargs)
 
 
 SECTIONS = tuple(configtree.sections(EvalConfig))
@@ -167,7 +173,7 @@ def validate(config: EvalConfig) -> None:
                 "method.iter_retgen_iterations", "method.flare_look_ahead",
                 "method.flare_max_tokens", "method.flare_max_iterations",
                 "method.ircot_max_iterations", "method.ircot_thought_tokens",
-                "method.research_max_response_tokens", "generator.max_connections"):
+                "generator.max_connections"):
         section, name = key.split(".")
         if getattr(getattr(config, section), name) < 1:
             raise ConfigError(f"{key} must be >= 1")
@@ -190,6 +196,7 @@ def load_config(path: str | os.PathLike | None = None,
     for item in overrides:
         configtree.apply_override(tree, item, SECTIONS)
     config = configtree.from_dict(EvalConfig, tree, "an evaluation config")
+    config.given_rollout = frozenset(tree.get("rollout") or {})
     validate(config)
     return config
 

@@ -14,9 +14,11 @@ the rest of this module needs nothing from it::
 The pipeline generates with the project's backends (token ids in and out, so the rollout
 never re-encodes what the model wrote): an OpenAI-compatible server at ``base_url`` (SGLang,
 vLLM), or the model of ``config["generator_model_path"]`` loaded locally. It retrieves with
-FlashRAG's own retriever (``config``'s, or the one passed in), ``retrieval_topk`` documents
-per search. Each item gets ``pred`` (the boxed answer), ``final_response`` and
-``num_searches``, and FlashRAG's ``evaluate`` scores the dataset.
+FlashRAG's own retriever (``config``'s, or the one passed in). The rollout settings are
+``rollout`` (a :class:`~research.rollout.settings.RolloutSettings`), by default those a
+training run recorded in the model folder, with ``retrieval_topk`` documents per search. Each
+item gets ``pred`` (the boxed answer), ``final_response`` and ``num_searches``, and
+FlashRAG's ``evaluate`` scores the dataset.
 """
 
 from __future__ import annotations
@@ -58,18 +60,23 @@ def _pipeline_class():
                           f"(import failed: {e})") from None
 
     from research.evaluation.methods import Context, MethodSettings, research
+    from research.rollout import settings as rollout_settings
+    from research.rollout.settings import RolloutSettings
 
     class ReSearchPipeline(BasicPipeline):
         """FlashRAG pipeline running the ReSearch rollout (greedy)."""
 
         def __init__(self, config, prompt_template=None, retriever=None, generator=None,
                      base_url: str | None = None, served_model_name: str | None = None,
-                     template: str = "base", batch_size: int = 16):
+                     rollout: RolloutSettings | None = None, batch_size: int = 16):
             super().__init__(config, prompt_template)
             self.retriever = retriever if retriever is not None else get_retriever(config)
             self.batch_size = batch_size
-            self.settings = MethodSettings(topk=int(config["retrieval_topk"] or 5),
-                                           research_template=template)
+            topk = int(config["retrieval_topk"] or 5)
+            if rollout is None:  # what the model was trained with, FlashRAG's top-k
+                rollout = rollout_settings.from_dict({**rollout_settings.recorded(
+                    config["generator_model_path"]), "top_k": topk})
+            self.settings = MethodSettings(topk=topk, rollout=rollout)
             self.generator, self.tokenizer = generator, None
             if generator is None:
                 self.generator, self.tokenizer = _generator(config, base_url, served_model_name)
@@ -97,10 +104,11 @@ def _generator(config, base_url: str | None, served_model_name: str | None):
     path = config["generator_model_path"]
     if base_url:
         from research.rollout.backends.openai_http import OpenAIGenerator
+        from research.rollout.generation import model_eos_ids
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         return OpenAIGenerator(base_url, served_model_name or config["generator_model"],
-                               tokenizer), tokenizer
+                               tokenizer, eos_token_ids=model_eos_ids(path, tokenizer)), tokenizer
     from research.rollout.backends.hf import HFGenerator
     from research.rollout.inspect import load_model
 

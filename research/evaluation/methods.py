@@ -37,12 +37,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from research import protocol
 from research.errors import ConfigError
 from research.retrieval.base import Hit
-from research.retrieval.client import SearchError
 from research.rollout.generation import Generation, Generator, SamplingParams
+from research.rollout.settings import RolloutSettings
 
 # --- FlashRAG's standard prompts (verbatim; "document.Only" has no space in FlashRAG's code) ---
 
@@ -103,14 +104,7 @@ class MethodSettings:
     flare_max_iterations: int = 5
     ircot_max_iterations: int = 5
     ircot_thought_tokens: int = 64  # budget of one thought (it stops at "." or a newline)
-    research_template: str = "base"  # the ReSearch prompt: base or chat
-    research_example: bool = False  # the worked example (small models)
-    research_max_response_tokens: int = 8192
-    research_max_turns: int | None = None
-    research_example_style: str = "two-search"  # which worked example, with research_example
-    research_stop_at_answer: bool = False  # end each response at its first </answer>
-    research_on_max_turns: str = "answer"  # a search beyond the cap: notice, or end
-    research_max_result_tokens: int | None = None
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)  # ReSearch's (greedy)
 
 
 @dataclass
@@ -205,28 +199,24 @@ def text_of(ctx: Context, g: Generation) -> str:
 
 
 def search(ctx: Context, queries: Sequence[str], answers: Sequence[Answer]) -> list[list[Hit]]:
-    """One batch request for the non-blank queries. A blank query gets no documents and is
-    not sent (recorded as skipped); a failed request leaves its queries without documents,
-    counted and recorded in the trajectory (never a crash)."""
-    results: list[list[Hit]] = [[] for _ in queries]
-    send = [i for i, q in enumerate(queries) if q.strip()]
-    for i, q in enumerate(queries):
-        if not q.strip():
-            answers[i].trajectory.append({"query": q, "doc_ids": [], "skipped": "empty query"})
-    if not send:
-        return results
-    try:
-        found = ctx.searcher.batch_search([queries[i] for i in send], ctx.settings.topk)
-    except SearchError as e:
-        for i in send:
-            answers[i].searches += 1
-            answers[i].search_failures += 1
-            answers[i].trajectory.append({"query": queries[i], "doc_ids": [], "failure": str(e)})
-        return results
-    for i, hits in zip(send, found, strict=True):
-        answers[i].searches += 1
-        answers[i].trajectory.append({"query": queries[i], "doc_ids": [h.id for h in hits]})
-        results[i] = hits
+    """The documents of each query, by the rollout's search policy
+    (:func:`research.rollout.engine.search_queries`: one request for the distinct real
+    queries; a blank query is not sent and gets "invalid query"; a failed request gives its
+    queries "search failed: <why>", never a crash). Each query is recorded in its answer's
+    trajectory as the rollout's :class:`~research.rollout.engine.Turn` (no tokens inserted);
+    sent queries count as searches, failed ones as failures too."""
+    from research.rollout.engine import Turn, search_queries
+
+    outcomes = search_queries(ctx.searcher, queries, ctx.settings.topk)
+    results = []
+    for query, answer in zip(queries, answers, strict=True):
+        o = outcomes[query]
+        sent = o.failure != protocol.INVALID_QUERY_TEXT
+        answer.searches += sent
+        answer.search_failures += sent and o.failure is not None
+        answer.trajectory.append(asdict(Turn(query, [h.id for h in o.hits], o.latency_s,
+                                             o.failure, inserted_tokens=0)))
+        results.append(o.hits)
     return results
 
 
@@ -405,19 +395,10 @@ def ircot(items: Sequence[dict], ctx: Context) -> list[Answer]:
 
 @register("research")
 def research(items: Sequence[dict], ctx: Context) -> list[Answer]:
-    from research.evaluation.research_pipeline import PipelineConfig, evaluate
-    from research.rollout.engine import RolloutConfig
+    from research.evaluation.research_pipeline import evaluate
 
-    s = ctx.settings
-    rollout = RolloutConfig(max_response_tokens=s.research_max_response_tokens,
-                            max_turns=s.research_max_turns, top_k=s.topk, temperature=0.0,
-                            max_result_tokens=s.research_max_result_tokens,
-                            stop_at_answer=s.research_stop_at_answer,
-                            on_max_turns=s.research_on_max_turns)
-    example = s.research_example and s.research_example_style
-    config = PipelineConfig(template=s.research_template, example=example,
-                            batch_size=max(1, len(items)))
-    _, records = evaluate(items, ctx.generator, ctx.tokenizer, ctx.searcher, rollout, config)
+    _, records = evaluate(items, ctx.generator, ctx.tokenizer, ctx.searcher,
+                          ctx.settings.rollout, batch_size=max(1, len(items)))
     return [Answer(r["prediction"], trajectory=r["turns"], searches=r["searches"],
                    search_failures=r["failures"], generated_tokens=r["generated_tokens"],
                    response=r["response"]) for r in records]

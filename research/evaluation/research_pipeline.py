@@ -6,22 +6,13 @@ metrics. Used for validation during training and by the evaluation harness.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 
 from research import protocol
 from research.metrics import average_metrics, compute_metrics
-from research.rollout.engine import COMPLETE_FINISHES, BatchSearcher, RolloutConfig, run_rollouts
+from research.rollout.engine import COMPLETE_FINISHES, BatchSearcher, run_rollouts
 from research.rollout.generation import Generator
-from research.rollout.prompts import encode_prompt
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    template: str = "base"  # base | chat
-    example: bool | str = False  # a worked example in the prompt (True or its name)
-    clean: bool = False  # the clean base form (no "." after a question mark)
-    batch_size: int = 16  # questions rolled out together
-    search: bool = True  # False: the closed-book prompt, and no search turns
+from research.rollout.settings import RolloutSettings
 
 
 def predict(text: str, finish_reason: str | None) -> str:
@@ -36,24 +27,21 @@ def evaluate(
     items: Sequence[dict],
     generator: Generator,
     tokenizer,
-    searcher: BatchSearcher,
-    rollout: RolloutConfig,
-    config: PipelineConfig = PipelineConfig(),
+    searcher: BatchSearcher | None,
+    settings: RolloutSettings,
+    batch_size: int = 16,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Greedy rollouts for ``items`` (``{"question", "golden_answers", ...}``).
+    """Greedy rollouts for ``items`` (``{"question", "golden_answers", ...}``) under
+    ``settings`` (their temperature is ignored), ``batch_size`` questions together.
 
     Returns the averaged metrics (``em``, ``acc``, ``f1``, ``precision``, ``recall``,
     ``searches``, ``failures``, ``response_tokens``) and one record per item.
     """
-    greedy = replace(rollout, temperature=0.0)
-    if not config.search:
-        greedy = replace(greedy, max_turns=0)
+    greedy = settings.greedy()
     records = []
-    for start in range(0, len(items), config.batch_size):
-        chunk = items[start : start + config.batch_size]
-        prompts = [encode_prompt(tokenizer, it["question"], config.template,
-                                 clean=config.clean, example=config.example,
-                                 search=config.search) for it in chunk]
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        prompts = [greedy.encode_prompt(tokenizer, it["question"]) for it in chunk]
         for item, t in zip(chunk, run_rollouts(prompts, generator, searcher, tokenizer, greedy),
                            strict=True):
             prediction = predict(t.text, t.finish_reason)

@@ -212,6 +212,7 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
     """
     from tqdm.auto import tqdm
 
+    config = config.resolved()  # the rollout settings a trained model folder recorded
     method = resolve(config.method.name)
     items = load_items(config)
     out = Path(config.run.save_dir) / run_name(config)

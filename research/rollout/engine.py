@@ -1,11 +1,21 @@
 """The search-interleaved rollout: generation that pauses at ``</search>``, asks the retrieval
 service, and continues with the result inserted.
 
-All active sequences of a batch generate together each turn; those that stopped at
-``</search>`` have their queries sent in one ``batch_search``; the result blocks are encoded
-(the only text ever encoded) and appended with loss mask 0; the model's own tokens are kept
-exactly as sampled with loss mask 1. Token ids, mask and log-probs are built together, so
-``len(response_ids) == len(loss_mask) == len(logprobs)`` always holds.
+Three parts. :class:`RolloutState` is the state machine of the protocol and nothing else: it
+says what a trajectory generates next (:meth:`~RolloutState.request`), absorbs what came back
+(:meth:`~RolloutState.absorb`: the trajectory ends, or asks to search) and inserts the result
+block (:meth:`~RolloutState.insert`); it never calls a model or the service.
+:func:`search_queries` is the search policy every caller shares (the baselines' too): one
+request for the distinct real queries, the fixed texts for blank and failed ones.
+:func:`run_rollouts` drives both over a batch (all active sequences generate together each
+turn, one ``batch_search`` per turn); the verl agent loop drives them one trajectory at a time
+against verl's servers. Settings come whole from
+:class:`research.rollout.settings.RolloutSettings`.
+
+Result blocks are encoded (the only text ever encoded) and appended with loss mask 0; the
+model's own tokens are kept exactly as sampled with loss mask 1. Token ids, mask and
+log-probs are built together, so ``len(response_ids) == len(loss_mask) == len(logprobs)``
+always holds.
 
 Budgets: ``max_response_tokens`` counts every response token, inserted ones included (8192
 in the original); ``max_turns`` caps the searches (the original had none); ``top_k``
@@ -27,13 +37,13 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from research import protocol
-from research.errors import ConfigError
 from research.retrieval.base import Hit
-from research.retrieval.client import SearchError
+from research.retrieval.client import SearchError, SearchRequestError
 from research.rollout.generation import Generation, Generator, SamplingParams
+from research.rollout.settings import RolloutSettings
 
 logger = logging.getLogger(__name__)
 
@@ -47,41 +57,6 @@ class BatchSearcher(Protocol):
     """What the rollout needs of the retrieval side (``SearchClient`` is one)."""
 
     def batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]: ...
-
-
-@dataclass(frozen=True)
-class RolloutConfig:
-    """Budgets and sampling of a rollout (PROTOCOL.md section 4)."""
-
-    max_response_tokens: int = 8192  # response budget, inserted results included
-    max_turns: int | None = None  # most searches per trajectory (None: no cap, as the original)
-    top_k: int = 5  # documents per search
-    max_result_tokens: int | None = None  # cap on one inserted result's document tokens
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    mask_results: bool = True  # False reproduces the first version (results in the loss)
-    seed: int | None = None
-    stop_at_answer: bool = False  # end the response at its first </answer> (Search-R1)
-    on_max_turns: Literal["answer", "end"] = "answer"  # a search beyond max_turns: a notice
-    # that no more searches are possible, once ("answer"), or the end of the trajectory
-
-    def __post_init__(self):
-        if self.max_response_tokens < 1:
-            raise ConfigError("max_response_tokens must be >= 1")
-        if self.max_turns is not None and self.max_turns < 0:
-            raise ConfigError("max_turns must be >= 0 or None")
-        if self.top_k < 1:
-            raise ConfigError("top_k must be >= 1")
-        if self.max_result_tokens is not None and self.max_result_tokens < 1:
-            raise ConfigError("max_result_tokens must be >= 1 or None")
-        if self.on_max_turns not in ("answer", "end"):
-            raise ConfigError(f"on_max_turns must be 'answer' or 'end', got {self.on_max_turns!r}")
-
-    @property
-    def stops(self) -> tuple[str, ...]:
-        """The stop strings of every turn."""
-        return (protocol.SEARCH_END, protocol.ANSWER_END) if self.stop_at_answer else (
-            protocol.SEARCH_END,)
 
 
 @dataclass
@@ -139,74 +114,109 @@ class Trajectory:
         return asdict(self)
 
 
-class RolloutState:
-    """The state machine of one rollout, per trajectory: what to sample next
-    (:meth:`sampling_params`), what a generation means (:meth:`record_generation`: the
-    trajectory ends, or asks to search) and the result block that follows (:meth:`search`,
-    :meth:`insert`). :func:`run_rollouts` drives it over a batch; the verl agent loop drives
-    it one trajectory at a time against verl's servers."""
+class Request(NamedTuple):
+    """What a trajectory generates next: the whole sequence so far and how to sample."""
 
-    def __init__(self, generator: Generator | None, searcher: BatchSearcher, tokenizer,
-                 config: RolloutConfig):
-        self.generator = generator
-        self.searcher = searcher
+    token_ids: list[int]  # prompt + every response token so far, inserted ones included
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What one query got: documents, or the failure the model is shown."""
+
+    hits: list[Hit]
+    failure: str | None  # None, "invalid query", or "search failed: <why>"
+    latency_s: float
+
+
+def search_queries(searcher: BatchSearcher, queries: Sequence[str], k: int
+                   ) -> dict[str, SearchOutcome]:
+    """The search policy of every ReSearch and baseline turn: blank queries are not sent
+    (``"invalid query"``); the distinct real ones go in one ``batch_search``; a request that
+    fails after the client's retries gives each of them ``"search failed: <why>"``. When the
+    service rejects the batch (a 4xx, e.g. one query over its length limit), each query is
+    sent alone, so only the rejected ones fail. Never raises for a service failure.
+    """
+    outcomes = {q: SearchOutcome([], protocol.INVALID_QUERY_TEXT, 0.0)
+                for q in queries if not q.strip()}
+    real = sorted({q for q in queries if q.strip()})
+    if not real:
+        return outcomes
+    start = time.perf_counter()
+    try:
+        found = searcher.batch_search(real, k)
+    except SearchRequestError as e:
+        if len(real) == 1:
+            return {**outcomes, **_failed(real, e, time.perf_counter() - start)}
+        logger.warning("the service rejected a batch of %d queries (%s); sending each alone",
+                       len(real), e)
+        for q in real:
+            outcomes.update(search_queries(searcher, [q], k))
+        return outcomes
+    except SearchError as e:
+        return {**outcomes, **_failed(real, e, time.perf_counter() - start)}
+    latency = round(time.perf_counter() - start, 4)
+    outcomes.update({q: SearchOutcome(list(h), None, latency)
+                     for q, h in zip(real, found, strict=True)})
+    return outcomes
+
+
+def _failed(queries: list[str], error: SearchError, latency: float) -> dict[str, SearchOutcome]:
+    logger.warning("search failed for %d queries: %s", len(queries), error)
+    failure = f"{protocol.SEARCH_FAILURE_TEXT}: {error}"
+    return {q: SearchOutcome([], failure, round(latency, 4)) for q in queries}
+
+
+class RolloutState:
+    """The protocol's state machine for trajectories under one set of settings.
+
+    Per trajectory: :meth:`request` (what to generate next), :meth:`absorb` (the model's
+    tokens: the trajectory ends, or asks to search; a search beyond the cap gets the notice),
+    :meth:`insert` (the result block of a search). Pure: it never calls a model or the
+    service, so any driver (batched, async, one at a time) moves the tokens.
+    """
+
+    def __init__(self, settings: RolloutSettings, tokenizer):
+        self.settings = settings
         self.tokenizer = tokenizer
-        self.config = config
         self._pieces = {}  # cached encodings of the fixed parts of result blocks
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def budget_left(self, t: Trajectory) -> int:
-        return self.config.max_response_tokens - len(t.response_ids)
+        return self.settings.max_response_tokens - len(t.response_ids)
 
-    def add(self, t: Trajectory, ids: list[int], logprobs: list[float], inserted: bool) -> None:
+    def _add(self, t: Trajectory, ids: list[int], logprobs: list[float], inserted: bool) -> None:
         t.response_ids += ids
         t.logprobs += logprobs
         t.inserted += [inserted] * len(ids)
-        t.loss_mask += [0 if inserted and self.config.mask_results else 1] * len(ids)
+        t.loss_mask += [0 if inserted and self.settings.mask_results else 1] * len(ids)
 
-    def sampling_params(self, t: Trajectory) -> SamplingParams:
-        """The next turn of ``t``: the budget left, stopping at ``</search>`` (and at
-        ``</answer>`` with ``stop_at_answer``)."""
-        c = self.config
-        return SamplingParams(max_new_tokens=self.budget_left(t), temperature=c.temperature,
-                              top_p=c.top_p, stop=c.stops, seed=c.seed)
+    def request(self, t: Trajectory) -> Request:
+        """The next turn of ``t``: everything so far, the budget left, stopping at
+        ``</search>`` (and at ``</answer>`` with ``stop_at_answer``)."""
+        s = self.settings
+        return Request(t.prompt_ids + t.response_ids,
+                       SamplingParams(max_new_tokens=self.budget_left(t),
+                                      temperature=s.temperature, top_p=s.top_p, stop=s.stops,
+                                      seed=s.seed))
 
-    def record_generation(self, t: Trajectory, g: Generation) -> str | None:
-        """Append the model's tokens; returns the query when ``t`` asked to search (``""``
-        for an empty one), else None: ``t.finish_reason`` is set, or (a search beyond
-        ``max_turns``) the turn-limit notice was inserted and ``t`` goes on generating."""
-        self.add(t, g.token_ids, g.logprobs, inserted=False)
-        reason = self._after_generation(t, g)
+    def absorb(self, t: Trajectory, g: Generation) -> str | None:
+        """Append the model's tokens (cut to the budget); returns the query when ``t`` asked
+        to search (``""`` for an empty one), else None: ``t.finish_reason`` is set, or (a
+        search beyond the cap) the turn-limit notice was inserted and ``t`` goes on."""
+        left = self.budget_left(t)
+        over = len(g.token_ids) > left  # its end (a stop, EOS) lay beyond the budget
+        self._add(t, list(g.token_ids[:left]), list(g.logprobs[:left]), inserted=False)
+        reason = "length" if over else self._after_generation(t, g)
         if reason == "turns" and self._notify_turn_limit(t):
             return None
         if reason is not None:
             t.finish_reason = reason
             return None
         return protocol.extract_query(self.tokenizer.decode(g.token_ids)) or ""
-
-    def _notify_turn_limit(self, t: Trajectory) -> bool:
-        """Insert the "no more searches" notice once per trajectory (``on_max_turns``
-        "answer", a cap of at least one search); False when the trajectory ends instead."""
-        c = self.config
-        if c.on_max_turns != "answer" or not c.max_turns or t.turn_limit_notices:
-            return False
-        self._insert_ids(t, self._pieces.setdefault("limit", self._encode(
-            protocol.format_result_text(protocol.TURN_LIMIT_TEXT))))
-        t.turn_limit_notices += 1
-        return True
-
-    def turn(self, active: list[Trajectory]) -> list[tuple[Trajectory, str]]:
-        """Generate one turn for every active trajectory; returns those that asked to search."""
-        params = [self.sampling_params(t) for t in active]
-        outputs = self.generator.generate([t.prompt_ids + t.response_ids for t in active], params)
-        searching = []
-        for t, g in zip(active, outputs, strict=True):
-            query = self.record_generation(t, g)
-            if query is not None:
-                searching.append((t, query))
-        return searching
 
     def _after_generation(self, t: Trajectory, g: Generation) -> TrajectoryFinish | None:
         if g.finish_reason == "eos":
@@ -215,44 +225,34 @@ class RolloutState:
             return "answer"
         if g.finish_reason != "stop" or self.budget_left(t) <= 0:
             return "length"
-        if self.config.max_turns is not None and len(t.turns) >= self.config.max_turns:
+        cap = self.settings.turn_cap
+        if cap is not None and len(t.turns) >= cap:
             return "turns"
         return None
 
-    def search(self, searching: list[tuple[Trajectory, str]]) -> None:
-        """One batch request for every real query; then insert each result block."""
-        queries = sorted({q for _, q in searching if q.strip()})
-        results: dict[str, list[Hit]] = {}
-        failure = None
-        start = time.perf_counter()
-        if queries:
-            try:
-                results = dict(zip(queries, self.searcher.batch_search(queries, self.config.top_k),
-                                   strict=True))
-            except SearchError as e:
-                failure = f"{protocol.SEARCH_FAILURE_TEXT}: {e}"
-                logger.warning("search failed for %d queries: %s", len(queries), e)
-        latency = time.perf_counter() - start
-        for t, query in searching:
-            if not query.strip():
-                self.insert(t, query, [], protocol.INVALID_QUERY_TEXT, 0.0)
-            elif failure is not None:
-                self.insert(t, query, [], failure, latency)
-            else:
-                self.insert(t, query, results[query], None, latency)
+    def _notify_turn_limit(self, t: Trajectory) -> bool:
+        """Insert the "no more searches" notice once per trajectory (``on_max_turns``
+        "answer", a cap of at least one search); False when the trajectory ends instead."""
+        s = self.settings
+        if s.on_max_turns != "answer" or not s.turn_cap or t.turn_limit_notices:
+            return False
+        self._insert_ids(t, self._pieces.setdefault("limit", self._encode(
+            protocol.format_result_text(protocol.TURN_LIMIT_TEXT))))
+        t.turn_limit_notices += 1
+        return True
 
-    def _result_ids(self, hits: list[Hit], failure: str | None) -> list[int]:
+    def _result_ids(self, outcome: SearchOutcome) -> list[int]:
         head = self._pieces.setdefault("head", self._encode(f" {protocol.RESULT_START}\n"))
         tail = self._pieces.setdefault("tail", self._encode(f"\n{protocol.RESULT_END}"))
-        if failure is None:
-            body_text = protocol.join_documents([h.contents for h in hits])
-        elif failure == protocol.INVALID_QUERY_TEXT:
-            body_text = failure
+        if outcome.failure is None:
+            body_text = protocol.join_documents([h.contents for h in outcome.hits])
+        elif outcome.failure == protocol.INVALID_QUERY_TEXT:
+            body_text = outcome.failure
         else:  # the model sees a short, stable text; the turn keeps the details
             body_text = protocol.SEARCH_FAILURE_TEXT
         body = self._encode(body_text)
-        if self.config.max_result_tokens is not None:
-            body = body[: self.config.max_result_tokens]
+        if self.settings.max_result_tokens is not None:
+            body = body[: self.settings.max_result_tokens]
         return head + body + tail
 
     def _insert_ids(self, t: Trajectory, ids: list[int]) -> int:
@@ -260,32 +260,45 @@ class RolloutState:
         many fit, and ends ``t`` ("length") when they filled it."""
         left = self.budget_left(t)
         kept = ids[:left]
-        self.add(t, kept, [0.0] * len(kept), inserted=True)
+        self._add(t, kept, [0.0] * len(kept), inserted=True)
         if len(ids) >= left:
             t.finish_reason = "length"  # the inserted text filled the budget
         return len(kept)
 
-    def insert(self, t: Trajectory, query: str, hits: list[Hit], failure: str | None,
-               latency: float) -> None:
-        inserted = self._insert_ids(t, self._result_ids(hits, failure))
-        t.turns.append(Turn(query, [h.id for h in hits], round(latency, 4), failure, inserted))
+    def insert(self, t: Trajectory, query: str, outcome: SearchOutcome) -> None:
+        """The result block of ``query`` (documents or a failure text), recorded as a turn."""
+        inserted = self._insert_ids(t, self._result_ids(outcome))
+        t.turns.append(Turn(query, [h.id for h in outcome.hits], outcome.latency_s,
+                            outcome.failure, inserted))
+
+    def finish(self, t: Trajectory) -> Trajectory:
+        """The decoded text of a finished trajectory (for humans and the reward)."""
+        t.text = self.tokenizer.decode(t.response_ids)
+        return t
 
 
 def run_rollouts(
     prompts: Sequence[Sequence[int]],
     generator: Generator,
-    searcher: BatchSearcher,
+    searcher: BatchSearcher | None,
     tokenizer,
-    config: RolloutConfig | None = None,
+    settings: RolloutSettings | None = None,
 ) -> list[Trajectory]:
-    """Roll out every prompt (token ids) to the end; one :class:`Trajectory` each, in order."""
-    config = config or RolloutConfig()
-    run = RolloutState(generator, searcher, tokenizer, config)
+    """Roll out every prompt (token ids) to the end; one :class:`Trajectory` each, in order.
+
+    Each turn, every active trajectory generates in one ``generate`` call and every query
+    of the turn goes in one search (``searcher`` may be None only when nothing can search:
+    the closed-book control).
+    """
+    state = RolloutState(settings or RolloutSettings(), tokenizer)
     trajectories = [Trajectory(index=i, prompt_ids=list(p)) for i, p in enumerate(prompts)]
     while active := [t for t in trajectories if t.finish_reason is None]:
-        searching = run.turn(active)
+        requests = [state.request(t) for t in active]
+        outputs = generator.generate([r.token_ids for r in requests], [r.params for r in requests])
+        searching = [(t, q) for t, g in zip(active, outputs, strict=True)
+                     if (q := state.absorb(t, g)) is not None]
         if searching:
-            run.search(searching)
-    for t in trajectories:
-        t.text = tokenizer.decode(t.response_ids)
-    return trajectories
+            outcomes = search_queries(searcher, [q for _, q in searching], state.settings.top_k)
+            for t, query in searching:
+                state.insert(t, query, outcomes[query])
+    return [state.finish(t) for t in trajectories]

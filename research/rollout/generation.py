@@ -4,13 +4,26 @@ A backend continues a batch of token-id sequences and reports, for each, the new
 exactly as sampled, their log-probabilities under the sampling distribution, why it
 stopped, and which stop string matched. The rollout engine never re-encodes what a model
 sampled: only text that it inserts itself is encoded.
+
+EOS: :func:`model_eos_ids` decides which ids end a response (the generation config's, the
+tokenizer's and the chat template's end-of-turn token); every backend and engine stops on that
+set. A generation that ends at EOS carries the EOS token as sampled, with its log-prob, so the
+rollout trains on it like any other sampled token. No backend adds an EOS the model did not
+sample: where a server does not return it, the generation ends without it (its
+``finish_reason`` still says ``"eos"``).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
+
+logger = logging.getLogger(__name__)
 
 FinishReason = Literal["eos", "stop", "length"]
 
@@ -40,7 +53,7 @@ class SamplingParams:
 class Generation:
     """One continued sequence."""
 
-    token_ids: list[int]  # new tokens, as sampled (EOS included when it ended there)
+    token_ids: list[int]  # new tokens, as sampled (the EOS too, when it ended there)
     logprobs: list[float]  # one per new token, under the sampling distribution
     finish_reason: FinishReason  # eos: end-of-sequence; stop: a stop string; length: budget
     stop_string: str | None = None  # the stop string that matched (finish_reason "stop")
@@ -104,15 +117,59 @@ def generation_from_tokens(tokenizer, token_ids: Sequence[int], logprobs: Sequen
     return Generation(ids, lps, "length")
 
 
-def model_eos_ids(model_dir, tokenizer) -> list[int]:
-    """The tokenizer's EOS and the model's ``generation_config.json`` ones (chat models end
-    turns with another token; vLLM stops on both)."""
-    import json
-    from pathlib import Path
+def model_eos_ids(model, tokenizer) -> list[int]:
+    """The ids that end a response of ``model``: the one EOS policy of every backend, engine
+    and evaluation path. Sorted, so it can be passed on as vLLM's ``stop_token_ids``.
 
-    ids = {tokenizer.eos_token_id}
-    config = Path(model_dir) / "generation_config.json"
-    if config.is_file():
-        eos = json.loads(config.read_text()).get("eos_token_id")
-        ids |= set(eos if isinstance(eos, list) else [eos])
+    The union of
+    (1) the ``eos_token_id`` of the model's generation config, an int or a list: ``model`` is
+        a model folder (its ``generation_config.json``, if any; for prepared models
+        :func:`~research.models.prepare.set_eos_ids` writes the upstream set there) or a
+        loaded model (its ``generation_config``), or None for none;
+    (2) the tokenizer's ``eos_token_id``;
+    (3) the chat template's end-of-turn token, when the tokenizer has a chat template: the
+        first special token the template writes after an assistant message (``<|im_end|>``
+        for Qwen2.5 and SmolLM2, ``<|eot_id|>`` for Llama 3). It is included whatever prompt
+        template a run uses: a model that writes it has ended its turn, and generating on
+        past it only invents the next turn (a base Qwen2.5 lists only ``<|endoftext|>``).
+    """
+    ids = {tokenizer.eos_token_id, chat_end_of_turn_id(tokenizer)}
+    ids |= set(_generation_config_eos(model))
     return sorted(int(i) for i in ids if i is not None)
+
+
+def _generation_config_eos(model) -> list:
+    if model is None or model == "":
+        return []
+    if isinstance(model, str | os.PathLike):
+        path = Path(model) / "generation_config.json"
+        eos = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
+    else:
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return eos if isinstance(eos, list) else [eos]
+
+
+_PROBE = "ReSearchEndOfTurnProbe"
+
+
+def chat_end_of_turn_id(tokenizer) -> int | None:
+    """The special token the tokenizer's chat template closes an assistant message with;
+    None without a chat template, or when the template writes no special token there."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    from jinja2 import TemplateError
+
+    messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except (TemplateError, ValueError, TypeError, KeyError) as exc:
+        logger.warning("cannot render the chat template to find its end-of-turn token (%s); "
+                       "the EOS set is the tokenizer's and the generation config's", exc)
+        return None
+    if not isinstance(text, str) or _PROBE not in text:
+        return None
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()
+                if getattr(t, "special", False)}
+    after = tokenizer.encode(text[text.rindex(_PROBE) + len(_PROBE):], add_special_tokens=False)
+    return next((int(i) for i in after if i in special), None)

@@ -69,23 +69,24 @@ def run_inspection(args) -> int:
     from research.retrieval.client import SearchClient
     from research.rewards import get_reward_fn
     from research.rollout.backends.hf import HFGenerator
-    from research.rollout.engine import RolloutConfig, run_rollouts
-    from research.rollout.prompts import encode_prompt
+    from research.rollout.engine import run_rollouts
+    from research.rollout.settings import RolloutSettings
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    settings = RolloutSettings(template=args.template, example=args.example,
+                               max_response_tokens=args.max_response_tokens,
+                               max_turns=args.max_turns, top_k=args.top_k,
+                               temperature=args.temperature, stop_at_answer=args.stop_at_answer,
+                               on_max_turns=args.on_max_turns)
     items = load_questions(args.data, args.limit)
     model, tokenizer = load_model(args.model, args.dtype)
-    example = args.example and args.example_style
-    prompts = [encode_prompt(tokenizer, it["question"], args.template, example=example)
+    prompts = [settings.encode_prompt(tokenizer, it["question"])
                for it in items for _ in range(args.n)]
-    config = RolloutConfig(max_response_tokens=args.max_response_tokens, max_turns=args.max_turns,
-                           top_k=args.top_k, temperature=args.temperature,
-                           stop_at_answer=args.stop_at_answer, on_max_turns=args.on_max_turns)
     reward = get_reward_fn(args.reward)
     start = time.time()
     with SearchClient(args.search_url) as client:
         trajectories = run_rollouts(prompts, HFGenerator(model, tokenizer), client, tokenizer,
-                                    config)
+                                    settings)
     seconds = time.time() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,10 +117,10 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=2, help="questions")
     p.add_argument("--out", default="runs/rollout.jsonl")
     p.add_argument("--template", choices=("base", "chat"), default="base")
-    p.add_argument("--example", action="store_true",
-                   help="put a worked example in the prompt (small models need it)")
-    p.add_argument("--example-style", choices=("two-search", "one-search"), default="two-search",
-                   help="which worked example (with --example)")
+    p.add_argument("--example", nargs="?", const="two-search", default=None,
+                   choices=("two-search", "one-search"),
+                   help="a worked example in the prompt (small models need it): two-search "
+                        "(the default when given alone) or one-search")
     p.add_argument("--stop-at-answer", action="store_true",
                    help="end each response at its first </answer>")
     p.add_argument("--on-max-turns", choices=("answer", "end"), default="answer",

@@ -8,15 +8,21 @@ at a time.
 Endpoints:
 
 * ``POST /v1/completions``: one prompt (a string or a list of token ids); ``max_tokens``,
-  ``temperature`` (0 = greedy), ``top_p``, ``stop``, ``seed``, ``logprobs`` (top-N),
-  ``return_tokens_as_token_ids``, ``return_token_ids``, ``include_stop_str_in_output``,
-  ``skip_special_tokens``, as vLLM reads them. Answers the completions shape: ``choices[0]``
-  with ``text``, ``finish_reason`` ("stop" / "length"), vLLM's ``stop_reason`` (the stop
-  string, None for EOS), ``logprobs = {tokens, token_logprobs, top_logprobs, text_offset}``,
-  optionally ``token_ids``; and ``usage``. ``n > 1``, ``echo`` and ``stream`` get a 400.
+  ``temperature`` (0 = greedy), ``top_p``, ``stop``, ``stop_token_ids``, ``seed``,
+  ``logprobs`` (top-N), ``return_tokens_as_token_ids``, ``return_token_ids``,
+  ``include_stop_str_in_output``, ``skip_special_tokens``, as vLLM reads them. Answers the
+  completions shape: ``choices[0]`` with ``text``, ``finish_reason`` ("stop" / "length"),
+  vLLM's ``stop_reason`` (the stop string; for EOS None when it is the tokenizer's, else the
+  id), ``logprobs = {tokens, token_logprobs, top_logprobs, text_offset}``, optionally
+  ``token_ids``; and ``usage``. ``n > 1``, ``echo`` and ``stream`` get a 400.
 * ``POST /v1/chat/completions``: ``messages`` through the tokenizer's chat template (for an
   LLM judge or a quick check); ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``.
 * ``GET /v1/models`` and ``GET /health``.
+
+EOS, as vLLM: generation stops at the model's EOS set
+(:func:`~research.rollout.generation.model_eos_ids`) and at the request's ``stop_token_ids``;
+the EOS that stopped it is in ``token_ids`` and ``logprobs`` with its sampled log-prob, and in
+``text`` only with ``include_stop_str_in_output`` (and ``skip_special_tokens`` false).
 
 Log-probs are those of the sampling distribution (temperature and top-p applied), as the
 Hugging Face backend records them. With ``logprobs >= 2`` the top-N alternatives come from one
@@ -72,6 +78,7 @@ class CompletionRequest(BaseModel):
     temperature: float = 1.0
     top_p: float = 1.0
     stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
     logprobs: int | None = None
     echo: bool = False
     n: int = 1
@@ -129,8 +136,14 @@ class _Engine:
         except ValueError as e:
             raise BadRequest(f"invalid sampling parameters: {e}") from None
         ids = self.prompt_ids(req.prompt)
+        generator = self.generator
+        if req.stop_token_ids:  # on top of the model's EOS set, as vLLM
+            from research.rollout.backends.hf import HFGenerator
+
+            generator = HFGenerator(self.model, self.tokenizer, eos_token_ids=(
+                generator.eos_token_ids | set(req.stop_token_ids)))
         with self.lock:
-            g = self.generator.generate([ids], [params])[0]
+            g = generator.generate([ids], [params])[0]
             tops = (self.top_logprobs(ids, g, params, req.logprobs)
                     if req.logprobs and req.logprobs >= 2 else None)
         return self.response(req, ids, g, tops)
@@ -182,12 +195,16 @@ class _Engine:
         return f"token_id:{token_id}" if as_id else self.tokenizer.decode([token_id])
 
     def response(self, req: CompletionRequest, prompt: list[int], g: Generation, tops) -> dict:
-        text = self.tokenizer.decode(g.token_ids, skip_special_tokens=req.skip_special_tokens)
+        eos = g.token_ids[-1] if g.finish_reason == "eos" else None
+        shown = g.token_ids[:-1] if eos is not None and not req.include_stop_str_in_output else (
+            g.token_ids)
+        text = self.tokenizer.decode(shown, skip_special_tokens=req.skip_special_tokens)
         if g.stop_string is not None and (at := text.find(g.stop_string)) >= 0:
             text = text[: at + len(g.stop_string) if req.include_stop_str_in_output else at]
+        stop_reason = g.stop_string if eos in (None, self.tokenizer.eos_token_id) else eos
         choice = {"index": 0, "text": text,
                   "finish_reason": "length" if g.finish_reason == "length" else "stop",
-                  "stop_reason": g.stop_string, "logprobs": None}
+                  "stop_reason": stop_reason, "logprobs": None}
         if req.logprobs is not None:
             choice["logprobs"] = self.logprobs(g, tops, req.return_tokens_as_token_ids)
         if req.return_token_ids:

@@ -2,10 +2,11 @@
 
 ::
 
-    model:     path, dtype, gradient_checkpointing
+    model:     path, dtype, gradient_checkpointing, lora_rank, lora_alpha, max_batch
     data:      train, train_split, train_limit, train_type, dev, dev_split, dev_limit, dev_type
     retrieval: search_url (or a service started on `corpus`), corpus, timeout, retries
-    rollout:   template, example, example_style, clean, stop_at_answer, max_turns, on_max_turns, ...
+    rollout:   template, example, clean, search, max_response_tokens, max_turns, top_k, ...
+               (research.rollout.settings.RolloutSettings: the evaluation's section too)
     reward:    name (v1 | f1 | graded)
     grpo:      prompts_per_step, num_generations, per_device_batch, learning_rate, beta, ...
     run:       output_dir, max_steps, save_steps, eval_steps, seed, torch_threads, wandb, ...
@@ -28,6 +29,7 @@ from pathlib import Path
 from research import configtree
 from research.errors import ConfigError
 from research.paths import package_path
+from research.rollout.settings import RolloutSettings
 
 _f = configtree.option
 
@@ -42,6 +44,8 @@ class ModelConfig:
     lora_rank: int = _f(0, "0: train every weight; N > 0: train LoRA adapters of rank N on "
                         "every linear layer instead (peft; the final model is merged)")
     lora_alpha: int | None = _f(None, "LoRA scaling alpha (null: twice the rank)")
+    max_batch: int | None = _f(None, "most sequences the Hugging Face backend decodes at once "
+                               "in a rollout (null: all)")
 
 
 @dataclass
@@ -68,37 +72,6 @@ class RetrievalConfig:
                      "search_url is null")
     timeout: float = _f(30.0, "seconds per search request")
     retries: int = _f(3, "retries of a failed search request")
-
-
-@dataclass
-class RolloutSection:
-    template: str = _f("base", "prompt template: base (plain text) or chat (tokenizer's chat "
-                       "template)", ("base", "chat"))
-    search: bool = _f(True, "false: the closed-book control (the prompt without the search "
-                      "tool, no search turns, no retrieval service)")
-    example: bool = _f(True, "put a worked example in the prompt (small models need it to "
-                       "search); the chat template gets it as a previous exchange")
-    example_style: str = _f("two-search", "which worked example: two-search (two chained "
-                            "searches) or one-search (one search, a short fact boxed)",
-                            ("two-search", "one-search"))
-    clean: bool = _f(False, "the cleaned base prompt instead of the original's wording")
-    max_response_tokens: int = _f(8192, "response budget, inserted results included")
-    max_turns: int | None = _f(None, "most searches per response (null: no cap, as the "
-                               "original)")
-    on_max_turns: str = _f("answer", "a search asked for beyond max_turns: answer (a notice "
-                           "that no more searches are possible, once, then the model goes on "
-                           "to its answer) or end (the trajectory ends there, no answer)",
-                           ("answer", "end"))
-    stop_at_answer: bool = _f(False, "end the response at its first </answer> (Search-R1; "
-                              "false: generate on to EOS, as the original)")
-    top_k: int = _f(5, "documents per search")
-    max_result_tokens: int | None = _f(None, "cap on one inserted result's tokens (null: none)")
-    temperature: float = _f(1.0, "sampling temperature (TRL scores log-probs at it too)")
-    top_p: float = _f(1.0, "nucleus sampling")
-    mask_results: bool = _f(True, "inserted results out of the loss (false: the first "
-                            "version's bug)")
-    max_batch: int | None = _f(None, "most sequences the Hugging Face backend decodes at once "
-                               "(null: all)")
 
 
 @dataclass
@@ -169,7 +142,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    rollout: RolloutSection = field(default_factory=RolloutSection)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
     reward: RewardConfig = field(default_factory=RewardConfig)
     grpo: GRPOSection = field(default_factory=GRPOSection)
     run: RunConfig = field(default_factory=RunConfig)
@@ -177,22 +150,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def rollout_config(self):
-        """The rollout engine's :class:`~research.rollout.engine.RolloutConfig`."""
-        from research.rollout.engine import RolloutConfig
-
-        r = self.rollout
-        return RolloutConfig(max_response_tokens=r.max_response_tokens,
-                             max_turns=r.max_turns if r.search else 0,
-                             top_k=r.top_k, max_result_tokens=r.max_result_tokens,
-                             temperature=r.temperature, top_p=r.top_p,
-                             mask_results=r.mask_results, stop_at_answer=r.stop_at_answer,
-                             on_max_turns=r.on_max_turns)
-
-    def prompt_example(self) -> bool | str:
-        """The worked example the prompt carries: False, or its name."""
-        return self.rollout.example and self.rollout.example_style
 
 
 SECTIONS = tuple(configtree.sections(TrainConfig))
@@ -261,19 +218,18 @@ def _positive(config: TrainConfig) -> None:
     for key in ("cluster.gpus_per_node", "cluster.nnodes", "cluster.max_prompt_tokens",
                 "cluster.max_concurrent_searches",
                 "grpo.prompts_per_step", "grpo.num_generations", "grpo.per_device_batch",
-                "grpo.epochs", "rollout.max_response_tokens", "rollout.top_k",
-                "run.save_steps", "run.logging_steps", "data.dev_limit"):
+                "grpo.epochs", "run.save_steps", "run.logging_steps", "data.dev_limit"):
         section, name = key.split(".")
         if getattr(getattr(config, section), name) < 1:
             raise ConfigError(f"{key} must be >= 1")
     if config.model.lora_rank < 0:
         raise ConfigError("model.lora_rank must be >= 0 (0: full fine-tuning)")
-    for key in ("data.train_limit", "model.lora_alpha", "rollout.max_turns",
-                "rollout.max_result_tokens", "run.torch_threads", "run.save_total_limit"):
+    for key in ("data.train_limit", "model.lora_alpha", "model.max_batch", "run.torch_threads",
+                "run.save_total_limit"):
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
-        if value is not None and value < (0 if name == "max_turns" else 1):
-            raise ConfigError(f"{key} must be >= {0 if name == 'max_turns' else 1} or null")
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be >= 1 or null")
 
 
 def validate(config: TrainConfig) -> None:
@@ -296,8 +252,6 @@ def validate(config: TrainConfig) -> None:
     if r.temperature <= 0:
         raise ConfigError("rollout.temperature must be > 0 for training (GRPO needs samples "
                           "that differ; greedy is used for validation only)")
-    if not 0 < r.top_p <= 1:
-        raise ConfigError("rollout.top_p must be in (0, 1]")
     if g.learning_rate <= 0 or g.beta < 0 or g.clip <= 0 or g.entropy_coef < 0:
         raise ConfigError("grpo.learning_rate and grpo.clip must be > 0, grpo.beta and "
                           "grpo.entropy_coef >= 0")

@@ -29,12 +29,13 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from research.rollout import settings as rollout_settings
 from research.trainers.config import ConfigError, TrainConfig, world_size
 from research.trainers.plot import plot_training, plot_validation
 
@@ -130,9 +131,8 @@ class ReSearchRollout:
 
     def __init__(self, config: TrainConfig, tokenizer, searcher, samples: StepSamples,
                  make_logits_processors: Callable[[], list] | None = None):
-        self.rollout = config.rollout
-        self.rollout_config = config.rollout_config()
-        self.example = config.prompt_example()
+        self.settings = config.rollout
+        self.max_batch = config.model.max_batch
         self.tokenizer = tokenizer
         self.searcher = searcher
         self.samples = samples
@@ -140,13 +140,8 @@ class ReSearchRollout:
         self._prompt_cache: dict[str, list[int]] = {}
 
     def encode(self, question: str) -> list[int]:
-        from research.rollout.prompts import encode_prompt
-
         if question not in self._prompt_cache:
-            r = self.rollout
-            self._prompt_cache[question] = encode_prompt(
-                self.tokenizer, question, r.template, clean=r.clean, example=self.example,
-                search=r.search)
+            self._prompt_cache[question] = self.settings.encode_prompt(self.tokenizer, question)
         return self._prompt_cache[question]
 
     def __call__(self, prompts: list, trainer) -> dict[str, list]:
@@ -159,7 +154,7 @@ class ReSearchRollout:
         start = time.perf_counter()
         with self.generator(trainer) as generator:
             trajectories = run_rollouts(ids, generator, self.searcher, self.tokenizer,
-                                        self.rollout_config)
+                                        self.settings)
         seconds = time.perf_counter() - start
         self.samples.reset()
         self.samples.records = [{"question": q, **t.to_dict()}
@@ -188,7 +183,7 @@ class ReSearchRollout:
             was_training = model.training
             model.eval()
             try:
-                yield HFGenerator(model, self.tokenizer, max_batch=self.rollout.max_batch,
+                yield HFGenerator(model, self.tokenizer, max_batch=self.max_batch,
                                   logits_processors=self.make_logits_processors())
             finally:
                 model.train(was_training)
@@ -198,6 +193,7 @@ class ReSearchRollout:
         # engine. TRL syncs the weights before each rollout_func call; validation runs between
         # calls, so sync here too when the step moved on (what TRL's own _generate does).
         from research.rollout.backends.vllm import VLLMGenerator
+        from research.rollout.generation import model_eos_ids
 
         if trainer.args.vllm_mode != "colocate":
             raise ConfigError("the ReSearch rollout needs vllm_mode colocate (grpo.trl: "
@@ -205,14 +201,8 @@ class ReSearchRollout:
         if trainer.state.global_step != trainer._last_loaded_step:
             trainer.vllm_generation.sync_weights()
             trainer._last_loaded_step = trainer.state.global_step
-        eos = {self.tokenizer.eos_token_id}
-        eos |= set(_as_list(getattr(trainer.model.generation_config, "eos_token_id", None)))
-        return VLLMGenerator(trainer.vllm_generation.llm, eos_token_ids=sorted(e for e in eos
-                                                                              if e is not None))
-
-
-def _as_list(value) -> list:
-    return value if isinstance(value, list) else [value]
+        return VLLMGenerator(trainer.vllm_generation.llm,
+                             eos_token_ids=model_eos_ids(trainer.model, self.tokenizer))
 
 
 # --- reward -----------------------------------------------------------------------------------
@@ -359,7 +349,6 @@ class ValidationCallback(TrainerCallback):
         self.path, self.items, self.rollout = out / "validation.jsonl", items, rollout
         self.items_path = out / "validation_items.jsonl"
         self.every, self.reward_fn = config.run.eval_steps, reward_fn
-        self.greedy = replace(config.rollout_config(), temperature=0.0)
         self.trainer = None  # set by attach(): the generator needs the trainer's model
 
     def attach(self, trainer) -> None:
@@ -379,14 +368,12 @@ class ValidationCallback(TrainerCallback):
 
     def validate(self, state) -> dict:
         """The ReSearch pipeline (greedy) on the dev items: FlashRAG metrics and the reward."""
-        from research.evaluation.research_pipeline import PipelineConfig, evaluate
+        from research.evaluation.research_pipeline import evaluate
 
-        r = self.rollout.rollout
-        pipeline = PipelineConfig(template=r.template, example=self.rollout.example, clean=r.clean,
-                                  batch_size=max(1, len(self.items)), search=r.search)
         with self.rollout.generator(self.trainer) as generator:
             metrics, records = evaluate(self.items, generator, self.rollout.tokenizer,
-                                        self.rollout.searcher, self.greedy, pipeline)
+                                        self.rollout.searcher, self.rollout.settings,
+                                        batch_size=max(1, len(self.items)))
         results = [self.reward_fn(rec["response"], rec["golden_answers"],
                                   ended_with_eos=rec["ended_with_eos"]) for rec in records]
         n = len(results)
@@ -540,9 +527,10 @@ def lora_config(config: TrainConfig):
                       lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def save_final(trainer, path: Path) -> None:
+def save_final(trainer, path: Path, settings) -> None:
     """The trained model as a plain Hugging Face folder (LoRA adapters merged into the
-    weights), loadable by the evaluation and by another training run."""
+    weights), loadable by the evaluation and by another training run, with the rollout
+    settings it was trained with (the evaluation starts from them)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):  # a peft model
         import copy
@@ -551,6 +539,7 @@ def save_final(trainer, path: Path) -> None:
         trainer.processing_class.save_pretrained(str(path))
     else:
         trainer.save_model(str(path))
+    rollout_settings.save(settings, path)
 
 
 @dataclass
@@ -590,6 +579,7 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
     dataset = build_dataset(load_items(d.train, d.train_split, d.train_limit, d.train_type))
     args = grpo_config(config, use_cpu=not torch.cuda.is_available())
     (out / "train_config.yaml").write_text(_yaml(config.to_dict()), encoding="utf-8")
+    rollout_settings.save(config.rollout, out)
     samples = StepSamples()
     with retrieval(config, out) as client, _silence_experimental():
         rollout = ReSearchRollout(config, tokenizer, client, samples, make_logits_processors)
@@ -651,7 +641,7 @@ def train(config: TrainConfig, make_logits_processors: Callable[[], list] | None
         else:
             run.trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint
                               else None)
-        save_final(run.trainer, run.out / "final")
+        save_final(run.trainer, run.out / "final", config.rollout)
     plot_validation(run.out)
     plot_training(run.out)
     return run.out

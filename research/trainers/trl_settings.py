@@ -53,7 +53,7 @@ UNSUPPORTED: tuple[Gap, ...] = (
     Gap("response budget", "8192 response tokens, inserted results included",
         "max_completion_length bounds TRL's own generation, not a rollout_func",
         "max_completion_length=8192 for TRL's bookkeeping; the budget itself is "
-        "RolloutConfig.max_response_tokens in the project's rollout"),
+        "RolloutSettings.max_response_tokens in the project's rollout"),
 )
 
 

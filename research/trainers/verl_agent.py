@@ -6,14 +6,17 @@ actors) from the agent-loop YAML that ``research.trainers.verl_launch`` writes::
     - name: research_agent
       _target_: research.trainers.verl_agent.ReSearchAgentLoop
       search_url: http://127.0.0.1:8000
-      top_k: 5
-      ...
+      rollout: {template: base, example: null, top_k: 5, max_turns: null, ...}
+      search_timeout: 30.0
 
 :meth:`ReSearchAgentLoop.run` drives the project's state machine
 (:class:`research.rollout.engine.RolloutState`, the same code the TRL engine runs) one
-trajectory at a time: generate through verl's server (token ids in, token ids out, stopping at
-``</search>`` with the budget left), search through the project's HTTP client in a bounded
-thread pool (never blocking verl's event loop), insert the result tokens with mask 0. The
+trajectory at a time: the state machine says what to generate (token ids and the budget
+left, stopping at ``</search>``); verl's server generates it; the state machine absorbs the
+tokens; a query goes through the shared search policy
+(:func:`research.rollout.engine.search_queries`, the project's HTTP client) in a bounded
+thread pool (never blocking verl's event loop); the state machine inserts the result tokens
+with mask 0. The
 output's ``response_mask`` is the rollout's loss mask; ``extra_fields`` carry the searches,
 failures and whether the response ended with EOS, which verl merges into the reward's
 ``extra_info`` (:mod:`research.trainers.verl_reward`).
@@ -26,6 +29,7 @@ passed on, as verl's own loops do (its trainer reads them every step).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import uuid
@@ -35,9 +39,9 @@ from typing import Any
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput
 
 from research.retrieval.client import SearchClient
-from research.rollout.engine import RolloutConfig, RolloutState, Trajectory
+from research.rollout.engine import RolloutState, Trajectory, search_queries
 from research.rollout.generation import generation_from_tokens, model_eos_ids
-from research.rollout.prompts import encode_prompt
+from research.rollout.settings import from_dict as settings_from_dict
 
 # One client and one bounded pool per worker process and service (agent loops are built per
 # sample; these are shared by every sample of the process).
@@ -76,24 +80,24 @@ def question_of(kwargs: dict) -> str:
 
 
 class ReSearchAgentLoop(AgentLoopBase):
-    """verl agent loop for the ReSearch text protocol (base or chat template)."""
+    """verl agent loop for the ReSearch text protocol (base or chat template).
 
-    def __init__(self, *args, search_url: str, top_k: int = 5, max_turns: int | None = None,
-                 max_result_tokens: int | None = None, template: str = "base",
-                 clean: bool = False, example: bool | str = False, mask_results: bool = True,
-                 stop_at_answer: bool = False, on_max_turns: str = "answer",
+    ``rollout`` is the run's :class:`~research.rollout.settings.RolloutSettings` as a
+    mapping (the ``rollout:`` section the launcher wrote); the response budget is verl's
+    ``response_length`` (the launcher sets it from ``rollout.max_response_tokens``), and
+    the sampling is verl's (set from the same section).
+    """
+
+    def __init__(self, *args, search_url: str, rollout: dict | None = None,
                  search_timeout: float = 30.0, search_retries: int = 3,
                  max_concurrent_searches: int = 32, **kwargs):
         kwargs.pop("name", None)
         kwargs.pop("tools", None)
         super().__init__(*args, **kwargs)
-        self.template, self.clean, self.example = template, clean, example
         self.response_length = int(self.rollout_config.response_length)
-        self.rollout = RolloutConfig(max_response_tokens=self.response_length,
-                                     max_turns=max_turns, top_k=top_k,
-                                     max_result_tokens=max_result_tokens,
-                                     mask_results=mask_results,
-                                     stop_at_answer=stop_at_answer, on_max_turns=on_max_turns)
+        self.settings = settings_from_dict(dict(rollout or {})).replace(
+            max_response_tokens=self.response_length)
+        self.state = RolloutState(self.settings, self.tokenizer)
         self.searcher = search_client(search_url, search_timeout, search_retries)
         self.pool = search_pool(max_concurrent_searches)
         self.prompt_length = int(self.rollout_config.prompt_length)
@@ -102,45 +106,45 @@ class ReSearchAgentLoop(AgentLoopBase):
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         question = question_of(kwargs)
-        prompt_ids = encode_prompt(self.tokenizer, question, self.template, clean=self.clean,
-                                   example=self.example)
+        prompt_ids = self.settings.encode_prompt(self.tokenizer, question)
         if len(prompt_ids) > self.prompt_length:
             raise ValueError(f"the prompt of {question[:80]!r} has {len(prompt_ids)} tokens, "
                              f"over data.max_prompt_length={self.prompt_length}: raise "
                              "cluster.max_prompt_tokens or drop the question")
-        state = RolloutState(None, self.searcher, self.tokenizer, self.rollout)
-        t = Trajectory(index=0, prompt_ids=prompt_ids)
+        state, t = self.state, Trajectory(index=0, prompt_ids=prompt_ids)
         request_id = uuid.uuid4().hex  # one id per trajectory: its turns stay on one server
-        generating = searching = 0.0
+        clock = {"generate_sequences": 0.0, "tool_calls": 0.0}
         server_fields: list[dict] = []  # verl's per-generation tags (global steps)
         while t.finish_reason is None:
-            left = state.budget_left(t)
-            params = {**sampling_params, "max_tokens": left, "stop": list(self.rollout.stops)}
-            start = time.perf_counter()
-            out = await self.server_manager.generate(
-                request_id, prompt_ids=t.prompt_ids + t.response_ids, sampling_params=params)
-            generating += time.perf_counter() - start
+            ids, p = state.request(t)
+            params = {**sampling_params, "max_tokens": p.max_new_tokens, "stop": list(p.stop)}
+            with _timed(clock, "generate_sequences"):
+                out = await self.server_manager.generate(request_id, prompt_ids=ids,
+                                                         sampling_params=params)
             server_fields.append(dict(getattr(out, "extra_fields", None) or {}))
-            logprobs = out.log_probs[:left] if out.log_probs is not None else None
             g = await self.loop.run_in_executor(None, functools.partial(
-                generation_from_tokens, self.tokenizer, out.token_ids[:left], logprobs,
-                self.eos_token_ids, stop=self.rollout.stops))
-            if not g.token_ids:  # nothing came back: end rather than loop
-                t.finish_reason = "length"
-                break
-            query = state.record_generation(t, g)
+                generation_from_tokens, self.tokenizer, out.token_ids, out.log_probs,
+                self.eos_token_ids, stop=p.stop))
+            query = state.absorb(t, g)
             if query is not None:
-                start = time.perf_counter()
-                await self.loop.run_in_executor(self.pool, state.search, [(t, query)])
-                searching += time.perf_counter() - start
-        n = self.response_length
+                with _timed(clock, "tool_calls"):
+                    found = await self.loop.run_in_executor(self.pool, functools.partial(
+                        search_queries, self.searcher, [query], self.settings.top_k))
+                state.insert(t, query, found[query])
         steps = [f["global_steps"] for f in server_fields if f.get("global_steps") is not None]
         tags = {"min_global_steps": steps[0], "max_global_steps": steps[-1]} if steps else {}
         return AgentLoopOutput(
-            prompt_ids=t.prompt_ids, response_ids=t.response_ids[:n],
-            response_mask=t.loss_mask[:n], response_logprobs=t.logprobs[:n],
-            num_turns=2 * t.num_searches + 1,
-            metrics={"generate_sequences": generating, "tool_calls": searching},
+            prompt_ids=t.prompt_ids, response_ids=t.response_ids, response_mask=t.loss_mask,
+            response_logprobs=t.logprobs, num_turns=2 * t.num_searches + 1, metrics=clock,
             extra_fields={"num_searches": t.num_searches, "num_search_failures": t.num_failures,
                           "ended_with_eos": t.ended_with_eos,
                           "finish_reason": t.finish_reason, **tags})
+
+
+@contextlib.contextmanager
+def _timed(clock: dict[str, float], key: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        clock[key] += time.perf_counter() - start

@@ -54,11 +54,7 @@ def agent_loop_entries(config: TrainConfig, search_url: str) -> list[dict]:
                           "engine only")
     return [{"name": AGENT_NAME,
              "_target_": "research.trainers.verl_agent.ReSearchAgentLoop",
-             "search_url": search_url, "top_k": r.top_k, "max_turns": r.max_turns,
-             "max_result_tokens": r.max_result_tokens, "template": r.template,
-             "clean": r.clean, "example": config.prompt_example(),
-             "mask_results": r.mask_results, "stop_at_answer": r.stop_at_answer,
-             "on_max_turns": r.on_max_turns,
+             "search_url": search_url, "rollout": r.to_dict(),
              "search_timeout": rc.timeout, "search_retries": rc.retries,
              "max_concurrent_searches": config.cluster.max_concurrent_searches}]
 

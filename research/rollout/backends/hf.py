@@ -6,7 +6,9 @@ own decode loop over the model's forward with a ``DynamicCache``: one prefill of
 left-padded batch, then one token per step for the rows still active; a row that reaches
 EOS, completes a stop string or spends its own budget leaves the batch (and the cache) at
 once. Temperature and top-p are applied here, so the recorded log-probs are those of the
-distribution actually sampled from.
+distribution actually sampled from. A row ends at the first id of the model's EOS set
+(:func:`~research.rollout.generation.model_eos_ids`); that EOS is the sampled token, kept with
+its log-prob.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from research.rollout.generation import Generation, SamplingParams, check_batch
+from research.rollout.generation import Generation, SamplingParams, check_batch, model_eos_ids
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -65,15 +67,21 @@ class HFGenerator:
     """Generates with a Hugging Face causal LM. One call shares temperature and top-p;
     budgets and stop strings are per sequence."""
 
-    def __init__(self, model, tokenizer, max_batch: int | None = None, logits_processors=()):
+    def __init__(self, model, tokenizer, max_batch: int | None = None, logits_processors=(),
+                 eos_token_ids: Sequence[int] | None = None):
         """``logits_processors``: callables ``(input_ids [B, L], logits [B, V]) -> logits``
-        applied before sampling (e.g. constrained decoding)."""
+        applied before sampling (e.g. constrained decoding). ``eos_token_ids``: the ids that
+        end a sequence, by default :func:`~research.rollout.generation.model_eos_ids` of the
+        model; the EOS a sequence ends with is the sampled token, with its log-prob."""
         self.model = model
         self.tokenizer = tokenizer
         self.logits_processors = list(logits_processors)
-        eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos]
-        self.eos_token_ids = frozenset(int(e) for e in eos if e is not None)
+        if eos_token_ids is None:
+            eos_token_ids = model_eos_ids(model, tokenizer)
+        self.eos_token_ids = frozenset(int(e) for e in eos_token_ids)
+        if not self.eos_token_ids:
+            raise ValueError("no EOS id: the tokenizer has no eos_token_id and the model's "
+                             "generation config none; pass eos_token_ids")
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids))
         self.max_batch = max_batch

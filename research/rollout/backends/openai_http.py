@@ -10,7 +10,8 @@ environment variable named by ``api_key_env`` and sent as ``Authorization: Beare
 Request fields (confirmed against ``vllm/entrypoints/openai/protocol.py`` ``CompletionRequest``
 and ``sglang/srt/entrypoints/openai/protocol.py`` ``CompletionRequest``): ``prompt`` accepts
 ``list[int]`` in both; ``max_tokens``, ``temperature`` (0 = greedy in both), ``top_p``,
-``stop``, ``seed``, ``logprobs`` (an int: top-N), ``skip_special_tokens`` are shared.
+``stop``, ``stop_token_ids``, ``seed``, ``logprobs`` (an int: top-N), ``skip_special_tokens``
+are shared.
 vLLM-only: ``include_stop_str_in_output`` (keep the stop string in the text) and
 ``return_tokens_as_token_ids`` (logprob tokens and top-logprob keys become ``"token_id:N"``;
 ``serving_completion.py`` ``_get_decoded_token``). SGLang-only: ``no_stop_trim`` (its
@@ -30,10 +31,14 @@ logprob tokens, or, last, by encoding the returned text with the tokenizer. That
 log-probs are the server's only when the counts agree, otherwise NaN
 (``extra["logprobs_unaligned"] = True``). Do not train on re-encoded generations.
 
-EOS: servers drop it from the text, and some from the ids; a generation that stopped for EOS
-always ends with an EOS id here (appended with log-prob 0.0 and ``extra["eos_appended"]``
-when missing). An EOS anywhere in the ids ends the generation there (``"eos"``), as in the
-Hugging Face backend.
+EOS: the request asks the server to stop on the whole EOS set (``stop_token_ids``; the set is
+:func:`~research.rollout.generation.model_eos_ids`). An EOS anywhere in the ids ends the
+generation there (``"eos"``), as in the Hugging Face backend, with the log-prob the server
+gave it. vLLM (``token_ids`` or ``"token_id:N"`` tokens), SGLang and the project's model
+server return the EOS that stopped them in the ids and log-probs, so the rollout trains on
+the EOS as sampled. A server that stopped for EOS but returned no EOS id gives a generation
+that ends without one (``extra["eos_not_returned"] = True``): no token is appended, since a
+token the model did not sample (with a made-up log-prob) must not be trained on.
 
 Log-probs: vLLM returns, by default, those of the raw model distribution (before temperature
 and top-p; its ``--logprobs-mode`` changes that), while the Hugging Face backend records those
@@ -53,7 +58,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from research.errors import ConfigError
 from research.http import JsonPoster, RequestFailed, RequestRejected
-from research.rollout.generation import Generation, SamplingParams, check_batch
+from research.rollout.generation import Generation, SamplingParams, check_batch, model_eos_ids
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +74,10 @@ class GenerationRequestError(GenerationError, RequestRejected):
 
 
 def completion_payload(model: str, prompt: Sequence[int], params: SamplingParams,
-                       top_logprobs: int = 0, seed: int | None = None) -> dict:
-    """The ``/v1/completions`` body for one sequence (vLLM and SGLang fields together)."""
+                       top_logprobs: int = 0, seed: int | None = None,
+                       stop_token_ids: Sequence[int] = ()) -> dict:
+    """The ``/v1/completions`` body for one sequence (vLLM and SGLang fields together);
+    ``stop_token_ids``: the EOS set, stopped on besides the server's own EOS."""
     payload = {
         "model": model,
         "prompt": [int(t) for t in prompt],
@@ -89,6 +96,8 @@ def completion_payload(model: str, prompt: Sequence[int], params: SamplingParams
     }
     if params.stop:
         payload["stop"] = list(params.stop)
+    if stop_token_ids:
+        payload["stop_token_ids"] = sorted(int(t) for t in stop_token_ids)
     if seed is not None:
         payload["seed"] = seed
     return payload
@@ -181,12 +190,10 @@ def generation_from_choice(choice: dict, tokenizer, eos_token_ids: frozenset[int
         hit = _earliest_stop(text, stop)
         if hit is not None:
             return done(len(ids), "stop", hit)
-    # EOS (or a stop token id the server named, e.g. from the model's generation config)
-    eos = matched if isinstance(matched, int) else tokenizer.eos_token_id
-    if not ids or ids[-1] != eos:
-        ids, logprobs = [*ids, int(eos)], [*logprobs, 0.0]
-        tops.append({})
-        extra["eos_appended"] = True
+    # EOS, or a stop token id the server named: kept when returned (sampled, with its
+    # log-prob); never appended when not
+    if not ids or ids[-1] != matched:
+        extra["eos_not_returned"] = True
     return done(len(ids), "eos")
 
 
@@ -196,6 +203,9 @@ class OpenAIGenerator:
     ``base_url`` is the server root (``http://host:8000``; a trailing ``/v1`` is accepted).
     ``top_logprobs > 0`` asks for that many alternatives per token and puts them in
     ``Generation.extra["top_logprobs"]`` as ``{token_id: logprob}`` dicts, most likely first.
+    ``eos_token_ids``: the ids that end a sequence, by default
+    :func:`~research.rollout.generation.model_eos_ids` of the folder the tokenizer was loaded
+    from (``tokenizer.name_or_path``).
 
     >>> gen = OpenAIGenerator("http://127.0.0.1:8000", "model", tokenizer)  # doctest: +SKIP
     >>> gen.generate([[9707, 11]], [SamplingParams(64, temperature=0)])  # doctest: +SKIP
@@ -212,8 +222,9 @@ class OpenAIGenerator:
         self.tokenizer = tokenizer
         self.max_concurrency = max_concurrency
         self.top_logprobs = top_logprobs
-        eos = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
-        self.eos_token_ids = frozenset(int(e) for e in eos if e is not None)
+        if eos_token_ids is None:
+            eos_token_ids = model_eos_ids(getattr(tokenizer, "name_or_path", None), tokenizer)
+        self.eos_token_ids = frozenset(int(e) for e in eos_token_ids)
         headers = {}
         if key := os.environ.get(api_key_env):
             headers["authorization"] = f"Bearer {key}"
@@ -243,7 +254,8 @@ class OpenAIGenerator:
 
     def _one(self, prompt: Sequence[int], p: SamplingParams, index: int) -> Generation:
         seed = None if p.seed is None else p.seed + index
-        body = self._post(completion_payload(self.model, prompt, p, self.top_logprobs, seed))
+        body = self._post(completion_payload(self.model, prompt, p, self.top_logprobs, seed,
+                                             self.eos_token_ids))
         try:
             choice = body["choices"][0]
         except (KeyError, IndexError, TypeError):
