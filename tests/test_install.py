@@ -104,7 +104,7 @@ def test_installed_train_one_step_and_eval_two_questions(installed, tiny_path):
     evaluation = _run([str(bin_dir / "research"), "eval", "--dataset_name", "squad-open-mini",
                        "--quiet", "data.sample_num=2", f"generator.model={tiny_path}",
                        "generator.dtype=float32", "generator.threads=1",
-                       "method.research_max_response_tokens=16", "run.save_dir=eval"],
+                       "rollout.max_response_tokens=16", "run.save_dir=eval"],
                       empty, env, timeout=600)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     metrics = json.loads(next((empty / "eval").glob("*/metrics.json")).read_text())
