@@ -2,7 +2,7 @@
 closed book (the control), each measured by greedy validation on held-out questions before
 and after.
 
-    python benchmarks/learning.py                      # training/configs/cpu-evidence.yaml
+    python benchmarks/learning.py                      # the cpu-evidence config
     python benchmarks/learning.py run.max_steps=20     # any training override, both arms
 
 Arms (the same config, questions, seed, steps and batch):

@@ -1,6 +1,6 @@
 """Where one GRPO step of the TRL engine spends its time.
 
-    python benchmarks/step_profile.py                       # training/configs/cpu-evidence.yaml
+    python benchmarks/step_profile.py                       # the cpu-evidence config
     python benchmarks/step_profile.py grpo.prompts_per_step=2 --steps 2
 
 Runs ``--steps`` real optimiser steps of a training config (the service on loopback, the

@@ -1,9 +1,11 @@
 """Evaluate a checkpoint with ReSearch and the RAG baselines (the seed's entry point).
 
-    python evaluation/run_eval.py --config_path evaluation/eval_config.yaml \
-        --method_name research --split dev --dataset_name hotpotqa --data_dir /data/flashrag
+    python evaluation/run_eval.py --method_name research --split dev \
+        --dataset_name hotpotqa --data_dir /data/flashrag
 
-(hotpotqa is not embedded: ``--data_dir`` holds FlashRAG's ``hotpotqa/dev.jsonl``.)
+(hotpotqa is not embedded: ``--data_dir`` holds FlashRAG's ``hotpotqa/dev.jsonl``.) Without
+``--config_path FILE`` the default config that ships with the package is used
+(``research/configs/eval_config.yaml``).
 
 Same as ``research eval``; see ``research eval --help`` and ``--keys``.
 """

@@ -1,8 +1,10 @@
 """The ``research`` command: serve, index, search, quickstart, data, model, rollout, train.
 
 Each subcommand parses its arguments, calls one library function and returns an exit code;
-expected failures (bad config, missing index, malformed corpus) print one clear line to
-stderr and exit with code 2.
+expected failures (a :class:`~research.errors.ResearchError` such as a bad config, a missing
+index or a malformed corpus; a path that does not exist; a missing optional dependency) print
+one line ``error: ...`` on stderr and exit with code 2 (:func:`research.errors.cli_command`).
+Any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -16,43 +18,34 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from research import __version__
+from research.errors import cli_command
 
 logger = logging.getLogger("research")
 
 
-class UsageError(Exception):
-    """An error the user can fix; printed without a traceback."""
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from research.retrieval.client import SearchError
-    from research.retrieval.corpus import CorpusFormatError
-    from research.retrieval.index import IndexLoadError
-    from research.serving.config import ConfigError
-
-    return (UsageError, ConfigError, IndexLoadError, CorpusFormatError, SearchError,
-            FileNotFoundError, ImportError, ValueError)
-
-
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    """The service's flags (shared with ``rag_serving/serving.py``)."""
-    p.add_argument("--config", help="serving YAML (default: rag_serving/serving_config.yaml)")
+    """The service's flags (``rag_serving/serving.py`` takes the same)."""
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. retriever.embedded=factbook-facts "
+                        "limits.max_top_n=50")
+    p.add_argument("--config", help="serving YAML (default: the package's "
+                                    "research/configs/serving_config.yaml)")
     p.add_argument("--port", type=int, help="port (overrides server.port)")
     p.add_argument("--host", help="bind address (overrides server.host; default 127.0.0.1)")
     p.add_argument("--num_retriever", "--num-retriever", dest="num_retriever", type=int,
                    help="concurrent searches: worker threads / replicas (server.num_retriever)")
+    p.add_argument("--keys", action="store_true", help="list every config key and exit")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from research.paths import repo_root
-    from research.serving.config import load_config
+    from research.serving.config import describe, load_config
     from research.serving.server import serve
 
-    path = args.config
-    if path is None:
-        default = repo_root() / "rag_serving" / "serving_config.yaml"
-        path = default if default.is_file() else None
-    config = load_config(path, port=args.port, host=args.host, num_retriever=args.num_retriever)
+    if args.keys:
+        print(describe())
+        return 0
+    config = load_config(args.config, args.overrides, port=args.port, host=args.host,
+                         num_retriever=args.num_retriever)
     return serve(config)
 
 
@@ -181,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--train-steps", type=int, default=4,
                    help="GRPO steps of the training stage (0: retrieval only)")
     q.add_argument("override", nargs="*", default=[],
-                   help="key=value overrides of training/configs/quickstart.yaml")
+                   help="key=value overrides of the named training config quickstart")
     q.set_defaults(func=cmd_quickstart)
     from research.data.commands import register as register_data
     from research.evaluation.commands import register as register_eval
@@ -203,10 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
-        return int(args.func(args) or 0)
-    except _expected_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli_command(args.func)(args)
     except KeyboardInterrupt:
         return 130
 

@@ -1,6 +1,6 @@
-"""Config trees shared by the training and evaluation configs: YAML sections of dataclasses,
-``section.key=value`` overrides parsed as YAML scalars, type and choice checks whose messages
-say the fix, and a key listing for ``--keys``. Nothing here imports torch.
+"""Config trees shared by the training, evaluation and serving configs: YAML sections of
+dataclasses, ``section.key=value`` overrides parsed as YAML scalars, type and choice checks
+whose messages say the fix, and a key listing for ``--keys``. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message says how to fix it."""
+from research.errors import ConfigError
 
 
 def option(default: Any, help: str, choices: tuple | None = None,
@@ -60,7 +58,12 @@ def _check_value(key: str, value: Any, hint: Any, choices: tuple | None,
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"{key} cannot be null: give a {base.__name__}")
+        raise ConfigError(f"{key} cannot be null: give a {_name(base)}")
+    if typing.get_origin(base) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list (e.g. [0, 1]), got {value!r}")
+        (item,) = typing.get_args(base)
+        return [_check_value(f"{key}[{i}]", v, item, None) for i, v in enumerate(value)]
     ok = {bool: isinstance(value, bool),
           int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, int | float) and not isinstance(value, bool),
@@ -75,6 +78,10 @@ def _check_value(key: str, value: Any, hint: Any, choices: tuple | None,
         raise ConfigError(f"{key} must be one of {', '.join(map(_show, choices))}; got "
                           f"{value!r}")
     return float(value) if base is float else value
+
+
+def _name(base: Any) -> str:
+    return "list" if typing.get_origin(base) is list else base.__name__
 
 
 def build_section(name: str, cls: type, values: Any):

@@ -13,10 +13,12 @@ import time
 import httpx
 import orjson
 
+from research.errors import ConfigError, ResearchError
+
 logger = logging.getLogger(__name__)
 
 
-class RequestFailed(RuntimeError):
+class RequestFailed(ResearchError, RuntimeError):
     """A request that failed after its retries (or was rejected with a 4xx)."""
 
     def __init__(self, message: str, *, status: int | None = None, attempts: int = 1):
@@ -37,7 +39,7 @@ class JsonPoster:
                  rejected: type[RequestFailed] = RequestRejected, headers: dict | None = None,
                  max_connections: int | None = None):
         if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
+            raise ConfigError(f"retries must be >= 0, got {retries}")
         self.base_url = base_url.rstrip("/")
         self.what, self.retries = what, retries
         self.backoff, self.max_backoff = backoff, max_backoff

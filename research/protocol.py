@@ -15,7 +15,8 @@ the rollout inserts (:func:`format_result`) and the final answer (:func:`extract
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+
+from research.errors import ConfigError
 
 THINK_START = "<think>"
 THINK_END = "</think>"
@@ -100,7 +101,6 @@ CLOSED_BOOK_SYSTEM_PROMPT = (
 )
 
 TEMPLATES = ("base", "chat")
-TemplateName = Literal["base", "chat"]
 
 # Characters that end a sentence; the clean base form adds no "." after them.
 _SENTENCE_END = ".?!。？！…"
@@ -166,7 +166,7 @@ def example_pair(example: bool | str | None, search: bool = True) -> tuple[str, 
         return None
     name = DEFAULT_EXAMPLE if example is True else example
     if name not in EXAMPLES:
-        raise ValueError(f"unknown worked example {name!r}; valid names: "
+        raise ConfigError(f"unknown worked example {name!r}; valid names: "
                          f"{', '.join(EXAMPLE_NAMES)}")
     if not search:
         return EXAMPLES[DEFAULT_EXAMPLE][0], CLOSED_BOOK_EXAMPLE_RESPONSE
@@ -255,7 +255,7 @@ def build_prompt(
         return base_prompt(question, clean=clean, example=example, search=search)
     if template == "chat":
         return chat_messages(question, search=search, example=example)
-    raise ValueError(f"unknown prompt template {template!r}; valid names: {', '.join(TEMPLATES)}")
+    raise ConfigError(f"unknown prompt template {template!r}; valid names: {', '.join(TEMPLATES)}")
 
 
 def format_result_text(text: str) -> str:

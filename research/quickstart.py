@@ -6,7 +6,7 @@
 2. Training (unless ``train=False``): prepare the packaged Qwen2.5-0.5B model, start the
    service on the embedded ``factbook-facts`` corpus, measure the model on held-out dev
    questions with the ReSearch pipeline (greedy), train a short GRPO run with TRL
-   (``training/configs/quickstart.yaml``), measure again, and print the table of its steps
+   (the named config ``quickstart``), measure again, and print the table of its steps
    and the before / after table. The run directory keeps the metrics, rollouts, figures and
    checkpoint.
 """

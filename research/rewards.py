@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
 
+from research.errors import ConfigError
 from research.metrics import em, golden_list, token_scores
 from research.protocol import (
     ANSWER_END,
@@ -274,4 +275,4 @@ def get_reward_fn(name: str) -> RewardFn:
         return REWARD_FNS[name]
     except KeyError:
         valid = ", ".join(sorted(REWARD_FNS))
-        raise ValueError(f"unknown reward {name!r}; valid names: {valid}") from None
+        raise ConfigError(f"unknown reward {name!r}; valid names: {valid}") from None

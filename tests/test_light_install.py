@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 LIGHT_MODULES = [
-    "research", "research.cli", "research.http", "research.protocol", "research.rewards",
-    "research.metrics",
+    "research", "research.cli", "research.errors", "research.paths", "research.http",
+    "research.protocol", "research.rewards", "research.metrics",
     "research.data.rows", "research.data.hotpotqa", "research.data.flashrag",
     "research.data.embedded", "research.retrieval.corpus", "research.retrieval.bm25",
     "research.retrieval.index", "research.retrieval.client", "research.retrieval.dense",

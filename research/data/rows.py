@@ -49,6 +49,8 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from research.errors import ResearchError
+
 logger = logging.getLogger(__name__)
 
 ROW_FIELDS = ("data_source", "question", "ability", "reward_model", "extra_info")
@@ -60,7 +62,7 @@ REWARD_STYLE = "rule"
 GroundTruth = str | list[str]
 
 
-class DataFormatError(ValueError):
+class DataFormatError(ResearchError, ValueError):
     """Input data that does not have the expected form.
 
     The message names the file (when there is one), the place in it (record index, line or

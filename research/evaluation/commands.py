@@ -11,17 +11,18 @@
 
 The seed's flags map onto config keys (``--sgl_remote_url`` selects the OpenAI-compatible
 backend: SGLang and vLLM both serve it). Several methods and datasets run one after the other
-and end with one table. Expected failures print one line on stderr and exit with code 2.
+and end with one table. Expected failures (:func:`research.errors.cli_command`) print one line
+on stderr and exit with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from research.errors import cli_command
+
 EXIT_OK = 0
-EXIT_FAILED = 2
 
 FLAG_KEYS = {"split": "data.split", "data_dir": "data.data_dir", "save_dir": "run.save_dir",
              "save_note": "run.save_note", "remote_retriever_url": "retrieval.search_url",
@@ -46,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. data.sample_num=50 method.flare_threshold=0.3")
     p.add_argument("--config_path", default=None,
-                   help="YAML config (default evaluation/eval_config.yaml)")
+                   help="YAML config (default: the package's "
+                        "research/configs/eval_config.yaml)")
     p.add_argument("--method_name", type=_names, default=None,
                    help="research, direct, naive-rag, iter-retgen, flare, ircot; several "
                         "comma-separated (research,naive-rag) run one after the other")
@@ -88,16 +90,7 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
     return out + list(args.overrides)
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from research.configtree import ConfigError
-    from research.data.flashrag import FlashRAGFormatError
-    from research.http import RequestFailed
-    from research.models.prepare import ModelError
-
-    return (ConfigError, ModelError, RequestFailed, FlashRAGFormatError, FileNotFoundError,
-            ImportError, ValueError, TimeoutError)
-
-
+@cli_command
 def run_command(args: argparse.Namespace) -> int:
     from research.evaluation.config import describe, load_config
     from research.evaluation.runner import assemble_table, run
@@ -105,27 +98,23 @@ def run_command(args: argparse.Namespace) -> int:
     if args.keys:
         print(describe())
         return EXIT_OK
-    try:
-        if args.table:
-            print(assemble_table(args.table, args.metric))
-            return EXIT_OK
-        base = load_config(args.config_path, overrides_of(args))
-        runs = []
-        for dataset in args.dataset_name or [base.data.dataset_name]:
-            for method in args.method_name or [base.method.name]:
-                config = load_config(args.config_path, [*overrides_of(args),
-                                                        f"data.dataset_name={dataset}",
-                                                        f"method.name={method}"])
-                out = run(config, progress=not args.quiet)
-                runs.append(out)
-                print(f"run folder: {out}", flush=True)
-        table = assemble_table(runs, args.metric)
-        if len(runs) > 1:
-            (Path(base.run.save_dir) / "table.md").write_text(table + "\n")
-        print(table)
-    except _expected_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    if args.table:
+        print(assemble_table(args.table, args.metric))
+        return EXIT_OK
+    base = load_config(args.config_path, overrides_of(args))
+    runs = []
+    for dataset in args.dataset_name or [base.data.dataset_name]:
+        for method in args.method_name or [base.method.name]:
+            config = load_config(args.config_path, [*overrides_of(args),
+                                                    f"data.dataset_name={dataset}",
+                                                    f"method.name={method}"])
+            out = run(config, progress=not args.quiet)
+            runs.append(out)
+            print(f"run folder: {out}", flush=True)
+    table = assemble_table(runs, args.metric)
+    if len(runs) > 1:
+        (Path(base.run.save_dir) / "table.md").write_text(table + "\n")
+    print(table)
     return EXIT_OK
 
 

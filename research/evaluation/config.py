@@ -1,5 +1,6 @@
-"""The evaluation config: one YAML tree (``evaluation/eval_config.yaml``) with ``key=value``
-overrides, checked early with messages that say the fix. Nothing here imports torch.
+"""The evaluation config: one YAML tree (the default ``research/configs/eval_config.yaml``,
+shipped with the package) with ``key=value`` overrides, checked early with messages that say
+the fix. Nothing here imports torch.
 
 ::
 
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from research import configtree
-from research.configtree import ConfigError
+from research.errors import ConfigError
+from research.paths import package_path
 from research.rollout import settings as rollout_settings
 from research.rollout.settings import RolloutSettings
 
@@ -149,7 +151,8 @@ SECTIONS = tuple(configtree.sections(EvalConfig))
 
 
 def default_config_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "evaluation" / "eval_config.yaml"
+    """The default config, shipped with the package (``research/configs/eval_config.yaml``)."""
+    return package_path("configs", "eval_config.yaml")
 
 
 def validate(config: EvalConfig) -> None:
@@ -157,7 +160,7 @@ def validate(config: EvalConfig) -> None:
 
     try:
         resolve(config.method.name)
-    except ValueError as e:
+    except ConfigError as e:
         raise ConfigError(f"method.name: {e}") from None
     g = config.generator
     if g.backend == "openai" and not g.base_url:
@@ -184,11 +187,11 @@ def validate(config: EvalConfig) -> None:
 
 def load_config(path: str | os.PathLike | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> EvalConfig:
-    """The config of ``path`` (default ``evaluation/eval_config.yaml``) with overrides."""
+    """The config of ``path`` (default: :func:`default_config_path`) with overrides."""
     path = Path(path) if path is not None else default_config_path()
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; the default is "
-                          f"{default_config_path()}")
+        raise ConfigError(f"config file {path} not found; without a config path the default "
+                          f"{default_config_path()} is used")
     tree = configtree.read_yaml(path, "an evaluation config")
     for item in overrides:
         configtree.apply_override(tree, item, SECTIONS)

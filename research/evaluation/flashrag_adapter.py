@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from research.errors import MissingDependency
 from research.retrieval.base import Hit
 from research.retrieval.client import SearchError
 
@@ -55,7 +56,7 @@ def _pipeline_class():
         from flashrag.pipeline import BasicPipeline
         from flashrag.utils import get_retriever
     except ImportError as e:
-        raise ImportError("ReSearchPipeline needs FlashRAG: pip install flashrag-dev "
+        raise MissingDependency("ReSearchPipeline needs FlashRAG: pip install flashrag-dev "
                           f"(import failed: {e})") from None
 
     from research.evaluation.methods import Context, MethodSettings, research

@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from research.errors import ConfigError
 from research.http import JsonPoster, RequestFailed
 
 JUDGE_PROMPT = (
@@ -47,7 +48,7 @@ def judge_records(records: Sequence[dict], judge, workers: int = 8) -> list[dict
     if judge.api_key_env:
         key = os.environ.get(judge.api_key_env)
         if not key:
-            raise ValueError(f"judge.api_key_env names {judge.api_key_env}, which is not set")
+            raise ConfigError(f"judge.api_key_env names {judge.api_key_env}, which is not set")
         headers["authorization"] = f"Bearer {key}"
     poster = JsonPoster(judge.base_url.rstrip("/").removesuffix("/v1"), what="judge",
                         timeout=120.0, retries=3, backoff=0.5, max_backoff=8.0, headers=headers,

@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from research import protocol
+from research.errors import ConfigError
 from research.retrieval.base import Hit
 from research.rollout.generation import Generation, Generator, SamplingParams
 from research.rollout.settings import RolloutSettings
@@ -144,7 +145,7 @@ def resolve(name: str) -> str:
     """The registry name of ``name`` (the seed's names are aliases), or a clear error."""
     key = ALIASES.get(name, name)
     if key not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)} (aliases: "
+        raise ConfigError(f"unknown method {name!r}; valid: {', '.join(METHODS)} (aliases: "
                          f"{', '.join(f'{a}={b}' for a, b in ALIASES.items())})")
     return key
 
@@ -176,7 +177,7 @@ def prompt_ids(ctx: Context, system: str, user: str, previous: str = "") -> list
                                               bool(getattr(tok, "chat_template", None)))
     if use_chat:
         if not getattr(tok, "chat_template", None):
-            raise ValueError("method.chat=on needs a tokenizer with a chat template; this one "
+            raise ConfigError("method.chat=on needs a tokenizer with a chat template; this one "
                              "has none: use method.chat=auto or off")
         messages = [{"role": "system", "content": system}] if system else []
         ids = list(tok.apply_chat_template(messages + [{"role": "user", "content": user}],

@@ -287,7 +287,7 @@ def assemble_table(run_dirs: Sequence[str | Path], metric: str = "em") -> str:
             raise FileNotFoundError(f"{path} not found: is {d} a finished evaluation run?")
         summary = json.loads(path.read_text())
         if metric not in summary["metrics"]:
-            raise ValueError(f"{path} has no {metric!r}; it has "
+            raise ConfigError(f"{path} has no {metric!r}; it has "
                              f"{', '.join(summary['metrics'])}")
         if summary["dataset"] not in datasets:
             datasets.append(summary["dataset"])

@@ -5,18 +5,18 @@
     research model prepare NAME|DIR [--cache DIR] [--force]   # prints the model folder
     research model list [--cache DIR]
 
-Handlers return exit codes: 0 on success, 2 on an expected failure (one line on stderr).
+Handlers return exit codes: 0 on success, 2 on an expected failure (one line on stderr,
+:func:`research.errors.cli_command`).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from research.models.prepare import REGISTRY, ModelError, is_prepared, model_dir, prepare_model
+from research.errors import cli_command
+from research.models.prepare import REGISTRY, is_prepared, model_dir, prepare_model
 
 EXIT_OK = 0
-EXIT_FAILED = 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,13 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return model
 
 
+@cli_command
 def run_prepare(args: argparse.Namespace) -> int:
-    try:
-        path = prepare_model(args.name, cache=args.cache, force=args.force)
-    except ModelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(path)
+    print(prepare_model(args.name, cache=args.cache, force=args.force))
     return EXIT_OK
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from research.errors import ResearchError
 from research.paths import cache_root
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ PIP_TIMEOUT_S = 1800
 _BLOCK = 1 << 20
 
 
-class ModelError(RuntimeError):
+class ModelError(ResearchError, RuntimeError):
     """A model could not be prepared or found; the message says what to do."""
 
 

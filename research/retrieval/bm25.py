@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from research.errors import ConfigError
 from research.retrieval.base import Hit, StoreBackedRetriever
 from research.retrieval.corpus import CorpusRecord, DocStore
 
@@ -46,7 +47,7 @@ class BM25Params:
 
     def __post_init__(self):
         if self.k1 < 0 or not 0 <= self.b <= 1:
-            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}")
+            raise ConfigError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}")
 
 
 def _stemmer(language: str):
@@ -57,7 +58,7 @@ def _stemmer(language: str):
     try:
         return Stemmer.Stemmer(language)
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown stemmer language {language!r}; choose one of "
             f"{sorted(Stemmer.algorithms())} or 'none'"
         ) from None

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from research.errors import ResearchError
+
 _HASH_BLOCK = 1 << 20
 
 
-class CorpusFormatError(ValueError):
+class CorpusFormatError(ResearchError, ValueError):
     """A corpus line that is not a valid document; the message names file and line."""
 
 
@@ -101,15 +103,6 @@ def file_sha256(path: str | Path) -> str:
         while block := f.read(_HASH_BLOCK):
             h.update(block)
     return h.hexdigest()
-
-
-def count_lines(path: str | Path) -> int:
-    """Number of non-blank lines of a corpus (a fast pass for progress bars)."""
-    n = 0
-    with open_binary(Path(path)) as f:
-        for line in f:
-            n += bool(line.strip())
-    return n
 
 
 def line_offsets(path: str | Path) -> np.ndarray:

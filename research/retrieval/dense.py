@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from research.errors import ConfigError, MissingDependency
 from research.retrieval.base import Hit, StoreBackedRetriever
 from research.retrieval.corpus import CorpusRecord, DocStore, line_offsets
 
@@ -40,7 +41,7 @@ def _require(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise ImportError(
+        raise MissingDependency(
             f"dense retrieval needs {module!r}: install the dense extra "
             "(`pip install torch==2.13.0` for a CPU build, then `pip install -e '.[dense]'`)"
         ) from None
@@ -67,9 +68,9 @@ class DenseConfig:
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.batch_size < 1 or self.max_length < 1 or self.shard_docs < 1:
-            raise ValueError("batch_size, max_length and shard_docs must be positive")
+            raise ConfigError("batch_size, max_length and shard_docs must be positive")
 
     @classmethod
     def e5(cls, model: str, **kw) -> DenseConfig:

@@ -27,7 +27,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from research import __version__
-from research.retrieval.corpus import DocStore, file_sha256, is_gzip, iter_corpus, line_offsets
+from research.errors import ConfigError, ResearchError
+from research.retrieval.corpus import (
+    CorpusFormatError,
+    DocStore,
+    file_sha256,
+    is_gzip,
+    iter_corpus,
+    line_offsets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +43,7 @@ FORMAT_VERSION = 1
 METHODS = ("bm25", "dense")
 
 
-class IndexLoadError(RuntimeError):
+class IndexLoadError(ResearchError, RuntimeError):
     """An index directory is missing, unfinished or does not match its corpus."""
 
 
@@ -128,7 +136,7 @@ def build_index(
     ``force``; an unfinished one is rebuilt (dense encoding resumes from its saved shards).
     """
     if method not in METHODS:
-        raise ValueError(f"unknown index method {method!r}; choose one of {METHODS}")
+        raise ConfigError(f"unknown index method {method!r}; choose one of {METHODS}")
     corpus, out = Path(corpus), Path(out)
     if not corpus.is_file():
         raise FileNotFoundError(f"corpus file not found: {corpus}")
@@ -145,7 +153,7 @@ def build_index(
     np.save(out / "offsets.npy", offsets)
     n_docs = len(offsets) - 1
     if n_docs == 0:
-        raise ValueError(f"corpus {corpus} has no documents")
+        raise CorpusFormatError(f"corpus {corpus} has no documents")
     records = iter_corpus(store_path)
     if method == "bm25":
         from research.retrieval.bm25 import BM25Params, build_bm25
@@ -179,7 +187,7 @@ def _method_params(method, bm25_params, dense_config) -> dict:
 
         return asdict(bm25_params or BM25Params())
     if dense_config is None:
-        raise ValueError("a dense index needs an encoder config (model path, pooling, prefixes)")
+        raise ConfigError("a dense index needs an encoder config (model path, pooling, prefixes)")
     return dense_config.manifest_params()
 
 

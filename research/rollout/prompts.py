@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from research import protocol
+from research.errors import ConfigError
 
 
 def encode_prompt(tokenizer, question: str, template: str = "base", clean: bool = False,
@@ -21,7 +22,7 @@ def encode_prompt(tokenizer, question: str, template: str = "base", clean: bool 
                                    search=search)
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("template 'chat' needs a tokenizer with a chat template; this one "
+            raise ConfigError("template 'chat' needs a tokenizer with a chat template; this one "
                              "has none: use template 'base'")
         return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True,
                                                   tokenize=True, return_dict=False))

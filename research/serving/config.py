@@ -1,6 +1,8 @@
-"""Configuration of the retrieval service: one YAML file, validated at load time.
+"""Configuration of the retrieval service: one YAML tree of dataclasses, ``key=value``
+overrides, checked at load time (the same machinery as the training and evaluation configs,
+:mod:`research.configtree`).
 
-Example (``rag_serving/serving_config.yaml``)::
+The default (``research/configs/serving_config.yaml``, shipped with the package, commented)::
 
     retriever:
       embedded: squad-open-mini   # or index_dir: PATH (built by `research index build`)
@@ -11,6 +13,14 @@ Example (``rag_serving/serving_config.yaml``)::
       num_retriever: 1
     limits:
       max_top_n: 100
+
+:func:`load_config` reads a YAML file (any subset of the tree; the default above when none is
+given), applies overrides such as
+``server.num_retriever=2`` (values parsed as YAML scalars) and validates the result; every
+problem raises :class:`~research.errors.ConfigError` with the fix. Relative paths
+(``index_dir``, ``faiss_index``, ``corpus``) are relative to the config file, or to the
+working directory when given as overrides; ``~`` and ``$VARS`` are expanded.
+:func:`describe` lists every key with its default and help (``research serve --keys``).
 """
 
 from __future__ import annotations
@@ -19,68 +29,52 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
+from research import configtree
+from research.errors import ConfigError
+from research.paths import package_path
 
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message says what to change."""
+_f = configtree.option
+PATH_KEYS = ("index_dir", "faiss_index", "corpus")
 
 
 @dataclass
 class RetrieverConfig:
     """Which index the service loads. Exactly one source must be set."""
 
-    index_dir: str | None = None  # an index built by `research index build`
-    embedded: str | None = None  # an embedded corpus name: its index is built into the cache
-    faiss_index: str | None = None  # FlashRAG's prebuilt faiss index (with `corpus`, `encoder`)
-    corpus: str | None = None  # the FlashRAG jsonl corpus that `faiss_index` was built over
-    method: str = "bm25"  # for `embedded`: bm25 | dense
-    encoder: dict = field(default_factory=dict)  # DenseConfig fields (model, prefixes, pooling)
-    gpu_ids: list[int] = field(default_factory=list)  # dense: one replica per listed GPU
-    threads_per_query: int = 1  # bm25s threads inside one batch
-
-    def validate(self) -> None:
-        sources = [n for n in ("index_dir", "embedded", "faiss_index") if getattr(self, n)]
-        if len(sources) != 1:
-            raise ConfigError(
-                "retriever: set exactly one of index_dir (an index built by `research index "
-                "build`), embedded (squad-open-mini, factbook-hop) or faiss_index (+ corpus, "
-                f"encoder) for FlashRAG's prebuilt files; got {sources or 'none'}"
-            )
-        if self.faiss_index and not self.corpus:
-            raise ConfigError("retriever.faiss_index needs retriever.corpus (the jsonl it indexes)")
-        if self.method not in ("bm25", "dense"):
-            raise ConfigError(f"retriever.method must be bm25 or dense, got {self.method!r}")
-        if self.threads_per_query < 1:
-            raise ConfigError("retriever.threads_per_query must be >= 1")
+    index_dir: str | None = _f(None, "an index built by `research index build`")
+    embedded: str | None = _f(None, "an embedded corpus (squad-open-mini, factbook-hop, "
+                              "factbook-facts): its index is built into the cache on first "
+                              "start")
+    faiss_index: str | None = _f(None, "FlashRAG's prebuilt faiss index (with corpus and "
+                                 "encoder)")
+    corpus: str | None = _f(None, "the FlashRAG jsonl corpus that faiss_index was built over")
+    method: str = _f("bm25", "the index of an embedded corpus", ("bm25", "dense"))
+    encoder: dict = field(default_factory=dict, metadata={
+        "help": "dense: DenseConfig fields (model, query_prefix, passage_prefix, pooling, "
+                "batch_size, fp16, ...); default the packaged MiniLM", "choices": None})
+    gpu_ids: list[int] = field(default_factory=list, metadata={
+        "help": "dense: one replica per listed GPU (e.g. [0, 1])", "choices": None})
+    threads_per_query: int = _f(1, "bm25s threads inside one batch request")
 
 
 @dataclass
 class ServerConfig:
-    host: str = "127.0.0.1"  # loopback by default; 0.0.0.0 exposes the service to the network
-    port: int = 8000
-    num_retriever: int = 1  # concurrent searches (worker threads / replicas)
-    torch_threads: int | None = None  # dense encoders: torch intra-op threads (None: torch's)
-    log_level: str = "info"
-    access_log: bool = False
-
-    def validate(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"server.port must be in 0..65535, got {self.port}")
-        if self.num_retriever < 1:
-            raise ConfigError(f"server.num_retriever must be >= 1, got {self.num_retriever}")
+    host: str = _f("127.0.0.1", "bind address: loopback; 0.0.0.0 exposes the service to the "
+                   "network")
+    port: int = _f(8000, "TCP port (0: any free port)")
+    num_retriever: int = _f(1, "searches served at once (worker threads, or replicas)")
+    torch_threads: int | None = _f(None, "dense on CPU: torch intra-op threads (null: torch's "
+                                   "default; the trainer may share the cores)")
+    log_level: str = _f("info", "uvicorn's log level",
+                        ("critical", "error", "warning", "info", "debug", "trace"))
+    access_log: bool = _f(False, "log every request")
 
 
 @dataclass
 class LimitsConfig:
-    max_top_n: int = 100
-    max_batch: int = 1024  # queries in one batch request
-    max_query_chars: int = 4096
-
-    def validate(self) -> None:
-        for f in fields(self):
-            if getattr(self, f.name) < 1:
-                raise ConfigError(f"limits.{f.name} must be >= 1")
+    max_top_n: int = _f(100, "most documents per query")
+    max_batch: int = _f(1024, "most queries per /batch_search or /retrieve request")
+    max_query_chars: int = _f(4096, "longest query, in characters")
 
 
 @dataclass
@@ -89,63 +83,76 @@ class ServingConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
-    def validate(self) -> ServingConfig:
-        self.retriever.validate()
-        self.server.validate()
-        self.limits.validate()
-        return self
+
+SECTIONS = tuple(configtree.sections(ServingConfig))
 
 
-def _section(cls, data, name: str, base: Path):
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{name}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-    values = {}
-    for key, value in data.items():
-        if isinstance(value, str) and key in ("index_dir", "faiss_index", "corpus"):
-            value = str(_resolve(value, base))
-        values[key] = value
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise ConfigError(f"{name}: {e}") from None
+def validate(config: ServingConfig) -> ServingConfig:
+    """Checks across fields; each message says the fix."""
+    spec = config.retriever
+    sources = [n for n in ("index_dir", "embedded", "faiss_index") if getattr(spec, n)]
+    if len(sources) != 1:
+        clear = (f" (an override that picks one source clears the others, e.g. "
+                 f"retriever.{sources[0]}=null)" if len(sources) > 1 else "")
+        raise ConfigError(
+            "retriever: set exactly one of index_dir (an index built by `research index "
+            "build`), embedded (squad-open-mini, factbook-hop, factbook-facts) or faiss_index "
+            f"(+ corpus, encoder) for FlashRAG's prebuilt files; got {sources or 'none'}{clear}")
+    if spec.faiss_index and not spec.corpus:
+        raise ConfigError("retriever.faiss_index needs retriever.corpus (the jsonl it indexes)")
+    if spec.threads_per_query < 1:
+        raise ConfigError("retriever.threads_per_query must be >= 1")
+    if not 0 <= config.server.port <= 65535:
+        raise ConfigError(f"server.port must be in 0..65535, got {config.server.port}")
+    if config.server.num_retriever < 1:
+        raise ConfigError(f"server.num_retriever must be >= 1, got {config.server.num_retriever}")
+    for f in fields(config.limits):
+        if getattr(config.limits, f.name) < 1:
+            raise ConfigError(f"limits.{f.name} must be >= 1")
+    return config
 
 
-def _resolve(value: str, base: Path) -> Path:
-    """Expand ``~`` and ``$VARS``; relative paths are relative to the config file."""
-    path = Path(os.path.expandvars(os.path.expanduser(value)))
-    return path if path.is_absolute() else (base / path).resolve()
+def _resolve_paths(tree: dict, base: Path) -> None:
+    """Expand ``~`` and ``$VARS`` in the retriever's paths; relative ones are under ``base``."""
+    retriever = tree.get("retriever")
+    if not isinstance(retriever, dict):
+        return
+    for key in PATH_KEYS:
+        value = retriever.get(key)
+        if isinstance(value, str):
+            path = Path(os.path.expandvars(os.path.expanduser(value)))
+            retriever[key] = str(path if path.is_absolute() else (base / path).resolve())
 
 
-def load_config(path: str | Path | None = None, **overrides) -> ServingConfig:
-    """Read and validate a serving config; ``overrides`` set ``server.*`` keys (CLI flags)."""
-    data: dict = {}
-    base = Path.cwd()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        base = path.resolve().parent
-    unknown = sorted(set(data) - {"retriever", "server", "limits"})
-    if unknown:
-        raise ConfigError(f"unknown section(s) {unknown}; valid: retriever, server, limits")
-    config = ServingConfig(
-        retriever=_section(RetrieverConfig, data.get("retriever"), "retriever", base),
-        server=_section(ServerConfig, data.get("server"), "server", base),
-        limits=_section(LimitsConfig, data.get("limits"), "limits", base),
-    )
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(config.server, key, value)
-    return config.validate()
+def default_config_path() -> Path:
+    """The default config, shipped with the package (``research/configs/serving_config.yaml``)."""
+    return package_path("configs", "serving_config.yaml")
+
+
+def load_config(path: str | os.PathLike | None = None,
+                overrides: list[str] | tuple[str, ...] = (), **server) -> ServingConfig:
+    """The config of ``path`` (default: :func:`default_config_path`) with ``overrides``
+    (``section.key=value``) applied, then the ``server`` keywords that are not None (the
+    command line's ``--port``, ``--host``, ``--num_retriever``)."""
+    path = Path(path) if path is not None else default_config_path()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; without --config the default "
+                          f"{default_config_path()} is used")
+    tree = configtree.read_yaml(path, "a serving config")
+    _resolve_paths(tree, path.resolve().parent)
+    for item in overrides:
+        configtree.apply_override(tree, item, SECTIONS)
+    _resolve_paths(tree, Path.cwd())
+    flags = {k: v for k, v in server.items() if v is not None}
+    if flags:
+        section = tree.get("server") or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"server must be a mapping of keys (e.g. server: {{port: 8000}}), "
+                              f"got {section!r}")
+        tree["server"] = {**section, **flags}
+    return validate(configtree.from_dict(ServingConfig, tree, "a serving config"))
+
+
+def describe() -> str:
+    """Every key with its default and help (``research serve --keys``)."""
+    return configtree.describe(ServingConfig)

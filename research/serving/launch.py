@@ -12,8 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from research.paths import repo_root
+from research.errors import ResearchError
 from research.retrieval.client import SearchClient
+
+
+class ServiceStartError(ResearchError, RuntimeError):
+    """The retrieval service started for a job exited or did not answer in time; the message
+    holds the end of its log."""
 
 
 def free_port() -> int:
@@ -31,12 +36,13 @@ class RunningService:
 
 def start_service(config: Path, log_path: Path, port: int | None = None,
                   timeout: float = 300) -> RunningService:
-    """Start ``rag_serving/serving.py`` on loopback and wait until ``/health`` answers."""
+    """Start ``research serve`` (this interpreter's ``research.cli``) on loopback and wait
+    until ``/health`` answers."""
     port = port or free_port()
     with log_path.open("w") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, str(repo_root() / "rag_serving" / "serving.py"),
-             "--config", str(config), "--port", str(port)],
+            [sys.executable, "-m", "research.cli", "serve", "--config", str(config),
+             "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
@@ -45,14 +51,15 @@ def start_service(config: Path, log_path: Path, port: int | None = None,
     while time.time() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text()[-2000:]
-            raise RuntimeError(f"the retrieval service exited ({proc.returncode}): {tail}")
+            raise ServiceStartError(f"the retrieval service exited ({proc.returncode}): {tail}")
         try:
             client.health()
             return RunningService(url, proc)
         except Exception:  # not listening yet
             time.sleep(0.2)
     proc.kill()
-    raise TimeoutError(f"the retrieval service did not start in {timeout} s; see {log_path}")
+    raise ServiceStartError(f"the retrieval service did not start in {timeout} s; see "
+                            f"{log_path}")
 
 
 @contextlib.contextmanager

@@ -4,19 +4,20 @@
 
     research train [--config FILE|NAME] [section.key=value ...] [--resume] [--keys]
 
-``--config`` is a YAML file or a named config of ``training/configs`` (default ``cpu-small``).
-Expected failures (a bad config, nothing to resume, a missing file or package) print one line
-on stderr and exit with code 2.
+``--config`` is a YAML file or a named config shipped with the package
+(``research/configs/training/NAME.yaml``; default ``cpu-small``).
+Expected failures (a bad config, nothing to resume, a missing file or package: see
+:func:`research.errors.cli_command`) print one line on stderr and exit with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
+
+from research.errors import cli_command
 
 EXIT_OK = 0
-EXIT_FAILED = 2
 DEFAULT_CONFIG = "cpu-small"
 
 logger = logging.getLogger(__name__)
@@ -39,29 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from research.models.prepare import ModelError
-    from research.retrieval.client import SearchError
-    from research.trainers.config import ConfigError
-
-    return (ConfigError, ModelError, SearchError, FileNotFoundError, ImportError, ValueError,
-            TimeoutError)
-
-
+@cli_command
 def run_train(args: argparse.Namespace) -> int:
     from research.trainers.config import describe, load_config
 
     if args.keys:
         print(describe())
         return EXIT_OK
-    try:
-        overrides = [*args.overrides, *(["run.resume=true"] if args.resume else [])]
-        config = load_config(args.config, overrides)
-        from research.trainers.trl_engine import train
+    overrides = [*args.overrides, *(["run.resume=true"] if args.resume else [])]
+    config = load_config(args.config, overrides)
+    from research.trainers.trl_engine import train
 
-        out = train(config)
-    except _expected_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"run directory: {out}")
+    print(f"run directory: {train(config)}")
     return EXIT_OK

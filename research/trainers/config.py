@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from research import configtree
-from research.configtree import ConfigError
+from research.errors import ConfigError
+from research.paths import package_path
 from research.rollout.settings import RolloutSettings
 
 _f = configtree.option
@@ -174,19 +175,23 @@ def read_tree(path: str | os.PathLike | None) -> dict:
         return {}
     path = Path(path)
     if not path.is_file():
-        named = sorted(p.stem for p in config_dir().glob("*.yaml")) if config_dir().is_dir() else []
-        raise ConfigError(f"config file {path} not found; the named configs are in "
-                          f"{config_dir()}: {', '.join(named) or 'none'}")
+        raise ConfigError(f"config file {path} not found; the named configs (in "
+                          f"{config_dir()}): {', '.join(named_configs()) or 'none'}")
     return configtree.read_yaml(path, "a training config")
 
 
 def config_dir() -> Path:
-    """``training/configs`` of the checkout."""
-    return Path(__file__).resolve().parents[2] / "training" / "configs"
+    """The named configs, shipped with the package (``research/configs/training``)."""
+    return package_path("configs", "training")
+
+
+def named_configs() -> list[str]:
+    """The names ``--config`` accepts besides a file (``cpu-small``, ``original``, ...)."""
+    return sorted(p.stem for p in config_dir().glob("*.yaml"))
 
 
 def resolve_config_path(name: str | os.PathLike) -> Path:
-    """A path, or a named config (``cpu-small``, ``original``) in ``training/configs``."""
+    """A path, or a named config (``cpu-small``, ``original``) of the package."""
     path = Path(name)
     named = config_dir() / f"{name}.yaml"
     return named if not path.exists() and named.is_file() else path

@@ -2,10 +2,11 @@
 
 :func:`protocol_grpo_kwargs` gives the algorithm and optimiser settings;
 :func:`step_batch_kwargs` the batch sizes for one optimiser step per prompt batch;
-:func:`protocol_gpu_kwargs` the original's hardware settings (bf16, vLLM); ``UNSUPPORTED``
-lists what TRL cannot express and what was chosen instead. ``docs/grpo_settings.md`` has the
-table and ``tests/test_grpo_settings.py`` proves that TRL's advantages and loss with these
-settings equal :mod:`research.trainers.grpo_math`.
+``UNSUPPORTED`` lists what TRL cannot express and what was chosen instead. The hardware
+settings (bf16, gradient checkpointing, vLLM) are config keys, set for GPUs by the named
+config ``original`` and passed on by :func:`research.trainers.trl_engine.grpo_config`.
+``docs/grpo_settings.md`` has the table and ``tests/test_grpo_settings.py`` proves that TRL's
+advantages and loss with these settings equal :mod:`research.trainers.grpo_math`.
 
 TRL is imported only inside :func:`protocol_grpo_config`, so this module imports without it.
 """
@@ -13,6 +14,8 @@ TRL is imported only inside :func:`protocol_grpo_config`, so this module imports
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from research.errors import MissingDependency
 
 TRL_VERSION = "1.16.0"  # the version whose code the mapping and its test were checked against
 TRL_ADVANTAGE_EPS = 1e-4  # hard-coded in GRPOTrainer: advantages / (std_rewards + 1e-4)
@@ -57,8 +60,8 @@ UNSUPPORTED: tuple[Gap, ...] = (
 def protocol_grpo_kwargs(**overrides) -> dict:
     """``GRPOConfig`` keyword arguments implementing PROTOCOL.md section 6; ``overrides`` win.
 
-    Leaves out what depends on the run (``output_dir``; hardware: see
-    :func:`protocol_gpu_kwargs`); the batch is the protocol's for one process (pass
+    Leaves out what depends on the run (``output_dir``; the hardware settings, which are
+    config keys); the batch is the protocol's for one process (pass
     :func:`step_batch_kwargs` for others). ``GRPOConfig``
     defaults ``bf16`` and ``gradient_checkpointing`` to True: pass ``bf16=False`` on CPU.
     """
@@ -144,27 +147,12 @@ def step_batch_kwargs(
     }
 
 
-def protocol_gpu_kwargs() -> dict:
-    """The original's hardware settings as ``GRPOConfig`` arguments (GPU runs only).
-
-    FSDP is chosen at launch (an ``accelerate`` config with ``fsdp``), not here.
-    """
-    return dict(
-        bf16=True,  # §6: bf16
-        gradient_checkpointing=True,  # §6: gradient checkpointing
-        use_vllm=True,  # §6: vLLM rollout
-        vllm_mode="colocate",  # §6: vLLM shares the training GPUs
-        vllm_tensor_parallel_size=2,  # §6: rollout TP 2
-        vllm_gpu_memory_utilization=0.6,  # §6: GPU memory 0.6
-    )
-
-
 def protocol_grpo_config(**overrides):
     """A ``trl.GRPOConfig`` built from :func:`protocol_grpo_kwargs` (needs TRL installed)."""
     try:
         from trl import GRPOConfig
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependency(
             f"the TRL engine needs trl: pip install trl=={TRL_VERSION}"
         ) from exc
     return GRPOConfig(**protocol_grpo_kwargs(**overrides))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from research.errors import MissingDependency, cli_command
 from research.trainers.config import ConfigError, TrainConfig, load_config
 
 AGENT_NAME = "research_agent"
@@ -175,13 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="original", help="YAML file or named config")
     p.add_argument("--resume", action="store_true", help="continue the run in run.output_dir")
     p.add_argument("--dry-run", action="store_true", help="write the files, print the command")
-    args = p.parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-        hydra = prepare(config, resume=args.resume)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return launch(p.parse_args(argv))
+
+
+@cli_command
+def launch(args: argparse.Namespace) -> int:
+    """Prepare the run and exec verl's trainer (print its command with ``--dry-run``)."""
+    hydra = prepare(load_config(args.config, args.overrides), resume=args.resume)
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *hydra]
     if args.dry_run:
         print(" ".join(cmd))
@@ -189,10 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     import importlib.util
 
     if importlib.util.find_spec("verl") is None:
-        print("error: verl is not installed in this environment: pip install -e '.[verl]' in "
-              "its own environment (bash scripts/setup_verl.sh; verl pins transformers below "
-              "TRL's range), then run with PYTHON=.venv-verl/bin/python", file=sys.stderr)
-        return 2
+        raise MissingDependency(
+            "verl is not installed in this environment: pip install -e '.[verl]' in its own "
+            "environment (bash scripts/setup_verl.sh; verl pins transformers below TRL's "
+            "range), then run with PYTHON=.venv-verl/bin/python")
     os.execv(sys.executable, cmd)
     return 0  # not reached
 

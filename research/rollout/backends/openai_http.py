@@ -56,6 +56,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from research.errors import ConfigError
 from research.http import JsonPoster, RequestFailed, RequestRejected
 from research.rollout.generation import Generation, SamplingParams, check_batch, model_eos_ids
 
@@ -215,7 +216,7 @@ class OpenAIGenerator:
                  max_concurrency: int = 32, api_key_env: str = "OPENAI_API_KEY",
                  top_logprobs: int = 0, eos_token_ids: Sequence[int] | None = None):
         if retries < 0 or max_concurrency < 1 or top_logprobs < 0:
-            raise ValueError("retries and top_logprobs must be >= 0, max_concurrency >= 1")
+            raise ConfigError("retries and top_logprobs must be >= 0, max_concurrency >= 1")
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.model = model
         self.tokenizer = tokenizer

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from research.errors import MissingDependency
 from research.rollout.generation import Generation, SamplingParams, check_batch, model_eos_ids
 
 
@@ -29,7 +30,7 @@ def _vllm():
     try:
         import vllm
     except ImportError:
-        raise ImportError(
+        raise MissingDependency(
             "the vLLM backend needs vllm (CUDA machines): `pip install vllm`; on CPU use the "
             "Hugging Face backend"
         ) from None
