@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 from conftest import REPO, token  # noqa: E402
 
 from research.evaluation import methods as M  # noqa: E402
-from research.evaluation.config import ConfigError, default_config_path, load_config  # noqa: E402
+from research.evaluation.config import ConfigError, load_config  # noqa: E402
 from research.evaluation.runner import assemble_table, read_items, run, summarise  # noqa: E402
 from research.metrics import compute_metrics  # noqa: E402
 from research.retrieval.base import Hit  # noqa: E402
@@ -336,7 +336,7 @@ def test_config_errors_say_the_fix():
 def test_run_eval_script_takes_the_seeds_flags(tiny_path, service_url, tmp_path):
     data = write_dataset(tmp_path / "data", "capitals", ROWS[:1])
     cmd = [sys.executable, str(REPO / "evaluation" / "run_eval.py"), "--config_path",
-           str(default_config_path()), "--method_name", "research,direct",
+           str(REPO / "evaluation" / "eval_config.yaml"), "--method_name", "research,direct",
            "--split", "dev", "--dataset_name", "capitals", "--data_dir", str(data),
            "--save_dir", str(tmp_path / "o"), "--remote_retriever_url", service_url,
            "--generator_model", str(tiny_path), "--quiet", "generator.threads=1",

@@ -110,3 +110,15 @@ def test_installed_train_one_step_and_eval_two_questions(installed, tiny_path):
     metrics = json.loads(next((empty / "eval").glob("*/metrics.json")).read_text())
     assert metrics["dataset"] == "squad-open-mini" and "em" in metrics["metrics"]
     assert "| ReSearch |" in evaluation.stdout
+
+
+@pytest.mark.parametrize(("seed_path", "packaged"), [
+    ("rag_serving/serving_config.yaml", "research/configs/serving_config.yaml"),
+    ("evaluation/eval_config.yaml", "research/configs/eval_config.yaml"),
+    ("training/configs", "research/configs/training"),
+])
+def test_the_seeds_config_paths_lead_to_the_packaged_files(seed_path, packaged):
+    """The original README's commands name these paths; they are links to the one copy the
+    package ships, so the two never drift."""
+    assert (REPO / seed_path).is_symlink()
+    assert (REPO / seed_path).resolve() == (REPO / packaged).resolve()
