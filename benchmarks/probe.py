@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from research.models.prepare import prepare_model
     from research.serving.launch import search_client
     from research.trainers.config import load_config
-    from research.trainers.trl_engine import load_items, set_threads
+    from research.trainers.trl_engine import set_threads, training_questions
 
     settings = args.setting or [("config", [])]
     configs = {name: load_config(args.config, [*args.overrides, *extra])
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     d = base.data
-    pool = load_items(d.train, d.train_split, d.train_limit, d.train_type)
+    pool = training_questions(d.train, d.train_split, d.train_limit, d.train_type)
     step = max(1, len(pool) // args.questions)  # spread over the set, not its first rows
     items = pool[::step][: args.questions]
     out = Path(args.out)

@@ -30,13 +30,13 @@ import torch
 
 
 def _setup(args):
-    from research.data.embedded import load_questions
+    from research.data.questions import load_questions
     from research.rollout.inspect import load_model
     from research.rollout.prompts import encode_prompt
 
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model, args.dtype)
-    questions = [q["question"] for q in load_questions("squad-open-mini", "dev")[: args.prompts]]
+    questions = [q["question"] for q in load_questions("squad-open-mini", "dev", args.prompts)]
     return model, tok, [encode_prompt(tok, q, args.template, example=args.example)
                         for q in questions]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from research.data.embedded import load_questions
+from research.data.questions import load_questions
 from research.retrieval.client import SearchClient
 from research.serving.launch import running_service
 
@@ -42,7 +42,7 @@ class QuickstartResult:
 def run_quickstart(run_dir: Path, dataset: str = "squad-open-mini", limit: int | None = 1000,
                    k: int = 5, batch: int = 64) -> QuickstartResult:
     run_dir.mkdir(parents=True, exist_ok=True)
-    questions = load_questions(dataset, "dev")[:limit]
+    questions = load_questions(dataset, "dev", limit)
     config = run_dir / "serving_config.yaml"
     config.write_text(f"retriever:\n  embedded: {dataset}\n  method: bm25\n")
     start = time.time()

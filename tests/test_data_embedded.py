@@ -23,7 +23,7 @@ def _stats(name: str) -> dict:
 @pytest.fixture(scope="module", params=embedded.EMBEDDED)
 def dataset(request):
     name = request.param
-    return name, _corpus(name), {s: embedded.load_questions(name, s) for s in embedded.SPLITS}
+    return name, _corpus(name), {s: embedded.read_split(name, s) for s in embedded.SPLITS}
 
 
 def test_files_parse_and_match_stats(dataset):
@@ -43,8 +43,8 @@ def test_files_parse_and_match_stats(dataset):
 
 def test_squad_split_by_article_and_gold_ids():
     corpus = _corpus("squad-open-mini")
-    train = embedded.load_questions("squad-open-mini", "train")
-    dev = embedded.load_questions("squad-open-mini", "dev")
+    train = embedded.read_split("squad-open-mini", "train")
+    dev = embedded.read_split("squad-open-mini", "dev")
     titles = {s: {r["metadata"]["title"] for r in rows} for s, rows in (("t", train), ("d", dev))}
     assert titles["t"] and titles["d"] and not titles["t"] & titles["d"]
     stats = _stats("squad-open-mini")
@@ -71,8 +71,8 @@ def _check_factbook_rows(corpus: dict[str, str], rows: list[dict]) -> None:
 
 def test_factbook_answers_in_passages_and_split_by_country():
     corpus = _corpus("factbook-hop")
-    train = embedded.load_questions("factbook-hop", "train")
-    dev = embedded.load_questions("factbook-hop", "dev")
+    train = embedded.read_split("factbook-hop", "train")
+    dev = embedded.read_split("factbook-hop", "dev")
     _check_factbook_rows(corpus, train + dev)
     countries = [{c for r in rows for c in r["metadata"]["countries"]} for rows in (train, dev)]
     assert not countries[0] & countries[1]
@@ -82,8 +82,8 @@ def test_factbook_answers_in_passages_and_split_by_country():
 
 def test_factbook_facts_one_fact_per_passage_split_as_factbook_hop():
     corpus = _corpus("factbook-facts")
-    train = embedded.load_questions("factbook-facts", "train")
-    dev = embedded.load_questions("factbook-facts", "dev")
+    train = embedded.read_split("factbook-facts", "train")
+    dev = embedded.read_split("factbook-facts", "dev")
     import re
 
     for doc_id, text in corpus.items():  # the title, then the one sentence of its attribute
@@ -103,7 +103,7 @@ def test_factbook_facts_one_fact_per_passage_split_as_factbook_hop():
             assert meta["type"] == "one-hop" and meta["hops"] == 1
     countries = [{c for r in rows for c in r["metadata"]["countries"]} for rows in (train, dev)]
     assert not countries[0] & countries[1]
-    hop_dev = {c for r in embedded.load_questions("factbook-hop", "dev")
+    hop_dev = {c for r in embedded.read_split("factbook-hop", "dev")
                for c in r["metadata"]["countries"]}
     assert countries[1] <= hop_dev  # the same dev countries as factbook-hop
 
@@ -113,7 +113,7 @@ def test_factbook_facts_bridge_questions_need_two_searches():
     answer passage of a bridge question from its second-hop query, almost never from the
     question itself; a one-hop question finds it from the question."""
     docs = embedded.read_jsonl(embedded.corpus_path("factbook-facts"))
-    rows = embedded.load_questions("factbook-facts", "dev")
+    rows = embedded.read_split("factbook-facts", "dev")
     bridge = [r for r in rows if r["metadata"]["type"] == "bridge"]
     one = [r for r in rows if r["metadata"]["type"] == "one-hop"]
     hits = build.bm25_hits(docs, [r["question"] for r in bridge]
@@ -234,7 +234,7 @@ def test_unknown_names_raise():
     with pytest.raises(ValueError, match="squad-open-mini"):
         embedded.corpus_path("hotpotqa")
     with pytest.raises(ValueError, match="factbook-hop"):
-        embedded.load_questions("nope", "train")
+        embedded.read_split("nope", "train")
     with pytest.raises(ValueError, match="train, dev"):
         embedded.split_path("factbook-hop", "test")
     with pytest.raises(ValueError, match="strategyqa"):

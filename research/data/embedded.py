@@ -1,4 +1,4 @@
-"""Loaders for the project's small datasets, all in FlashRAG's jsonl formats.
+"""The project's small datasets, all in FlashRAG's jsonl formats: their paths and readers.
 
 Embedded sets are committed under ``research/data/sets/`` and ship with the package (built by
 ``python -m research.data.build_embedded``; data cards and licences in
@@ -88,8 +88,9 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def load_questions(name: str, split: str) -> list[dict]:
-    """Rows ``{"id", "question", "golden_answers", "metadata"}`` of an embedded split."""
+def read_split(name: str, split: str) -> list[dict]:
+    """Rows ``{"id", "question", "golden_answers", "metadata"}`` of an embedded split, as
+    committed (:func:`research.data.questions.load_questions` reads any question source)."""
     return read_jsonl(split_path(name, split))
 
 

@@ -64,12 +64,9 @@ def dataset_path(config: EvalConfig) -> Path:
 
 def load_items(config: EvalConfig) -> list[dict]:
     """The questions to evaluate (``id``, ``question``, ``golden_answers``), sampled."""
-    from research.data.flashrag import load_flashrag_jsonl
+    from research.data.questions import load_questions
 
-    items = []
-    for i, row in enumerate(load_flashrag_jsonl(dataset_path(config))):
-        items.append({"id": str(row.get("id", i)), "question": row["question"],
-                      "golden_answers": [str(a) for a in row["golden_answers"]]})
+    items = load_questions(dataset_path(config))
     n = config.data.sample_num
     if n is not None and n < len(items):
         items = (random.Random(config.data.seed).sample(items, n) if config.data.random_sample

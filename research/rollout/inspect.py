@@ -32,25 +32,6 @@ def colourise(text: str, enabled: bool = True) -> str:
     return "".join(out)
 
 
-def load_questions(data: str, limit: int | None, split: str = "dev") -> list[dict]:
-    """``{"id", "question", "golden_answers"}`` from parquet rows, FlashRAG jsonl or an
-    embedded dataset name."""
-    if data.endswith(".parquet"):
-        from research.data.rows import golden_answers, read_rows
-
-        items = [{"id": r["extra_info"].get("id"), "question": r["question"],
-                  "golden_answers": golden_answers(r)} for r in read_rows(data)]
-    elif data.endswith(".jsonl"):
-        from research.data.flashrag import load_flashrag_jsonl
-
-        items = list(load_flashrag_jsonl(data))
-    else:
-        from research.data.embedded import load_questions as embedded
-
-        items = embedded(data, split)
-    return items[:limit] if limit else items
-
-
 def load_model(model: str, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,6 +47,7 @@ def load_model(model: str, dtype: str = "float32"):
 def run_inspection(args) -> int:
     import torch
 
+    from research.data.questions import load_questions
     from research.retrieval.client import SearchClient
     from research.rewards import get_reward_fn
     from research.rollout.backends.hf import HFGenerator
@@ -78,7 +60,7 @@ def run_inspection(args) -> int:
                                max_turns=args.max_turns, top_k=args.top_k,
                                temperature=args.temperature, stop_at_answer=args.stop_at_answer,
                                on_max_turns=args.on_max_turns)
-    items = load_questions(args.data, args.limit)
+    items = load_questions(args.data, limit=args.limit)
     model, tokenizer = load_model(args.model, args.dtype)
     prompts = [settings.encode_prompt(tokenizer, it["question"])
                for it in items for _ in range(args.n)]

@@ -47,16 +47,14 @@ EXTRA_FIELDS = ("ended_with_eos", "num_searches", "num_failures", "finish_reason
 # --- data -----------------------------------------------------------------------------------
 
 
-def load_items(source: str, split: str, limit: int | None, kind: str | None = None
-               ) -> list[dict]:
-    """``{"id", "question", "golden_answers"}`` from an embedded set, rows .parquet or .jsonl;
-    with ``kind``, only the questions whose ``metadata.type`` is ``kind``."""
-    from research.rollout.inspect import load_questions
+def training_questions(source: str, split: str, limit: int | None, kind: str | None = None
+                       ) -> list[dict]:
+    """The questions of ``data.train`` / ``data.dev``
+    (:func:`research.data.questions.load_questions`), or a ConfigError naming the keys to
+    check when none are left."""
+    from research.data.questions import load_questions
 
-    items = load_questions(source, None, split=split)
-    if kind is not None:
-        items = [it for it in items if (it.get("metadata") or {}).get("type") == kind]
-    items = items[:limit] if limit else items
+    items = load_questions(source, split, limit, kind)
     if not items:
         raise ConfigError(f"no questions in {source} ({split}"
                           f"{f', metadata.type {kind}' if kind else ''}): check data.train / "
@@ -576,7 +574,7 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     d = config.data
-    dataset = build_dataset(load_items(d.train, d.train_split, d.train_limit, d.train_type))
+    dataset = build_dataset(training_questions(d.train, d.train_split, d.train_limit, d.train_type))
     args = grpo_config(config, use_cpu=not torch.cuda.is_available())
     (out / "train_config.yaml").write_text(_yaml(config.to_dict()), encoding="utf-8")
     rollout_settings.save(config.rollout, out)
@@ -585,7 +583,7 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
         rollout = ReSearchRollout(config, tokenizer, client, samples, make_logits_processors)
         callbacks = [RunRecorder(out, samples, config.run.rollout_samples)]
         if config.run.eval_steps:
-            items = load_items(d.dev, d.dev_split, d.dev_limit, d.dev_type)
+            items = training_questions(d.dev, d.dev_split, d.dev_limit, d.dev_type)
             callbacks.append(ValidationCallback(out, config, items, rollout,
                                                 get_reward_fn(config.reward.name)))
         trainer = GRPOTrainer(model=model_path, reward_funcs=ReSearchReward(config.reward.name,

@@ -133,10 +133,10 @@ def rows_file(source: str, split: str, limit: int | None, out: Path) -> str:
         if not Path(source).is_file():
             raise ConfigError(f"{source} not found (data.train / data.dev)")
         return str(Path(source).resolve())
+    from research.data.questions import load_questions
     from research.data.rows import make_row, write_rows
-    from research.rollout.inspect import load_questions
 
-    items = load_questions(source, limit, split=split)
+    items = load_questions(source, split, limit)
     if not items:
         raise ConfigError(f"no questions in {source} ({split}): check data.train / data.dev")
     name = Path(source).parent.name if source.endswith(".jsonl") else source  # NAME/SPLIT.jsonl
