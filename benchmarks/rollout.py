@@ -31,7 +31,7 @@ import torch
 
 def _setup(args):
     from research.data.questions import load_questions
-    from research.rollout.inspect import load_model
+    from research.models.loading import load_model
     from research.rollout.prompts import encode_prompt
 
     torch.set_num_threads(args.threads)

@@ -109,8 +109,8 @@ def _generator(config, base_url: str | None, served_model_name: str | None):
         tokenizer = AutoTokenizer.from_pretrained(path)
         return OpenAIGenerator(base_url, served_model_name or config["generator_model"],
                                tokenizer, eos_token_ids=model_eos_ids(path, tokenizer)), tokenizer
+    from research.models.loading import load_model
     from research.rollout.backends.hf import HFGenerator
-    from research.rollout.inspect import load_model
 
     model, tokenizer = load_model(path, "bfloat16")
     return HFGenerator(model, tokenizer), tokenizer

@@ -103,8 +103,8 @@ def open_generator(config: EvalConfig) -> Iterator[tuple[object, object]]:
     if g.backend == "local":
         import torch
 
+        from research.models.loading import load_model
         from research.rollout.backends.hf import HFGenerator
-        from research.rollout.inspect import load_model
 
         if g.threads:
             torch.set_num_threads(g.threads)

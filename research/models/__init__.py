@@ -1,9 +1,10 @@
-"""Models usable offline: packaged small models turned into local Hugging Face folders, and
-the tiny randomly initialised model the tests use.
+"""Models usable offline: packaged small models turned into local Hugging Face folders, loaded
+for generation (:func:`load_model`), and the tiny randomly initialised model the tests use.
 
 Heavy imports (torch, transformers) happen inside the functions, not at import time.
 """
 
+from research.models.loading import load_model
 from research.models.prepare import (
     REGISTRY,
     ChecksumError,
@@ -19,6 +20,7 @@ __all__ = [
     "ChecksumError",
     "ModelError",
     "PackagedModel",
+    "load_model",
     "model_dir",
     "prepare_model",
     "save_tiny_model",

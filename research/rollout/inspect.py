@@ -32,22 +32,11 @@ def colourise(text: str, enabled: bool = True) -> str:
     return "".join(out)
 
 
-def load_model(model: str, dtype: str = "float32"):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from research.models.prepare import prepare_model
-
-    path = prepare_model(model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    return loaded.eval(), tokenizer
-
-
 def run_inspection(args) -> int:
     import torch
 
     from research.data.questions import load_questions
+    from research.models.loading import load_model
     from research.retrieval.client import SearchClient
     from research.rewards import get_reward_fn
     from research.rollout.backends.hf import HFGenerator
