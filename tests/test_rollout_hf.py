@@ -149,7 +149,7 @@ def test_rollout_command_writes_and_shows_trajectories(tmp_path, service_url):
 
 
 def test_colourise_marks_tag_spans():
-    from research.rollout.inspect import colourise
+    from research.rollout.commands import colourise
 
     text = "<think>a</think><search>q</search><result>r</result><answer>x</answer>"
     coloured = colourise(text)

@@ -1,4 +1,10 @@
-"""``research rollout``: sample trajectories with the real service and show them readably."""
+"""The ``research rollout`` command: sample trajectories with the real service and show them
+readably (tags coloured by :func:`colourise`), one JSON line each in ``--out``.
+
+``register(subparsers)`` adds::
+
+    research rollout [--model NAME|DIR] [--data NAME|FILE] [--n 5] [--limit 2] [--out FILE]
+"""
 
 from __future__ import annotations
 
