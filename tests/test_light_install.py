@@ -12,7 +12,7 @@ LIGHT_MODULES = [
     "research.serving.app", "research.serving.config", "research.serving.loading",
     "research.serving.launch",
     "research.rollout.engine", "research.rollout.generation", "research.rollout.backends.vllm",
-    "research.rollout.backends.openai_http", "research.serving.model_server",
+    "research.rollout.backends.openai_http", "research.models.server",
     "research.trainers", "research.trainers.trl_settings", "research.trainers.config",
     "research.trainers.commands",
 ]

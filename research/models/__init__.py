@@ -1,5 +1,6 @@
 """Models usable offline: packaged small models turned into local Hugging Face folders, loaded
-for generation (:func:`load_model`), and the tiny randomly initialised model the tests use.
+for generation (:func:`load_model`) or served with an OpenAI-compatible API
+(:mod:`research.models.server`), and the tiny randomly initialised model the tests use.
 
 Heavy imports (torch, transformers) happen inside the functions, not at import time.
 """

@@ -1,5 +1,5 @@
 """OpenAI-compatible HTTP backend: ``/v1/completions`` of vLLM, SGLang or
-``research.serving.model_server``, with token-id prompts and token-id results.
+``research.models.server``, with token-id prompts and token-id results.
 
 One request per sequence, sent concurrently from a bounded thread pool. Every request has a
 timeout; connection errors, timeouts and 5xx answers are retried with exponential backoff; a
