@@ -8,8 +8,8 @@
   separately for each of the three (as FlashRAG does). A pair where either side normalizes
   to ``yes`` / ``no`` / ``noanswer`` and the two differ scores 0.
 
-Golden answers may be one string or a sequence of strings; a missing prediction (None)
-counts as the empty string.
+Golden answers may be one string or a sequence of strings (any form :func:`golden_list`
+reads); a missing prediction (None) counts as the empty string.
 
 >>> compute_metrics("The Zhou dynasty", ["Zhou dynasty", "Zhou"])
 {'em': 1.0, 'acc': 1.0, 'f1': 1.0, 'precision': 1.0, 'recall': 1.0}
@@ -43,15 +43,28 @@ def normalize_answer(s: str) -> str:
     return " ".join(text.split())
 
 
-def golden_list(golden_answers: Golden) -> list[str]:
-    """The golden answers as a list of strings (one string becomes a one-element list).
+def golden_list(golden_answers: object) -> list[str]:
+    """The golden answers as a list of strings, whichever form they come in: one string (a
+    one-element list), a list or tuple, a numpy array (``tolist``; parquet list columns read
+    back as arrays), or a ``{"target": ...}`` mapping of any of these. Raises ``ValueError``
+    for anything else.
 
     >>> golden_list("Paris")
     ['Paris']
+    >>> golden_list({"target": ("Paris", "Lyon")})
+    ['Paris', 'Lyon']
     """
     if isinstance(golden_answers, str):
         return [golden_answers]
-    return [str(answer) for answer in golden_answers]
+    if isinstance(golden_answers, Mapping) and "target" in golden_answers:
+        return golden_list(golden_answers["target"])
+    if hasattr(golden_answers, "tolist"):
+        return golden_list(golden_answers.tolist())
+    if isinstance(golden_answers, Sequence) and not isinstance(golden_answers,
+                                                               bytes | bytearray):
+        return [str(answer) for answer in golden_answers]
+    raise ValueError("golden answers must be a string, a list of strings or "
+                     f"{{'target': answers}}, got {type(golden_answers).__name__}")
 
 
 def em(prediction: str | None, golden_answers: Golden) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -180,6 +181,11 @@ def test_golden_list() -> None:
     assert golden_list("Paris") == ["Paris"]
     assert golden_list(("Paris", "Lyon")) == ["Paris", "Lyon"]
     assert golden_list([]) == []
+    assert golden_list(np.array(["Paris", "Lyon"], dtype=object)) == ["Paris", "Lyon"]
+    assert golden_list({"target": np.array(["Paris"])}) == ["Paris"]
+    for bad in (3, None, b"Paris", {"answers": ["Paris"]}, {"Paris"}):
+        with pytest.raises(ValueError, match="golden answers must be"):
+            golden_list(bad)
 
 
 def test_compute_metrics_keys() -> None:

@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from research.errors import ResearchError
+from research.metrics import golden_list
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +133,9 @@ def make_row(
 
 
 def golden_answers(row: Mapping[str, Any]) -> list[str]:
-    """The accepted answers of ``row`` as a list, whichever form ``ground_truth`` has.
-
-    Also accepts the array that pandas gives for a list column.
+    """The accepted answers of ``row`` as a list, whichever form ``ground_truth`` has
+    (:func:`research.metrics.golden_list`, which also reads the array pandas gives for a list
+    column); a :class:`RowValidationError` for any other value.
 
     >>> golden_answers({"reward_model": {"ground_truth": "Ann"}})
     ['Ann']
@@ -142,13 +143,13 @@ def golden_answers(row: Mapping[str, Any]) -> list[str]:
     ['Ann', 'Anne']
     """
     truth = row["reward_model"]["ground_truth"]
-    if isinstance(truth, str):
-        return [truth]
-    if _is_answer_list(truth):
-        return [str(answer) for answer in truth]
-    raise RowValidationError(
-        "reward_model.ground_truth", f"must be a str or a list of str, got {type(truth).__name__}"
-    )
+    try:
+        return golden_list(truth)
+    except ValueError:
+        raise RowValidationError(
+            "reward_model.ground_truth",
+            f"must be a str or a list of str, got {type(truth).__name__}",
+        ) from None
 
 
 def validate_row(

@@ -15,26 +15,13 @@ This module imports nothing from verl; the tests call it directly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
+from research.metrics import golden_list
 from research.rewards import get_reward_fn
 
 FORMAT_FAILURES = ("bad format", "no eos", "cannot extract")
-
-
-def golden_answers(ground_truth: Any) -> list[str]:
-    """``reward_model.ground_truth`` of the project's rows: a string or a list of strings
-    (numpy arrays included, as parquet returns them)."""
-    if isinstance(ground_truth, str):
-        return [ground_truth]
-    if isinstance(ground_truth, Mapping) and "target" in ground_truth:
-        return golden_answers(ground_truth["target"])
-    if isinstance(ground_truth, Sequence) or hasattr(ground_truth, "tolist"):
-        values = ground_truth.tolist() if hasattr(ground_truth, "tolist") else ground_truth
-        return [str(v) for v in values]
-    raise ValueError(f"ground truth must be a string or a list of strings, got "
-                     f"{type(ground_truth).__name__}")
 
 
 def compute_score(data_source: str | None = None, solution_str: str = "",
@@ -51,7 +38,7 @@ def compute_score(data_source: str | None = None, solution_str: str = "",
     # the research_agent loop always says; a row rolled out by another loop counts as not
     # ended (reward 0) rather than stopping verl's reward worker
     ended = bool(info.get("ended_with_eos", False))
-    result = get_reward_fn(reward_name)(solution_str, golden_answers(ground_truth),
+    result = get_reward_fn(reward_name)(solution_str, golden_list(ground_truth),
                                         ended_with_eos=ended)
     return {"score": float(result.score),
             "acc": float(result.reason == "correct"),
