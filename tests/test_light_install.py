@@ -7,14 +7,16 @@ LIGHT_MODULES = [
     "research", "research.cli", "research.errors", "research.paths", "research.http",
     "research.protocol", "research.rewards", "research.metrics",
     "research.data.rows", "research.data.hotpotqa", "research.data.flashrag",
-    "research.data.embedded", "research.retrieval.corpus", "research.retrieval.bm25",
+    "research.data.embedded", "research.data.questions",
+    "research.retrieval.corpus", "research.retrieval.bm25",
     "research.retrieval.index", "research.retrieval.client", "research.retrieval.dense",
     "research.serving.app", "research.serving.config", "research.serving.loading",
     "research.serving.launch",
     "research.rollout.engine", "research.rollout.generation", "research.rollout.backends.vllm",
     "research.rollout.backends.openai_http", "research.models.server",
+    "research.models.loading", "research.rollout.commands",
     "research.trainers", "research.trainers.trl_settings", "research.trainers.config",
-    "research.trainers.commands",
+    "research.trainers.commands", "research.trainers.trl_rollout",
 ]
 HEAVY = ["torch", "transformers", "sentence_transformers", "faiss", "vllm", "trl", "verl",
          "wandb"]

@@ -61,7 +61,8 @@ def test_one_settings_object_reaches_the_trl_rollout_and_validation(tmp_path, mo
     pytest.importorskip("trl")
     from research.evaluation import research_pipeline
     from research.rewards import get_reward_fn
-    from research.trainers.trl_engine import ReSearchRollout, StepSamples, ValidationCallback
+    from research.trainers.trl_callbacks import ValidationCallback
+    from research.trainers.trl_rollout import ReSearchRollout, StepSamples
 
     config = changed_training_config(tmp_path)
 

@@ -19,14 +19,9 @@ from conftest import REPO, token  # noqa: E402
 
 from research.rollout.engine import Trajectory, Turn  # noqa: E402
 from research.trainers.config import ConfigError, load_config  # noqa: E402
-from research.trainers.trl_engine import (  # noqa: E402
-    ReSearchReward,
-    StepSamples,
-    check_resume,
-    prepared_run,
-    to_trl_output,
-    train,
-)
+from research.trainers.trl_callbacks import ReSearchReward  # noqa: E402
+from research.trainers.trl_engine import check_resume, prepared_run, train  # noqa: E402
+from research.trainers.trl_rollout import StepSamples, to_trl_output  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(  # TRL 1.16.0's config sets a renamed Trainer option
     "ignore:.*gradient_checkpointing` is deprecated:FutureWarning")
@@ -120,7 +115,7 @@ def test_reward_uses_the_response_and_golden_answers_and_logs_reasons():
 
 
 def test_rollout_monitors_count_queries_failures_notices_and_inserted_tokens():
-    from research.trainers.trl_engine import rollout_monitors
+    from research.trainers.trl_rollout import rollout_monitors
 
     def traj(queries, inserted, failures=(), notices=0):
         turns = [Turn(q, [], 0.0, f, 0) for q, f in zip(queries, [*failures, *[None] * 9],
@@ -282,7 +277,7 @@ def test_progress_bar_shows_the_step_numbers():
 
     from tqdm import tqdm
 
-    from research.trainers.trl_engine import ProgressBar
+    from research.trainers.trl_callbacks import ProgressBar
 
     bar = ProgressBar()
     bar.bar = tqdm(total=4, file=io.StringIO())

@@ -1,20 +1,17 @@
 """The one-machine training engine: TRL's ``GRPOTrainer`` with the project's rollout and rewards.
 
 TRL owns the update (settings from :mod:`research.trainers.trl_settings`), checkpoints and
-logging; this module hands it:
+logging; the engine is three modules:
 
-- :class:`ReSearchRollout`, the ``rollout_func``: TRL passes the raw questions (each repeated
-  ``num_generations`` times); they are encoded with the project's template and rolled out by
-  :func:`research.rollout.engine.run_rollouts` against the retrieval service, with the
-  trainer's current weights (Hugging Face backend; TRL's colocated vLLM engine on GPUs). It
-  returns ``prompt_ids``, ``completion_ids``, ``logprobs`` and ``env_mask`` (the rollout's
-  loss mask: 0 on inserted result tokens, which TRL multiplies into every loss term), plus the
-  per-sample fields the reward needs (``ended_with_eos``, ``num_searches``, ...).
-- :class:`ReSearchReward`, a TRL reward function over the response text (TRL decodes the
-  completion ids: the model's tokens and the inserted results, never the prompt) and the
-  dataset's ``golden_answers`` column, with :func:`research.rewards.get_reward_fn`.
-- :class:`RunRecorder` and :class:`ValidationCallback`, ``TrainerCallback`` s writing
-  ``metrics.jsonl``, ``rollouts.jsonl`` and ``validation.jsonl`` in the run directory.
+- :mod:`research.trainers.trl_rollout`: :class:`~research.trainers.trl_rollout.ReSearchRollout`,
+  the ``rollout_func`` (the project's search-interleaved rollout on the trainer's current
+  weights, handed to TRL with its loss mask as ``env_mask``).
+- :mod:`research.trainers.trl_callbacks`: :class:`~research.trainers.trl_callbacks.ReSearchReward`
+  (the reward function) and the ``TrainerCallback`` s writing ``metrics.jsonl``,
+  ``rollouts.jsonl`` and ``validation.jsonl`` in the run directory.
+- this module, the run: the questions (:func:`training_questions`, :func:`build_dataset`),
+  ``trl.GRPOConfig`` (:func:`grpo_config`), checkpoints and resuming (:func:`check_resume`),
+  the retrieval service, LoRA, the final model (:func:`save_final`).
 
 :func:`train` runs a :class:`~research.trainers.config.TrainConfig` and returns the run
 directory; :func:`prepared_run` builds everything without training (tests use it).
@@ -26,22 +23,25 @@ import contextlib
 import json
 import logging
 import os
-import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from research.rollout import settings as rollout_settings
 from research.trainers.config import ConfigError, TrainConfig, world_size
 from research.trainers.plot import plot_training, plot_validation
+from research.trainers.trl_callbacks import (
+    ProgressBar,
+    ReSearchReward,
+    RunRecorder,
+    ValidationCallback,
+    truncate_jsonl,
+)
+from research.trainers.trl_rollout import ReSearchRollout, StepSamples
 
 logger = logging.getLogger(__name__)
-
-EXTRA_FIELDS = ("ended_with_eos", "num_searches", "num_failures", "finish_reason")
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -70,328 +70,6 @@ def build_dataset(items: Sequence[dict]):
     return Dataset.from_list([{"prompt": it["question"], "golden_answers":
                                [str(a) for a in it["golden_answers"]], "id": str(it.get("id"))}
                               for it in items])
-
-
-# --- rollout ----------------------------------------------------------------------------------
-
-
-def to_trl_output(trajectories) -> dict[str, list]:
-    """TRL's ``rollout_func`` result from trajectories (one per prompt, in order).
-
-    ``env_mask[i][t]`` is the rollout's loss mask: 1 on sampled tokens, 0 on inserted result
-    tokens (unless ``mask_results`` was off); ``logprobs`` are 0.0 on inserted tokens.
-    """
-    out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "logprobs",
-                                            "env_mask", *EXTRA_FIELDS)}
-    for t in trajectories:
-        out["prompt_ids"].append(list(t.prompt_ids))
-        out["completion_ids"].append(list(t.response_ids))
-        out["logprobs"].append(list(t.logprobs))
-        out["env_mask"].append(list(t.loss_mask))
-        out["ended_with_eos"].append(t.ended_with_eos)
-        out["num_searches"].append(t.num_searches)
-        out["num_failures"].append(t.num_failures)
-        out["finish_reason"].append(t.finish_reason)
-    return out
-
-
-def rollout_monitors(trajectories) -> dict[str, float]:
-    """Per-step facts of the rollout a user watches for learning or collapse: searches,
-    empty and repeated queries, search failures and turn-cap notices per sample, and the
-    share of response tokens that were inserted (retrieved, masked out of the loss)."""
-    n = max(1, len(trajectories))
-    queries = [[turn.query for turn in t.turns] for t in trajectories]
-    tokens = sum(len(t.response_ids) for t in trajectories)
-    return {
-        "rollout/searches": sum(map(len, queries)) / n,
-        "rollout/empty_queries": sum(not q.strip() for qs in queries for q in qs) / n,
-        "rollout/repeated_queries": sum(len(qs) - len(set(qs)) for qs in queries) / n,
-        "rollout/search_failures": sum(t.num_failures for t in trajectories) / n,
-        "rollout/turn_limit_notices": sum(t.turn_limit_notices for t in trajectories) / n,
-        "rollout/inserted_share": sum(t.inserted_tokens for t in trajectories) / max(1, tokens),
-    }
-
-
-@dataclass
-class StepSamples:
-    """What the current step rolled out and how it scored (read by :class:`RunRecorder`)."""
-
-    records: list[dict] = field(default_factory=list)
-    reasons: Counter = field(default_factory=Counter)
-    monitors: dict = field(default_factory=dict)  # rollout_monitors of the step
-
-    def reset(self) -> None:
-        self.records, self.reasons, self.monitors = [], Counter(), {}
-
-
-class ReSearchRollout:
-    """TRL's ``rollout_func``: the project's search-interleaved rollout on the current policy."""
-
-    def __init__(self, config: TrainConfig, tokenizer, searcher, samples: StepSamples,
-                 make_logits_processors: Callable[[], list] | None = None):
-        self.settings = config.rollout
-        self.max_batch = config.model.max_batch
-        self.tokenizer = tokenizer
-        self.searcher = searcher
-        self.samples = samples
-        self.make_logits_processors = make_logits_processors or list
-        self._prompt_cache: dict[str, list[int]] = {}
-
-    def encode(self, question: str) -> list[int]:
-        if question not in self._prompt_cache:
-            self._prompt_cache[question] = self.settings.encode_prompt(self.tokenizer, question)
-        return self._prompt_cache[question]
-
-    def __call__(self, prompts: list, trainer) -> dict[str, list]:
-        from research.rollout.engine import run_rollouts
-
-        if any(not isinstance(p, str) for p in prompts):
-            raise ConfigError("the prompt column must hold raw questions (strings); the "
-                              "template is applied by the rollout (rollout.template)")
-        ids = [self.encode(q) for q in prompts]  # [B x G] prompts, each repeated G times
-        start = time.perf_counter()
-        with self.generator(trainer) as generator:
-            trajectories = run_rollouts(ids, generator, self.searcher, self.tokenizer,
-                                        self.settings)
-        seconds = time.perf_counter() - start
-        self.samples.reset()
-        self.samples.records = [{"question": q, **t.to_dict()}
-                                for q, t in zip(prompts, trajectories, strict=True)]
-        self.samples.monitors = {**rollout_monitors(trajectories), "rollout/seconds": seconds}
-        logger.debug("rolled out %d trajectories in %.1f s", len(trajectories), seconds)
-        return to_trl_output(trajectories)
-
-    @contextlib.contextmanager
-    def generator(self, trainer) -> Iterator:
-        """The backend on the trainer's current weights, in eval mode without gradients, under
-        the trainer's mixed precision (``grpo.bf16``: bf16 matmuls on fp32 weights)."""
-        if trainer.args.use_vllm:
-            yield self._vllm_generator(trainer)
-            return
-        import torch
-        from trl.models.utils import unwrap_model_for_generation
-
-        from research.rollout.backends.hf import HFGenerator
-
-        with unwrap_model_for_generation(
-                trainer.model_wrapped, trainer.accelerator,
-                gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-                gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
-        ) as model, torch.no_grad(), trainer.accelerator.autocast():
-            was_training = model.training
-            model.eval()
-            try:
-                yield HFGenerator(model, self.tokenizer, max_batch=self.max_batch,
-                                  logits_processors=self.make_logits_processors())
-            finally:
-                model.train(was_training)
-
-    def _vllm_generator(self, trainer):
-        # GPU path, not tested here (no GPU, no vLLM): generate through TRL's colocated vLLM
-        # engine. TRL syncs the weights before each rollout_func call; validation runs between
-        # calls, so sync here too when the step moved on (what TRL's own _generate does).
-        from research.rollout.backends.vllm import VLLMGenerator
-        from research.rollout.generation import model_eos_ids
-
-        if trainer.args.vllm_mode != "colocate":
-            raise ConfigError("the ReSearch rollout needs vllm_mode colocate (grpo.trl: "
-                              "{vllm_mode: colocate}); server mode is not supported yet")
-        if trainer.state.global_step != trainer._last_loaded_step:
-            trainer.vllm_generation.sync_weights()
-            trainer._last_loaded_step = trainer.state.global_step
-        return VLLMGenerator(trainer.vllm_generation.llm,
-                             eos_token_ids=model_eos_ids(trainer.model, self.tokenizer))
-
-
-# --- reward -----------------------------------------------------------------------------------
-
-
-class ReSearchReward:
-    """A TRL reward function: the project's reward on the response text and golden answers.
-
-    >>> reward = ReSearchReward("v1", StepSamples())
-    >>> ok = "<think> t </think> <answer> \\\\boxed{Paris} </answer>"
-    >>> reward(prompts=["q"], completions=[ok], golden_answers=[["paris"]],
-    ...        ended_with_eos=[True], num_searches=[0])
-    [1.0]
-    """
-
-    def __init__(self, name: str, samples: StepSamples):
-        from research.rewards import get_reward_fn
-
-        self.fn = get_reward_fn(name)
-        self.samples = samples
-        self.__name__ = f"reward_{name}"  # TRL names the reward's metrics after it
-
-    def __call__(self, prompts, completions, golden_answers, ended_with_eos, num_searches=None,
-                 log_metric=None, **kwargs) -> list[float]:
-        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-        results = [self.fn(text, list(golds), ended_with_eos=bool(eos))
-                   for text, golds, eos in zip(texts, golden_answers, ended_with_eos,
-                                               strict=True)]
-        reasons = Counter(r.reason for r in results)
-        self.samples.reasons.update(reasons)
-        for record, r in zip(self.samples.records, results, strict=False):
-            record.update(reward=r.score, reason=r.reason)
-        if log_metric is not None:
-            log_metric("accuracy", reasons["correct"] / len(results))
-            # passes every gate of the reward (format, proper end, a box): the share GRPO
-            # can tell apart from invalid samples at all
-            log_metric("format_valid", sum(r.score > 0 for r in results) / len(results))
-            if num_searches is not None:
-                log_metric("searches_per_answer", sum(num_searches) / len(num_searches))
-        logger.info("reward reasons: %s", dict(reasons.most_common()))
-        return [r.score for r in results]
-
-
-# --- callbacks --------------------------------------------------------------------------------
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=str) + "\n")
-
-
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop the records of ``path`` after ``last_step`` (a resumed run writes them again)."""
-    if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-class RunRecorder(TrainerCallback):
-    """Writes ``metrics.jsonl`` (every log, with step time and reward reasons) and
-    ``rollouts.jsonl`` (the first ``rollout_samples`` trajectories of every step)."""
-
-    def __init__(self, out: Path, samples: StepSamples, rollout_samples: int):
-        self.metrics, self.rollouts = out / "metrics.jsonl", out / "rollouts.jsonl"
-        self.samples, self.rollout_samples = samples, rollout_samples
-        self._step_start, self.step_time = None, None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._step_start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._step_start is not None:
-            self.step_time = round(time.perf_counter() - self._step_start, 3)
-        if state.is_world_process_zero:
-            for record in self.samples.records[: self.rollout_samples]:
-                _append_jsonl(self.rollouts, {"step": state.global_step, **record})
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and "loss" in logs:  # a step's log, not the end-of-run summary
-            logs["step_time"] = self.step_time  # the progress bar shows it too
-            logs.update(self.samples.monitors)
-            if "frac_reward_zero_std" in logs:  # GRPO has a gradient only in these groups
-                logs["groups_with_spread"] = 1.0 - logs["frac_reward_zero_std"]
-        if not state.is_world_process_zero:
-            return
-        record = {"step": state.global_step, "epoch": state.epoch, **(logs or {})}
-        if "loss" in record:
-            record["reasons"] = dict(self.samples.reasons)
-        _append_jsonl(self.metrics, record)
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:  # the figure follows the checkpoints
-            plot_training(self.metrics.parent)
-
-
-class ProgressBar(TrainerCallback):
-    """One progress bar over the steps with the numbers that matter, in place of the
-    trainer's default bar (which prints every logged key): reward, accuracy, the share of
-    samples the reward passes (valid), the share of groups with reward spread, searches per
-    answer, response length and step time of the last step."""
-
-    FIELDS = (("reward", "reward", "{:.3f}"), ("accuracy", "acc", "{:.2f}"),
-              ("format_valid", "valid", "{:.2f}"), ("groups_with_spread", "spread", "{:.2f}"),
-              ("searches_per_answer", "searches", "{:.2f}"),
-              ("completions/mean_length", "len", "{:.0f}"), ("step_time", "step_s", "{:.1f}"))
-
-    def __init__(self):
-        self.bar = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and not args.disable_tqdm:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="GRPO",
-                            unit="step", dynamic_ncols=True)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.update(state.global_step - self.bar.n)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.bar is not None and logs and "loss" in logs:
-            self.bar.set_postfix({short: fmt.format(logs[key]) for key, short, fmt in self.FIELDS
-                                  if logs.get(key) is not None}, refresh=True)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-VALIDATION_ITEM_KEYS = ("id", "question", "golden_answers", "prediction", "em", "f1",
-                        "searches", "queries", "finish_reason", "response_tokens", "response")
-
-
-class ValidationCallback(TrainerCallback):
-    """Greedy ReSearch rollouts on the dev questions before training and every
-    ``eval_steps`` steps: mean reward, accuracy, searches; appended to ``validation.jsonl``,
-    and each question's prediction to ``validation_items.jsonl``."""
-
-    def __init__(self, out: Path, config: TrainConfig, items: list[dict], rollout, reward_fn):
-        self.path, self.items, self.rollout = out / "validation.jsonl", items, rollout
-        self.items_path = out / "validation_items.jsonl"
-        self.every, self.reward_fn = config.run.eval_steps, reward_fn
-        self.trainer = None  # set by attach(): the generator needs the trainer's model
-
-    def attach(self, trainer) -> None:
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not self._done(state.global_step):
-            self.validate(state)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every == 0 and not self._done(state.global_step):
-            self.validate(state)
-
-    def _done(self, step: int) -> bool:  # a resumed run does not repeat a validation
-        return self.path.exists() and any(
-            json.loads(line).get("step") == step for line in self.path.read_text().splitlines())
-
-    def validate(self, state) -> dict:
-        """The ReSearch pipeline (greedy) on the dev items: FlashRAG metrics and the reward."""
-        from research.evaluation.research_pipeline import evaluate
-
-        with self.rollout.generator(self.trainer) as generator:
-            metrics, records = evaluate(self.items, generator, self.rollout.tokenizer,
-                                        self.rollout.searcher, self.rollout.settings,
-                                        batch_size=max(1, len(self.items)))
-        results = [self.reward_fn(rec["response"], rec["golden_answers"],
-                                  ended_with_eos=rec["ended_with_eos"]) for rec in records]
-        n = len(results)
-        record = {"step": state.global_step, "questions": n,
-                  "reward": sum(x.score for x in results) / n,
-                  "accuracy": sum(x.reason == "correct" for x in results) / n,
-                  "searches_per_answer": metrics["searches"],
-                  "response_length": metrics["response_tokens"],
-                  **{k: metrics[k] for k in ("em", "acc", "f1")}}
-        if state.is_world_process_zero:
-            truncate_jsonl(self.items_path, state.global_step - 1)  # a validation cut short
-            for rec, result in zip(records, results, strict=True):
-                _append_jsonl(self.items_path, {"step": state.global_step, "reward": result.score,
-                                                "reason": result.reason,
-                                                **{k: rec[k] for k in VALIDATION_ITEM_KEYS}})
-            _append_jsonl(self.path, record)
-            plot_validation(self.path.parent)
-        logger.info("validation at step %d: %s", state.global_step, record)
-        return record
-
 
 # --- the run ----------------------------------------------------------------------------------
 

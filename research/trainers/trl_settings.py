@@ -46,7 +46,7 @@ UNSUPPORTED: tuple[Gap, ...] = (
         "negligible)"),
     Gap("validation", "greedy ReSearch-pipeline validation every 10 steps and before training",
         "TRL's evaluation reuses the training rollout and reward, not the pipeline's metrics",
-        "research.trainers.trl_engine.ValidationCallback, not a GRPOConfig option"),
+        "research.trainers.trl_callbacks.ValidationCallback, not a GRPOConfig option"),
     Gap("prompt length", "prompts of at most 512 tokens",
         "GRPOConfig 1.16.0 has no prompt-length option; rollout_func owns the prompt ids",
         "enforced by the project's data rows and rollout"),
