@@ -63,7 +63,8 @@ def dataset_path(config: EvalConfig) -> Path:
 
 
 def load_items(config: EvalConfig) -> list[dict]:
-    """The questions to evaluate (``id``, ``question``, ``golden_answers``), sampled."""
+    """The questions to evaluate (``id``, ``question``, ``golden_answers``, ...) of
+    :func:`dataset_path`, read by :func:`research.data.questions.load_questions`, sampled."""
     from research.data.questions import load_questions
 
     items = load_questions(dataset_path(config))
