@@ -1,20 +1,15 @@
-"""The one question loader: embedded names, rows parquet and FlashRAG jsonl, kind and limit."""
+"""The one question loader: embedded names, rows parquet and FlashRAG jsonl, kind and limit
+(its docstring example runs in test_doctests.py)."""
 
 from __future__ import annotations
 
-import doctest
 import json
 
 import pytest
 
-from research.data import embedded, questions
+from research.data import embedded
 from research.data.questions import load_questions
 from research.data.rows import make_row, write_rows
-
-
-def test_doctests() -> None:
-    result = doctest.testmod(questions)
-    assert result.failed == 0 and result.attempted > 0
 
 
 def test_an_embedded_name_reads_its_split():
