@@ -291,6 +291,29 @@ def test_progress_bar_shows_the_step_numbers():
     assert bar.bar.postfix.startswith("reward=0.250")
 
 
+def test_progress_bar_draws_each_logged_step_once():
+    import io
+    from types import SimpleNamespace as NS
+
+    from tqdm import tqdm
+
+    from research.trainers.trl_callbacks import ProgressBar
+
+    sink = io.StringIO()  # not a terminal: every draw is a new "\r"-separated line
+    bar = ProgressBar()
+    bar.bar = tqdm(total=4, file=sink, mininterval=0, miniters=1, desc="GRPO")
+    start = sink.getvalue().count("GRPO")
+    for step in (1, 2):
+        bar.on_step_end(NS(logging_steps=1), NS(global_step=step), None)
+        bar.on_log(None, None, None, logs={"loss": 0.1, "reward": 0.5 * step})
+    draws = sink.getvalue().split("\r")[-2:]
+    assert sink.getvalue().count("GRPO") - start == 2  # one line per step, not two
+    assert "1/4" in draws[0] and "reward=0.500" in draws[0]
+    assert "2/4" in draws[1] and "reward=1.000" in draws[1]
+    bar.on_step_end(NS(logging_steps=2), NS(global_step=3), None)  # a step not logged
+    assert "3/4" in sink.getvalue().split("\r")[-1]
+
+
 def test_resume_continues_the_same_run(tiny_path, questions, service_url, tmp_path):
     out = tmp_path / "run"
     train(small(tiny_path, questions, service_url, out, "run.save_steps=1"))

@@ -49,3 +49,18 @@ def test_launcher_writes_the_run_files_and_refuses_without_a_service(tmp_path):
     assert no_url.returncode == 2 and "needs retrieval.search_url" in no_url.stderr
 
 
+
+
+def test_rows_keep_only_the_asked_question_type(tmp_path):
+    import pyarrow.parquet as pq
+    import pytest
+
+    from research.configtree import ConfigError
+    from research.trainers.verl_launch import rows_file
+
+    path = rows_file("factbook-facts", "train", None, tmp_path / "t.parquet", "one-hop")
+    every = rows_file("factbook-facts", "train", None, tmp_path / "all.parquet")
+    kept, total = pq.read_table(path).num_rows, pq.read_table(every).num_rows
+    assert 0 < kept < total  # the bridge questions are left out
+    with pytest.raises(ConfigError, match="metadata.type"):
+        rows_file(path, "train", None, tmp_path / "x.parquet", "one-hop")

@@ -141,8 +141,13 @@ class ProgressBar(TrainerCallback):
                             unit="step", dynamic_ncols=True)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.update(state.global_step - self.bar.n)
+        """Count the step; a step that is logged is drawn once, with its numbers, by
+        :meth:`on_log` (drawing here too would print the bar twice per step in a log)."""
+        if self.bar is None:
+            return
+        self.bar.n = state.global_step
+        if state.global_step % max(1, args.logging_steps):
+            self.bar.refresh()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is not None and logs and "loss" in logs:

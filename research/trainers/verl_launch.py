@@ -126,19 +126,27 @@ def overrides(config: TrainConfig, *, model_path: str, train_files: str, val_fil
     return [f"{k}={_value(v)}" for k, v in o.items()]
 
 
-def rows_file(source: str, split: str, limit: int | None, out: Path) -> str:
+def rows_file(source: str, split: str, limit: int | None, out: Path, kind: str | None = None
+              ) -> str:
     """A parquet of the project's rows for verl: ``source`` itself when it is one, else the
-    embedded set or FlashRAG jsonl converted."""
+    embedded set or FlashRAG jsonl converted (only the questions whose ``metadata.type`` is
+    ``kind``, when given)."""
     if source.endswith(".parquet"):
         if not Path(source).is_file():
             raise ConfigError(f"{source} not found (data.train / data.dev)")
+        if kind is not None:
+            raise ConfigError(f"data.train_type / data.dev_type={kind} filters on metadata.type, "
+                              f"which rows .parquet files do not carry: give {source}'s "
+                              "embedded set or .jsonl instead, or set the type to null")
         return str(Path(source).resolve())
     from research.data.questions import load_questions
     from research.data.rows import make_row, write_rows
 
-    items = load_questions(source, split, limit)
+    items = load_questions(source, split, limit, kind=kind)
     if not items:
-        raise ConfigError(f"no questions in {source} ({split}): check data.train / data.dev")
+        raise ConfigError(f"no questions in {source} ({split}"
+                          f"{f', metadata.type {kind}' if kind else ''}): check data.train / "
+                          "data.dev and data.train_type / data.dev_type")
     name = Path(source).parent.name if source.endswith(".jsonl") else source  # NAME/SPLIT.jsonl
     rows = [make_row(it["question"], [str(a) for a in it["golden_answers"]],
                      id=str(it.get("id", i)), data_source=name, index=i)
@@ -157,8 +165,8 @@ def prepare(config: TrainConfig, resume: bool = False) -> list[str]:
     out = Path(config.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = config.data
-    train = rows_file(d.train, d.train_split, d.train_limit, out / "train.parquet")
-    dev = (rows_file(d.dev, d.dev_split, d.dev_limit, out / "dev.parquet")
+    train = rows_file(d.train, d.train_split, d.train_limit, out / "train.parquet", d.train_type)
+    dev = (rows_file(d.dev, d.dev_split, d.dev_limit, out / "dev.parquet", d.dev_type)
            if d.dev is not None else None)
     loops = out / "agent_loops.yaml"
     loops.write_text(yaml.safe_dump(agent_loop_entries(config, config.retrieval.search_url),
