@@ -76,7 +76,7 @@ def test_one_settings_object_reaches_the_trl_rollout_and_validation(tmp_path, mo
 
     seen = []
 
-    def fake_evaluate(items, generator, tokenizer, searcher, settings, batch_size=16):
+    def fake_evaluate(items, generator, tokenizer, searcher, settings, **kwargs):
         seen.append(settings)
         return ({"searches": 0.0, "response_tokens": 0.0, "em": 0.0, "acc": 0.0, "f1": 0.0},
                 [{"response": "", "golden_answers": ["a"], "ended_with_eos": True,
@@ -89,6 +89,8 @@ def test_one_settings_object_reaches_the_trl_rollout_and_validation(tmp_path, mo
     (tmp_path / "run").mkdir()
     callback = ValidationCallback(tmp_path / "run", config, [{"question": "Q?"}], rollout,
                                   get_reward_fn("v1"))
+    callback.attach(type("Trainer", (), {"args": type("Args", (), {"disable_tqdm": True}),
+                                         "is_world_process_zero": lambda self: True})())
     callback.validate(type("State", (), {"global_step": 0, "is_world_process_zero": True}))
     assert seen == [config.rollout]
 

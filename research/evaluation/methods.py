@@ -109,12 +109,16 @@ class MethodSettings:
 
 @dataclass
 class Context:
-    """What a method runs with: the generator, its tokenizer, the retrieval client."""
+    """What a method runs with: the generator, its tokenizer, the retrieval client; and,
+    for a method that can tell (``research``), a progress line and ``on_answer(i, answer)``
+    called as soon as question ``i`` of the batch is answered."""
 
     generator: Generator
     tokenizer: object
     searcher: object | None  # a BatchSearcher; None when only ``direct`` runs
     settings: MethodSettings = field(default_factory=MethodSettings)
+    progress: bool = False
+    on_answer: Callable[[int, Answer], None] | None = None
 
 
 @dataclass
@@ -397,8 +401,13 @@ def ircot(items: Sequence[dict], ctx: Context) -> list[Answer]:
 def research(items: Sequence[dict], ctx: Context) -> list[Answer]:
     from research.evaluation.research_pipeline import evaluate
 
+    def answer(r: dict) -> Answer:
+        return Answer(r["prediction"], trajectory=r["turns"], searches=r["searches"],
+                      search_failures=r["failures"], generated_tokens=r["generated_tokens"],
+                      response=r["response"])
+
+    on_record = None if ctx.on_answer is None else (lambda i, r: ctx.on_answer(i, answer(r)))
     _, records = evaluate(items, ctx.generator, ctx.tokenizer, ctx.searcher,
-                          ctx.settings.rollout, batch_size=max(1, len(items)))
-    return [Answer(r["prediction"], trajectory=r["turns"], searches=r["searches"],
-                   search_failures=r["failures"], generated_tokens=r["generated_tokens"],
-                   response=r["response"]) for r in records]
+                          ctx.settings.rollout, batch_size=max(1, len(items)),
+                          progress=ctx.progress, on_record=on_record)
+    return [answer(r) for r in records]

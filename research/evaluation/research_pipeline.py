@@ -5,7 +5,7 @@ metrics. Used for validation during training and by the evaluation harness.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from research import protocol
@@ -30,31 +30,47 @@ def evaluate(
     searcher: BatchSearcher | None,
     settings: RolloutSettings,
     batch_size: int = 16,
+    progress: bool = False,
+    on_record: Callable[[int, dict], None] | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Greedy rollouts for ``items`` (``{"question", "golden_answers", ...}``) under
     ``settings`` (their temperature is ignored), ``batch_size`` questions together.
 
     Returns the averaged metrics (``em``, ``acc``, ``f1``, ``precision``, ``recall``,
-    ``searches``, ``failures``, ``response_tokens``) and one record per item.
+    ``searches``, ``failures``, ``response_tokens``) and one record per item, in order.
+    ``progress`` shows each batch's rollout line; ``on_record(i, record)`` gets the record
+    of ``items[i]`` as soon as its rollout ends.
     """
+    from research.rollout.progress import RolloutProgress
+
     greedy = settings.greedy()
-    records = []
+    records: list[dict | None] = [None] * len(items)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         prompts = [greedy.encode_prompt(tokenizer, it["question"]) for it in chunk]
-        for item, t in zip(chunk, run_rollouts(prompts, generator, searcher, tokenizer, greedy),
-                           strict=True):
-            prediction = predict(t.text, t.finish_reason)
-            records.append({
-                "id": item.get("id"), "question": item["question"],
-                "golden_answers": item["golden_answers"], "prediction": prediction,
-                "finish_reason": t.finish_reason, "ended_with_eos": t.ended_with_eos,
-                "searches": t.num_searches,
-                "failures": t.num_failures, "response_tokens": len(t.response_ids),
-                "queries": [turn.query for turn in t.turns], "response": t.text,
-                "turns": [asdict(turn) for turn in t.turns],
-                "generated_tokens": len(t.inserted) - sum(t.inserted),
-                **compute_metrics(prediction, item["golden_answers"]),
-            })
+
+        def done(t, start=start, chunk=chunk):
+            records[start + t.index] = record_of(chunk[t.index], t)
+            if on_record is not None:
+                on_record(start + t.index, records[start + t.index])
+
+        with RolloutProgress(len(chunk), desc="research", enabled=progress) as bar:
+            run_rollouts(prompts, generator, searcher, tokenizer, greedy, progress=bar,
+                         on_finish=done)
     keys = ("em", "acc", "f1", "precision", "recall", "searches", "failures", "response_tokens")
     return average_metrics([{k: r[k] for k in keys} for r in records]), records
+
+
+def record_of(item: dict, t) -> dict:
+    """The evaluation record of one finished trajectory."""
+    prediction = predict(t.text, t.finish_reason)
+    return {
+        "id": item.get("id"), "question": item["question"],
+        "golden_answers": item["golden_answers"], "prediction": prediction,
+        "finish_reason": t.finish_reason, "ended_with_eos": t.ended_with_eos,
+        "searches": t.num_searches, "failures": t.num_failures,
+        "response_tokens": len(t.response_ids), "queries": [turn.query for turn in t.turns],
+        "response": t.text, "turns": [asdict(turn) for turn in t.turns],
+        "generated_tokens": len(t.inserted) - sum(t.inserted),
+        **compute_metrics(prediction, item["golden_answers"]),
+    }

@@ -231,16 +231,24 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
         with (contextlib.nullcontext(backend) if backend else open_generator(config)) as (
                 generator, tokenizer), \
                 open_searcher(config, out, method not in RETRIEVAL_FREE) as searcher:
-            ctx = Context(generator, tokenizer, searcher, config.settings())
             bar = tqdm(total=len(items), initial=len(done), desc=f"{method} {run_name(config)}",
                        unit="q", disable=not progress, dynamic_ncols=True)
             with bar, items_path.open("a", encoding="utf-8") as sink:
                 for b in range(0, len(pending), config.run.batch_size):
-                    batch = pending[b : b + config.run.batch_size]
-                    for item, answer in zip(batch, METHODS[method](batch, ctx), strict=True):
-                        sink.write(json.dumps(to_record(item, answer)) + "\n")
-                    sink.flush()
-                    bar.update(len(batch))
+                    batch, written = pending[b : b + config.run.batch_size], set()
+
+                    def write(i, answer, batch=batch, written=written):
+                        """One finished question, on disk at once (a rerun resumes here)."""
+                        sink.write(json.dumps(to_record(batch[i], answer)) + "\n")
+                        sink.flush()
+                        written.add(i)
+                        bar.update(1)
+
+                    ctx = Context(generator, tokenizer, searcher, config.settings(),
+                                  progress=progress, on_answer=write)
+                    for i, answer in enumerate(METHODS[method](batch, ctx)):
+                        if i not in written:
+                            write(i, answer)
     wanted = {it["id"] for it in items}
     records = [r for r in read_items(items_path) if r["id"] in wanted]
     if config.judge.base_url:

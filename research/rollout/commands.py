@@ -47,6 +47,7 @@ def run_inspection(args) -> int:
     from research.rewards import get_reward_fn
     from research.rollout.backends.hf import HFGenerator
     from research.rollout.engine import run_rollouts
+    from research.rollout.progress import RolloutProgress
     from research.rollout.settings import RolloutSettings
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -61,9 +62,9 @@ def run_inspection(args) -> int:
                for it in items for _ in range(args.n)]
     reward = get_reward_fn(args.reward)
     start = time.time()
-    with SearchClient(args.search_url) as client:
+    with SearchClient(args.search_url) as client, RolloutProgress(len(prompts)) as progress:
         trajectories = run_rollouts(prompts, HFGenerator(model, tokenizer), client, tokenizer,
-                                    settings)
+                                    settings, progress=progress)
     seconds = time.time() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

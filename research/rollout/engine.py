@@ -33,9 +33,10 @@ with ``on_max_turns="end"``, ends the trajectory (``"turns"``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
@@ -283,22 +284,53 @@ def run_rollouts(
     searcher: BatchSearcher | None,
     tokenizer,
     settings: RolloutSettings | None = None,
+    progress=None,
+    on_finish: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
     """Roll out every prompt (token ids) to the end; one :class:`Trajectory` each, in order.
 
     Each turn, every active trajectory generates in one ``generate`` call and every query
     of the turn goes in one search (``searcher`` may be None only when nothing can search:
-    the closed-book control).
+    the closed-book control). ``progress`` (a
+    :class:`~research.rollout.progress.RolloutProgress`) hears every turn, and every decode
+    step of a backend that reports them; ``on_finish`` gets each trajectory as soon as it
+    ends (its text decoded), while the others go on.
     """
     state = RolloutState(settings or RolloutSettings(), tokenizer)
     trajectories = [Trajectory(index=i, prompt_ids=list(p)) for i, p in enumerate(prompts)]
-    while active := [t for t in trajectories if t.finish_reason is None]:
-        requests = [state.request(t) for t in active]
-        outputs = generator.generate([r.token_ids for r in requests], [r.params for r in requests])
-        searching = [(t, q) for t, g in zip(active, outputs, strict=True)
-                     if (q := state.absorb(t, g)) is not None]
-        if searching:
-            outcomes = search_queries(searcher, [q for _, q in searching], state.settings.top_k)
-            for t, query in searching:
-                state.insert(t, query, outcomes[query])
-    return [state.finish(t) for t in trajectories]
+    with _reporting(generator, progress):
+        turn = 0
+        while active := [t for t in trajectories if t.finish_reason is None]:
+            turn += 1
+            requests = [state.request(t) for t in active]
+            outputs = generator.generate([r.token_ids for r in requests],
+                                         [r.params for r in requests])
+            searching = [(t, q) for t, g in zip(active, outputs, strict=True)
+                         if (q := state.absorb(t, g)) is not None]
+            if searching:
+                outcomes = search_queries(searcher, [q for _, q in searching],
+                                          state.settings.top_k)
+                for t, query in searching:
+                    state.insert(t, query, outcomes[query])
+            for t in active:
+                if t.finish_reason is not None:
+                    state.finish(t)
+                    if on_finish is not None:
+                        on_finish(t)
+            if progress is not None:
+                progress.update(trajectories, turn)
+    return trajectories
+
+
+@contextlib.contextmanager
+def _reporting(generator: Generator, progress):
+    """Hand ``progress.tokens`` to a backend that reports its decode steps (``on_step``)."""
+    if progress is None or not hasattr(generator, "on_step"):
+        yield
+        return
+    before = generator.on_step
+    generator.on_step = progress.tokens
+    try:
+        yield
+    finally:
+        generator.on_step = before

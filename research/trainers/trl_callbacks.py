@@ -193,11 +193,13 @@ class ValidationCallback(TrainerCallback):
     def validate(self, state) -> dict:
         """The ReSearch pipeline (greedy) on the dev items: FlashRAG metrics and the reward."""
         from research.evaluation.research_pipeline import evaluate
+        from research.trainers.trl_rollout import shows_progress
 
         with self.rollout.generator(self.trainer) as generator:
             metrics, records = evaluate(self.items, generator, self.rollout.tokenizer,
                                         self.rollout.searcher, self.rollout.settings,
-                                        batch_size=max(1, len(self.items)))
+                                        batch_size=max(1, len(self.items)),
+                                        progress=shows_progress(self.trainer))
         results = [self.reward_fn(rec["response"], rec["golden_answers"],
                                   ended_with_eos=rec["ended_with_eos"]) for rec in records]
         n = len(results)

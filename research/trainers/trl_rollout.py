@@ -78,6 +78,11 @@ class StepSamples:
         self.records, self.reasons, self.monitors = [], Counter(), {}
 
 
+def shows_progress(trainer) -> bool:
+    """Whether this process draws progress lines (the main one, unless tqdm is off)."""
+    return not trainer.args.disable_tqdm and trainer.is_world_process_zero()
+
+
 class ReSearchRollout:
     """TRL's ``rollout_func``: the project's search-interleaved rollout on the current policy."""
 
@@ -98,15 +103,17 @@ class ReSearchRollout:
 
     def __call__(self, prompts: list, trainer) -> dict[str, list]:
         from research.rollout.engine import run_rollouts
+        from research.rollout.progress import RolloutProgress
 
         if any(not isinstance(p, str) for p in prompts):
             raise ConfigError("the prompt column must hold raw questions (strings); the "
                               "template is applied by the rollout (rollout.template)")
         ids = [self.encode(q) for q in prompts]  # [B x G] prompts, each repeated G times
         start = time.perf_counter()
-        with self.generator(trainer) as generator:
+        with self.generator(trainer) as generator, RolloutProgress(
+                len(ids), desc="rollout", enabled=shows_progress(trainer)) as progress:
             trajectories = run_rollouts(ids, generator, self.searcher, self.tokenizer,
-                                        self.settings)
+                                        self.settings, progress=progress)
         seconds = time.perf_counter() - start
         self.samples.reset()
         self.samples.records = [{"question": q, **t.to_dict()}

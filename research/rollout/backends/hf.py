@@ -85,6 +85,7 @@ class HFGenerator:
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids))
         self.max_batch = max_batch
+        self.on_step = None  # a callable told how many tokens each decode step sampled
         # the KV cache argument is `cache` in recent transformers, `past_key_values` before
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -171,6 +172,8 @@ class HFGenerator:
                 else:
                     tok = torch.multinomial(logp.exp(), 1, generator=rng).squeeze(1)
                 chosen = logp.gather(1, tok[:, None]).squeeze(1)
+                if self.on_step is not None:
+                    self.on_step(len(active))
                 for row, t, lp in zip(active, tok.tolist(), chosen.tolist(), strict=True):
                     row.tokens.append(t)
                     row.logprobs.append(lp)
