@@ -47,8 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. data.sample_num=50 method.flare_threshold=0.3")
     p.add_argument("--config_path", default=None,
-                   help="YAML config (default: the package's "
-                        "research/configs/eval_config.yaml)")
+                   help="YAML config, or a named one: default (the package's "
+                        "research/configs/eval_config.yaml, the faithful GPU values) or cpu "
+                        "(research/configs/eval_cpu.yaml, a 2-core budget)")
     p.add_argument("--method_name", type=_names, default=None,
                    help="research, direct, naive-rag, iter-retgen, flare, ircot; several "
                         "comma-separated (research,naive-rag) run one after the other")

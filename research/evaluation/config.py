@@ -185,13 +185,27 @@ def validate(config: EvalConfig) -> None:
         raise ConfigError("the judge needs both judge.base_url and judge.model (or neither)")
 
 
+NAMED = {"default": "eval_config.yaml", "cpu": "eval_cpu.yaml"}  # research/configs/
+
+
+def resolve_config_path(path: str | os.PathLike | None) -> Path:
+    """A YAML path, or a named config shipped with the package (``default``, ``cpu``)."""
+    if path is None:
+        return default_config_path()
+    if not Path(path).exists() and str(path) in NAMED:
+        return package_path("configs", NAMED[str(path)])
+    return Path(path)
+
+
 def load_config(path: str | os.PathLike | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> EvalConfig:
-    """The config of ``path`` (default: :func:`default_config_path`) with overrides."""
-    path = Path(path) if path is not None else default_config_path()
+    """The config of ``path`` (a file, or a named one: ``default``, ``cpu``; default:
+    :func:`default_config_path`) with overrides."""
+    path = resolve_config_path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; without a config path the default "
-                          f"{default_config_path()} is used")
+        raise ConfigError(f"config file {path} not found; the named configs are "
+                          f"{', '.join(NAMED)} (without a config path the default "
+                          f"{default_config_path()} is used)")
     tree = configtree.read_yaml(path, "an evaluation config")
     for item in overrides:
         configtree.apply_override(tree, item, SECTIONS)

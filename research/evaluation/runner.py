@@ -77,6 +77,52 @@ def load_items(config: EvalConfig) -> list[dict]:
     return items
 
 
+# --- what a run will cost here ----------------------------------------------------------------
+
+# One decode step of a 16-row ReSearch batch of the packaged Qwen2.5-0.5B on 2 CPU cores, bf16:
+# 16 rows / 29.5 model tokens per second (benchmarks/results/rollout.json, README "Rollouts").
+CPU_STEP_SECONDS = 16 / 29.5
+REFERENCE_PARAMETERS = 494e6  # Qwen2.5-0.5B
+
+
+def parameters_of(model_dir: Path) -> float | None:
+    """About how many parameters the model of ``model_dir`` has, from its config.json."""
+    path = model_dir / "config.json"
+    if not path.is_file():
+        return None
+    c = json.loads(path.read_text())
+    h, layers, vocab = c.get("hidden_size"), c.get("num_hidden_layers"), c.get("vocab_size")
+    if not (h and layers and vocab):
+        return None
+    return 12 * layers * h * h + vocab * h
+
+
+def cpu_warning(config: EvalConfig, questions: int, model_dir: Path | None) -> str | None:
+    """What to say before a ReSearch evaluation on a CPU whose settings imply hours: the
+    worst case (every response spends its budget, one decode step per token of the longest
+    row of each batch, scaled by model size from the measured 0.5B step), and the keys to
+    change. None on a GPU, for the baselines, for a served model, or under half an hour."""
+    if resolve(config.method.name) != "research" or config.generator.backend != "local":
+        return None
+    import torch
+
+    if torch.cuda.is_available() or not questions:
+        return None
+    params = (parameters_of(model_dir) if model_dir else None) or REFERENCE_PARAMETERS
+    batches = -(-questions // config.run.batch_size)
+    seconds = (batches * config.rollout.max_response_tokens * CPU_STEP_SECONDS
+               * max(params / REFERENCE_PARAMETERS, 0.25))
+    if seconds < 1800:
+        return None
+    return (f"ReSearch on this CPU: {questions} questions with rollout.max_response_tokens="
+            f"{config.rollout.max_response_tokens} (top {config.rollout.top_k} documents per "
+            f"search) may take up to {seconds / 3600:.1f} h (the worst case: every response "
+            "spends its budget; measured from the 0.5B model on 2 cores). For a CPU run use "
+            "--config_path cpu (1,024 tokens, 3 documents, a worked example), or lower "
+            "rollout.max_response_tokens, data.sample_num or rollout.top_k; the defaults are "
+            "the original's values for GPU servers")
+
+
 # --- model and retrieval ----------------------------------------------------------------------
 
 
@@ -227,6 +273,11 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
     if done and pending:
         logger.info("resuming %s: %d of %d items done", out, len(done), len(items))
     start = time.perf_counter()
+    if pending and backend is None:
+        model = Path(config.generator.model)
+        warning = cpu_warning(config, len(pending), model if model.is_dir() else None)
+        if warning:
+            logger.warning(warning)
     if pending:
         with (contextlib.nullcontext(backend) if backend else open_generator(config)) as (
                 generator, tokenizer), \
