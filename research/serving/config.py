@@ -74,8 +74,10 @@ class ServerConfig:
 @dataclass
 class LimitsConfig:
     max_top_n: int = 100
-    max_batch: int = 1024  # queries in one batch request
-    max_query_chars: int = 4096
+    max_batch: int = 16384  # queries in one batch request (a whole PopQA test set fits)
+    max_query_chars: int = 4096  # longer queries are searched as their first this many
+    batch_chunk: int = 256  # queries per retriever call inside one batch request
+    max_body_bytes: int = 16 * 1024 * 1024  # larger request bodies get a 413
 
     def validate(self) -> None:
         for f in fields(self):
