@@ -88,7 +88,7 @@ def cmd_index_info(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from research.retrieval.client import SearchClient
 
-    with SearchClient(args.url) as client:
+    with SearchClient(args.url, retry_budget=args.retry_budget) as client:
         for query, hits in zip(args.query, client.batch_search(args.query, args.k), strict=True):
             print(f"## {query}")
             for rank, hit in enumerate(hits, 1):
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("query", nargs="+")
     s.add_argument("--url", default="http://127.0.0.1:8000")
     s.add_argument("-k", type=int, default=5)
+    s.add_argument("--retry-budget", type=float, default=5.0,
+                   help="seconds to keep retrying an unreachable or failing service")
     s.set_defaults(func=cmd_search)
     q = sub.add_parser("quickstart", help="the main job on the embedded default")
     q.add_argument("--run-dir", help="output directory (default runs/quickstart-TIME)")

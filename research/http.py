@@ -1,8 +1,10 @@
 """JSON over HTTP with a timeout and bounded retry, shared by the project's clients.
 
 Connection errors, timeouts, 5xx answers and bodies that are not JSON are retried with
-exponential backoff; a 4xx is the caller's mistake and raises at once. After the last
-attempt the caller's error type is raised with the reason, the status and the attempt count.
+exponential backoff, up to ``retries`` times and / or for ``retry_budget`` seconds after the
+first failure (the last try lands on the budget's end, so an outage shorter than the budget
+is ridden out); a 4xx is the caller's mistake and raises at once. After the last attempt the
+caller's error type is raised with the reason, the status and the attempt count.
 """
 
 from __future__ import annotations
@@ -34,14 +36,18 @@ class RequestRejected(RequestFailed):
 class JsonPoster:
     """POSTs JSON to ``base_url`` and returns the decoded answer, retrying what can pass."""
 
-    def __init__(self, base_url: str, *, what: str, timeout: float, retries: int,
+    def __init__(self, base_url: str, *, what: str, timeout: float, retries: int | None,
                  backoff: float, max_backoff: float, failed: type[RequestFailed] = RequestFailed,
                  rejected: type[RequestFailed] = RequestRejected, headers: dict | None = None,
-                 max_connections: int | None = None):
-        if retries < 0:
+                 max_connections: int | None = None, retry_budget: float | None = None):
+        if retries is None and retry_budget is None:
+            raise ConfigError("set retries, retry_budget or both: a retry needs a bound")
+        if retries is not None and retries < 0:
             raise ConfigError(f"retries must be >= 0, got {retries}")
+        if retry_budget is not None and retry_budget < 0:
+            raise ConfigError(f"retry_budget must be >= 0 seconds, got {retry_budget}")
         self.base_url = base_url.rstrip("/")
-        self.what, self.retries = what, retries
+        self.what, self.retries, self.retry_budget = what, retries, retry_budget
         self.backoff, self.max_backoff = backoff, max_backoff
         self.failed, self.rejected = failed, rejected
         self.http = httpx.Client(
@@ -67,19 +73,33 @@ class JsonPoster:
         except orjson.JSONDecodeError:
             return None, f"HTTP {resp.status_code} with a body that is not JSON"
 
+    def _delay(self, attempt: int, failing_for: float) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None when out of retries."""
+        if self.retries is not None and attempt > self.retries:
+            return None
+        delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        if self.retry_budget is None:
+            return delay
+        left = self.retry_budget - failing_for
+        return min(delay, left) if left > 0 else None
+
     def post(self, path: str, payload: dict):
-        attempts = self.retries + 1
-        for attempt in range(1, attempts + 1):
+        attempt, first_failure = 0, None
+        while True:
+            attempt += 1
             body, reason = self._attempt(path, payload)
             if reason is None:
                 return body
-            if attempt < attempts:
-                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-                logger.warning("%s %s failed (%s); retry %d/%d in %.2f s",
-                               self.what, path, reason, attempt, self.retries, delay)
-                time.sleep(delay)
-        raise self.failed(f"{self.what} at {self.base_url}{path} failed after {attempts} "
-                          f"attempt(s): {reason}", attempts=attempts)
+            first_failure = first_failure or time.monotonic()
+            delay = self._delay(attempt, time.monotonic() - first_failure)
+            if delay is None:
+                break
+            logger.warning("%s %s failed (%s); retry %d in %.2f s",
+                           self.what, path, reason, attempt, delay)
+            time.sleep(delay)
+        took = time.monotonic() - first_failure
+        raise self.failed(f"{self.what} at {self.base_url}{path} failed after {attempt} "
+                          f"attempt(s) over {took:.1f} s: {reason}", attempts=attempt)
 
     def close(self) -> None:
         self.http.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -63,9 +64,10 @@ def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float 
     raise TimeoutError(f"{url} did not become healthy in {timeout} s")
 
 
-def start_service(config: Path, *extra: str, env: dict | None = None):
-    """Start ``rag_serving/serving.py`` on a free loopback port; returns (process, url)."""
-    port = free_port()
+def start_service(config: Path, *extra: str, env: dict | None = None, port: int | None = None):
+    """Start ``rag_serving/serving.py`` on loopback (a free port unless ``port``); returns
+    (process, url)."""
+    port = port or free_port()
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "rag_serving" / "serving.py"), "--config", str(config),
          "--port", str(port), *extra],
@@ -89,6 +91,23 @@ def stop(proc: subprocess.Popen) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.communicate()[0]
+
+
+def listening_addresses(pid: int) -> list[str]:
+    """``ip:port`` of each TCP socket process ``pid`` listens on (IPv4, from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    out = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+            ip, port = fields[1].split(":")
+            out.append(f"{socket.inet_ntoa(bytes.fromhex(ip)[::-1])}:{int(port, 16)}")
+    return out
 
 
 def pytest_collection_modifyitems(config, items):
@@ -150,12 +169,25 @@ def bm25_index(corpus_file, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def service_url(bm25_index, tmp_path_factory):
-    """The real service on loopback over the session's BM25 index (2 worker threads)."""
+    """The real service on loopback over the session's BM25 index (2 worker threads), with
+    small limits so that tests reach them."""
     cfg = tmp_path_factory.mktemp("cfg") / "serving.yaml"
     cfg.write_text(
         f"retriever:\n  index_dir: {bm25_index}\nserver:\n  num_retriever: 2\n"
         "limits:\n  max_top_n: 50\n  max_batch: 64\n  max_query_chars: 200\n"
+        "  batch_chunk: 16\n  max_body_bytes: 65536\n"
     )
     proc, url = start_service(cfg)
     yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def default_service(bm25_index, tmp_path_factory):
+    """The service with the default limits, 3 workers set by the ``--num_retriever`` flag;
+    yields ``(process, url)``."""
+    cfg = tmp_path_factory.mktemp("default") / "serving.yaml"
+    cfg.write_text(f"retriever:\n  index_dir: {bm25_index}\n")
+    proc, url = start_service(cfg, "--num_retriever", "3")
+    yield proc, url
     stop(proc)

@@ -16,7 +16,9 @@ QUERIES = ["river castle", "glacier harbor violin", "the museum of the desert", 
 
 
 def _reference(corpus, queries, k):
-    """bm25s' own in-memory index over the same corpus, as the reference."""
+    """bm25s' own in-memory index over the same corpus, as the reference: every document's
+    score, the top ``k`` by score then document order (the service's tie rule), zero-score
+    documents left out."""
     import bm25s
     import Stemmer
 
@@ -25,13 +27,15 @@ def _reference(corpus, queries, k):
     model = bm25s.BM25()
     model.index(bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False),
                 show_progress=False)
-    q = bm25s.tokenize(queries, stopwords="en", stemmer=stemmer, show_progress=False)
-    docs, scores = model.retrieve(q, k=k, show_progress=False)
-    keep = [s > 0 for s in scores]  # bm25s pads with zero-score documents; the service drops them
-    return (
-        [d[m] for d, m in zip(docs, keep, strict=True)],
-        [s[m] for s, m in zip(scores, keep, strict=True)],
-    )
+    tokenized = bm25s.tokenize(queries, stopwords="en", stemmer=stemmer, show_progress=False,
+                               return_ids=False)
+    docs, scores = [], []
+    for tokens in tokenized:
+        full = model.get_scores(tokens) if tokens else np.zeros(len(texts))  # [num_docs]
+        order = [d for d in np.lexsort((np.arange(len(full)), -full))[:k] if full[d] > 0]
+        docs.append(order)
+        scores.append(full[order])
+    return docs, scores
 
 
 def test_streaming_build_matches_bm25s_in_memory(bm25_index, corpus_file):
@@ -41,6 +45,25 @@ def test_streaming_build_matches_bm25s_in_memory(bm25_index, corpus_file):
     for q, hits, ref_docs, ref_scores in zip(QUERIES, ours, docs, scores, strict=True):
         assert [h.id for h in hits] == [f"doc-{d}" for d in ref_docs], q
         np.testing.assert_allclose([h.score for h in hits], ref_scores, rtol=1e-5)
+    retriever.close()
+
+
+def test_ties_go_in_document_order_so_top_k_is_a_prefix(bm25_index, corpus_file):
+    """The corpus' documents are bags of 20 common words: many scores tie, also across
+    the k-th place, where bm25s alone picks differently for different k."""
+    import itertools
+
+    from conftest import WORDS
+
+    queries = WORDS + [f"{a} {b}" for a, b in itertools.combinations(WORDS[:8], 2)]
+    retriever = load_retriever(bm25_index)
+    deep = retriever.batch_search(queries, 50)
+    for k in (1, 2, 3, 5, 10):
+        ref_docs, _ = _reference(corpus_file, queries, k)
+        for q, hits, full, ref in zip(queries, retriever.batch_search(queries, k), deep,
+                                      ref_docs, strict=True):
+            assert hits == full[:k], (q, k)
+            assert [h.id for h in hits] == [f"doc-{d}" for d in ref], (q, k)
     retriever.close()
 
 

@@ -94,8 +94,8 @@ def test_4xx_is_not_retried(flaky):
     url, faults = flaky
     reset(faults)
     client = SearchClient(url, retries=5, backoff=0.01)
-    with pytest.raises(SearchRequestError, match="rejected the request .400.: query is empty"):
-        client.search("  ", k=1)
+    with pytest.raises(SearchRequestError, match="rejected the request .400.: top_n must be"):
+        client.search("river", k=0)
     assert faults.seen == 1
 
 
@@ -114,3 +114,26 @@ def test_connection_refused_is_retried_then_raised():
         client.search("anything", k=1)
     assert info.value.attempts == 3
     assert time.time() - start < 5
+
+
+def test_retries_for_the_budget_when_no_count_is_set(flaky):
+    url, faults = flaky
+    reset(faults, fail=6, status=503)
+    client = SearchClient(url, retry_budget=10.0, backoff=0.02)  # retries: no cap
+    assert client.search(token(8), k=1)[0].id == "doc-8"
+    assert faults.seen == 7
+
+
+def test_the_budget_bounds_the_time_spent_retrying(flaky):
+    url, faults = flaky
+    reset(faults, fail=1000, status=502)
+    client = SearchClient(url, retry_budget=0.6, backoff=0.1)
+    start = time.monotonic()
+    with pytest.raises(SearchError, match=r"failed after 4 attempt\(s\) over 0.6 s: HTTP 502"):
+        client.batch_search(["river"], k=1)
+    assert time.monotonic() - start < 1.5  # 0.1 + 0.2 + 0.3 (the rest of the budget)
+
+
+def test_health_raises_search_error():
+    with pytest.raises(SearchError, match="health check at .*/health failed: ConnectError"):
+        SearchClient(f"http://127.0.0.1:{free_port()}").health()

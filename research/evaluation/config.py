@@ -72,7 +72,8 @@ class RetrievalSection:
                             "null (null: the dataset's own, for embedded sets)")
     topk: int = _f(5, "documents per retrieval")
     timeout: float = _f(60.0, "seconds per search request")
-    retries: int = _f(3, "retries of a failed search request")
+    retries: int | None = _f(None, "most retries of a failed search request (null: as "
+                             "many as the client's 30 s retry budget allows)")
 
 
 @dataclass

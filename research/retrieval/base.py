@@ -61,5 +61,11 @@ class StoreBackedRetriever:
     def batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         raise NotImplementedError
 
+    def warm_up(self) -> None:
+        """One search, so that lazy set-up (encoders, kernels) is done before the first
+        request."""
+        if self.num_docs:
+            self.batch_search(["warm up"], 1)
+
     def close(self) -> None:
         self._store.close()

@@ -246,23 +246,48 @@ class BM25Retriever(StoreBackedRetriever):
             )
 
     def batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        """Best first; equal scores in document order, so the top ``k`` of a query is always
+        the start of its top ``k + n``. A query with no known term gets no hits."""
         token_ids = [self._tokenize(q) for q in queries]
         todo = [i for i, ids in enumerate(token_ids) if ids]  # no known term: no hit
         results: list[list[Hit]] = [[] for _ in queries]
         k = min(k, self.num_docs)
         if not todo or k < 1:
             return results
+        # one extra: a tie across the k-th place is seen and resolved in _ordered
         docs, scores = self._bm25.retrieve(
-            [token_ids[i] for i in todo], k=k, show_progress=False, n_threads=self._threads
-        )
+            [token_ids[i] for i in todo], k=min(k + 1, self.num_docs), show_progress=False,
+            n_threads=self._threads,
+        )  # [Q, k + 1] each, best first, ties in no fixed order
         for row, i in enumerate(todo):
-            results[i] = [
-                Hit(*self._store.get(int(d)), float(s))
-                for d, s in zip(docs[row], scores[row], strict=True)
-                if s > 0
-            ]
+            order, top = self._ordered(token_ids[i], docs[row], scores[row], k)
+            results[i] = [Hit(*self._store.get(int(d)), float(s))
+                          for d, s in zip(order, top, strict=True) if s > 0]
         return results
 
+    def _ordered(self, ids: list[int], docs: np.ndarray, scores: np.ndarray, k: int):
+        """The top ``k`` (doc positions, scores) by score, then document order.
+
+        bm25s' top ``k + 1`` holds the right scores but picks arbitrarily among documents
+        tied at the k-th score. When the (k+1)-th score is lower, the first k are exactly
+        the documents scoring at least the k-th: only their order needs fixing. Otherwise
+        every document's score is computed (bm25s' own sum, so equal to the bit) and the
+        tied ones are taken in document order.
+        """
+        if len(scores) > k and scores[k] == scores[k - 1] and scores[k - 1] > 0:
+            full = self._bm25.get_scores_from_ids(ids)  # [num_docs]
+            threshold = np.partition(full, len(full) - k)[len(full) - k]  # the k-th best
+            docs = np.flatnonzero(full >= threshold)  # ascending document order
+            scores = full[docs]
+        else:
+            docs, scores = docs[:k], scores[:k]
+        order = np.lexsort((docs, -scores))[:k]  # score descending, then document order
+        return docs[order], scores[order]
+
+    def warm_up(self) -> None:
+        """One search, so that numba compiles bm25s' kernels now rather than on the first
+        request (6-7 s)."""
+        self._bm25.retrieve([[0]], k=1, show_progress=False, n_threads=self._threads)
 
 
 def _numba_available() -> bool:

@@ -1,16 +1,24 @@
 """HTTP client of the retrieval service.
 
-Every call has a timeout. Connection errors, timeouts and 5xx answers are retried a bounded
-number of times with exponential backoff; a 4xx answer is the caller's mistake and is raised
-at once. After the last attempt a :class:`SearchError` says what failed, so the rollout can
-turn it into a visible, counted failure text.
+Every call has a timeout. Connection errors, timeouts and 5xx answers are retried with
+exponential backoff (0.5 s doubling to 8 s) for ``retry_budget`` seconds after the first
+failure (30 s by default, verl's search tool's timeout), so a restart of the service shorter
+than that is ridden out; ``retries`` optionally caps the count as well. A 4xx answer is the
+caller's mistake and is raised at once. After the last attempt a :class:`SearchError` says
+what failed, so the rollout can turn it into a visible, counted failure text.
+
+A batch larger than the service takes in one request (``limits`` in its ``/health``) is sent
+as several requests and the answers joined in order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from research.http import JsonPoster, RequestFailed, RequestRejected
+import httpx
+import orjson
+
+from research.http import JsonPoster, RequestFailed, RequestRejected, error_detail
 from research.retrieval.base import Hit
 
 
@@ -22,14 +30,34 @@ class SearchRequestError(SearchError, RequestRejected):
     """The service rejected the request (4xx): retrying cannot help."""
 
 
+# What a service that does not report its limits is assumed to take (the first version's).
+FALLBACK_LIMITS = {"max_batch": 1024, "max_body_bytes": 1024 * 1024}
+
+
 def _hits(docs: list[dict], scores: list[float]) -> list[Hit]:
     return [Hit(str(d["id"]), d["contents"], float(s)) for d, s in zip(docs, scores, strict=True)]
+
+
+def split_batch(queries: Sequence[str], max_batch: int, max_bytes: int) -> Iterator[list[str]]:
+    """Consecutive parts of ``queries`` of at most ``max_batch`` queries and about
+    ``max_bytes`` of JSON each (a part always holds at least one query)."""
+    part: list[str] = []
+    size = 0
+    for q in queries:
+        q_bytes = len(orjson.dumps(q)) + 1
+        if part and (len(part) == max_batch or size + q_bytes > max_bytes):
+            yield part
+            part, size = [], 0
+        part.append(q)
+        size += q_bytes
+    if part:
+        yield part
 
 
 class SearchClient:
     """Client of ``/search`` and ``/batch_search``.
 
-    >>> client = SearchClient("http://127.0.0.1:8000", timeout=5.0, retries=2)  # doctest: +SKIP
+    >>> client = SearchClient("http://127.0.0.1:8000", timeout=5.0)  # doctest: +SKIP
     >>> client.batch_search(["capital of France"], k=5)  # doctest: +SKIP
     """
 
@@ -38,14 +66,17 @@ class SearchClient:
         base_url: str,
         *,
         timeout: float = 30.0,
-        retries: int = 3,
+        retry_budget: float = 30.0,
+        retries: int | None = None,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
     ):
         self._poster = JsonPoster(base_url, what="search", timeout=timeout, retries=retries,
-                                  backoff=backoff, max_backoff=max_backoff, failed=SearchError,
+                                  retry_budget=retry_budget, backoff=backoff,
+                                  max_backoff=max_backoff, failed=SearchError,
                                   rejected=SearchRequestError)
         self.base_url = self._poster.base_url
+        self._limits: dict | None = None
 
     def _results(self, path: str, payload: dict) -> list[list[Hit]]:
         """``[[docs per query], [scores per query]]`` from the service, as hits."""
@@ -62,16 +93,53 @@ class SearchClient:
                                                "return_score": True})[0]
 
     def batch_search(self, queries: Sequence[str], k: int = 5) -> list[list[Hit]]:
-        """One request for all queries; the service searches them as one batch."""
+        """The hits of each query, in order: one request, or one per part of a batch over
+        the service's limits."""
         if not queries:
             return []
-        return self._results("/batch_search",
-                             {"query": list(queries), "top_n": k, "return_score": True})
+        limits = self.limits()
+        max_bytes = int(limits["max_body_bytes"] * 0.9) - 100  # the JSON around the queries
+        out: list[list[Hit]] = []
+        for part in split_batch(queries, limits["max_batch"], max_bytes):
+            found = self._results("/batch_search",
+                                  {"query": part, "top_n": k, "return_score": True})
+            if len(found) != len(part):
+                raise SearchError(f"{self.base_url}/batch_search answered {len(found)} "
+                                  f"results for {len(part)} queries")
+            out.extend(found)
+        return out
+
+    def limits(self) -> dict:
+        """The service's request limits (from ``/health``, asked once); the first version's
+        when the service does not say or cannot be reached now."""
+        if self._limits is None:
+            try:
+                reported = self.health().get("limits")
+            except SearchError:
+                return dict(FALLBACK_LIMITS)
+            if not isinstance(reported, dict):
+                reported = {}
+            self._limits = {**FALLBACK_LIMITS, **{k: reported[k] for k in FALLBACK_LIMITS
+                                                  if isinstance(reported.get(k), int)}}
+        return self._limits
 
     def health(self) -> dict:
-        resp = self._poster.http.get("/health")
-        resp.raise_for_status()
-        return resp.json()
+        """The service's ``/health`` (one attempt); :class:`SearchError` when it cannot
+        answer."""
+        try:
+            resp = self._poster.http.get("/health")
+        except httpx.HTTPError as e:
+            raise SearchError(f"health check at {self.base_url}/health failed: "
+                              f"{type(e).__name__}: {e}") from None
+        if resp.status_code != 200:
+            raise SearchError(f"health check at {self.base_url}/health answered "
+                              f"{resp.status_code}: {error_detail(resp)}",
+                              status=resp.status_code)
+        try:
+            return resp.json()
+        except ValueError:
+            raise SearchError(f"health check at {self.base_url}/health answered a body that "
+                              "is not JSON") from None
 
     def close(self) -> None:
         self._poster.close()
@@ -81,4 +149,3 @@ class SearchClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
-

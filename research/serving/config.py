@@ -73,8 +73,12 @@ class ServerConfig:
 @dataclass
 class LimitsConfig:
     max_top_n: int = _f(100, "most documents per query")
-    max_batch: int = _f(1024, "most queries per /batch_search or /retrieve request")
-    max_query_chars: int = _f(4096, "longest query, in characters")
+    max_batch: int = _f(16384, "most queries per /batch_search or /retrieve request (a whole "
+                        "PopQA test set fits)")
+    max_query_chars: int = _f(4096, "longest query, in characters: longer ones are searched "
+                              "as their first this many (counted in /health)")
+    batch_chunk: int = _f(256, "queries per retriever call inside one batch request")
+    max_body_bytes: int = _f(16 * 1024 * 1024, "largest request body; larger ones get a 413")
 
 
 @dataclass

@@ -76,9 +76,10 @@ def running_service(config: Path, log_path: Path, timeout: float = 300
 
 @contextlib.contextmanager
 def search_client(url: str | None, embedded: str, out: Path, timeout: float = 30.0,
-                  retries: int = 3) -> Iterator[SearchClient]:
+                  retries: int | None = None) -> Iterator[SearchClient]:
     """A client on ``url``, or on a BM25 service over the ``embedded`` corpus started for the
-    block (its config and log in ``out``)."""
+    block (its config and log in ``out``); ``retries`` optionally caps the client's retries
+    within its retry budget (:class:`~research.retrieval.client.SearchClient`)."""
     with contextlib.ExitStack() as stack:
         if url is None:
             serving = out / "serving_config.yaml"

@@ -71,7 +71,8 @@ class RetrievalConfig:
     corpus: str = _f("squad-open-mini", "embedded corpus for the service started when "
                      "search_url is null")
     timeout: float = _f(30.0, "seconds per search request")
-    retries: int = _f(3, "retries of a failed search request")
+    retries: int | None = _f(None, "most retries of a failed search request (null: as "
+                             "many as the client's 30 s retry budget allows)")
 
 
 @dataclass

@@ -45,11 +45,11 @@ from research.rollout.settings import from_dict as settings_from_dict
 
 # One client and one bounded pool per worker process and service (agent loops are built per
 # sample; these are shared by every sample of the process).
-_CLIENTS: dict[tuple[str, float, int], SearchClient] = {}
+_CLIENTS: dict[tuple[str, float, int | None], SearchClient] = {}
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
-def search_client(url: str, timeout: float, retries: int) -> SearchClient:
+def search_client(url: str, timeout: float, retries: int | None) -> SearchClient:
     key = (url, timeout, retries)
     if key not in _CLIENTS:
         _CLIENTS[key] = SearchClient(url, timeout=timeout, retries=retries)
@@ -89,7 +89,7 @@ class ReSearchAgentLoop(AgentLoopBase):
     """
 
     def __init__(self, *args, search_url: str, rollout: dict | None = None,
-                 search_timeout: float = 30.0, search_retries: int = 3,
+                 search_timeout: float = 30.0, search_retries: int | None = None,
                  max_concurrent_searches: int = 32, **kwargs):
         kwargs.pop("name", None)
         kwargs.pop("tools", None)
