@@ -33,6 +33,7 @@ th{background:#f3f4f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .key span{margin-right:14px}.ok{color:#127a3a}.bad{color:#b4233a}
 code{font-size:12px;background:#f3f4f6;padding:0 3px;border-radius:3px}
 details summary{cursor:pointer;color:#333}
+summary.h{font-size:17px;font-weight:600;margin:28px 0 8px}
 """
 
 KEY = ('<p class="key"><span class="tag t-think">&lt;think&gt;</span>'

@@ -52,7 +52,7 @@ def _folded(section: str) -> str:
     if not section:
         return ""
     head, _, body = section.partition("</h2>")
-    return f"<details><summary>{head[4:]}</summary>{body}</details>"
+    return f'<details><summary class="h">{head[4:]}</summary>{body}</details>'
 
 
 def reasons_section(rows: list[dict]) -> str:
