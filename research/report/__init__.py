@@ -24,7 +24,7 @@ from pathlib import Path
 from research.errors import ResearchError
 from research.report.evaluation import eval_runs, evaluation_sections
 from research.report.page import page
-from research.report.training import step_rows, training_sections
+from research.report.training import run_summary, step_rows, training_sections
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=N
 
     ``tokenizer``: the run's tokenizer, when the caller has it (else :func:`run_tokenizer`).
     """
-    run_dir = Path(run_dir).resolve()
+    shown, run_dir = str(run_dir), Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir} is not a folder")
     if is_training_run(run_dir):
@@ -82,13 +82,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=N
                 "from the recorded text (the run's tokenizer could not be loaded here): "
                 "<result> blocks marked as inserted")
         steps = step_rows(run_dir)
-        subtitle = f"training run {run_dir} · {len(steps)} logged steps"
+        subtitle = " · ".join(filter(None, [f"training run {shown}", f"{len(steps)} logged steps",
+                                            run_summary(run_dir)]))
         html = page(f"Training report: {run_dir.name}", subtitle,
                     training_sections(run_dir, decode, note))
     elif eval_runs(run_dir):
         runs = eval_runs(run_dir)
         html = page(f"Evaluation report: {run_dir.name}",
-                    f"evaluation {run_dir} · {len(runs)} run folder(s)",
+                    f"evaluation {shown} · {len(runs)} run folder(s)",
                     evaluation_sections(run_dir))
     else:
         raise ReportError(f"{run_dir} holds no run: a training run has metrics.jsonl or "

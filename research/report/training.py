@@ -33,6 +33,21 @@ def step_rows(run_dir: Path) -> list[dict]:
             if "step" in r and "train_runtime" not in r]
 
 
+def run_summary(run_dir: Path) -> str:
+    """Model, training data, reward and engine settings from ``train_config.yaml``."""
+    import yaml
+
+    path = run_dir / "train_config.yaml"
+    c = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+    m, d, r, g = (c.get(k) or {} for k in ("model", "data", "rollout", "grpo"))
+    parts = [f"model {m.get('path')}", f"data {d.get('train')}"
+             + (f" ({d['train_type']})" if d.get("train_type") else ""),
+             f"reward {(c.get('reward') or {}).get('name')}",
+             f"search {'on' if r.get('search', True) else 'off'}",
+             f"{g.get('prompts_per_step')} prompts x {g.get('num_generations')} per step"]
+    return " · ".join(parts) if c else ""
+
+
 def monitor_keys(rows: list[dict]) -> list[str]:
     """Every numeric monitor the run recorded: the main ones first, then in recorded order."""
     seen = list(dict.fromkeys(k for r in rows for k, v in r.items() if k != "step" and _number(v)))
