@@ -40,7 +40,8 @@ KEY = ('<p class="key"><span class="tag t-think">&lt;think&gt;</span>'
        '<span class="tag t-search">&lt;search&gt;</span>'
        '<span class="tag t-answer">&lt;answer&gt;</span>'
        '<span class="tag t-boxed">\\boxed{}</span>'
-       '<span class="masked inserted">inserted result tokens: masked out of the loss</span>'
+       '<span class="masked inserted">inserted result tokens (retrieved, not generated): '
+       "masked out of the loss</span>"
        "</p>")
 
 
