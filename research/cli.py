@@ -117,7 +117,15 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         print(format_training_table(validation))
         print(f"figures: {run_dir / 'train' / 'training.png'}, "
               f"{run_dir / 'train' / 'validation.png'}")
+        print(f"report: {run_dir / 'train' / 'report.html'}")
     print(f"run directory: {run_dir} ({time.time() - start:.0f} s)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from research.report import write_report
+
+    print(f"report: {write_report(args.run_dir, args.out)}")
     return 0
 
 
@@ -178,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("override", nargs="*", default=[],
                    help="key=value overrides of the named training config quickstart")
     q.set_defaults(func=cmd_quickstart)
+    r = sub.add_parser("report", help="one self-contained HTML page about a training or "
+                                      "evaluation run")
+    r.add_argument("run_dir", help="a training run's output_dir, an evaluation run folder, or "
+                                   "the evaluation save_dir holding several")
+    r.add_argument("--out", help="the HTML file to write (default RUN_DIR/report.html)")
+    r.set_defaults(func=cmd_report)
     from research.data.commands import register as register_data
     from research.evaluation.commands import register as register_eval
     from research.models.commands import register as register_model

@@ -178,6 +178,7 @@ def test_two_grpo_steps_through_trl_with_the_real_service(tiny_path, questions, 
     assert all(v["questions"] == 2 and 0 <= v["reward"] <= 1 for v in validation)
     assert all({"em", "acc", "f1", "response_length"} <= set(v) for v in validation)
     assert (out / "validation.png").stat().st_size > 1000  # the run draws its figure
+    assert '<svg class="curve" data-key="reward"' in (out / "report.html").read_text()
 
 
 def test_forced_searches_are_masked_and_carry_no_gradient(tiny_path, questions, service_url,

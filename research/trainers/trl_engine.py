@@ -11,7 +11,8 @@ logging; the engine is three modules:
   ``rollouts.jsonl`` and ``validation.jsonl`` in the run directory.
 - this module, the run: the questions (:func:`training_questions`, :func:`build_dataset`),
   ``trl.GRPOConfig`` (:func:`grpo_config`), checkpoints and resuming (:func:`check_resume`),
-  the retrieval service, LoRA, the final model (:func:`save_final`).
+  the retrieval service, LoRA, the final model (:func:`save_final`), the figures and the
+  report (``report.html``, :mod:`research.report`).
 
 :func:`train` runs a :class:`~research.trainers.config.TrainConfig` and returns the run
 directory; :func:`prepared_run` builds everything without training (tests use it).
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from transformers.trainer_callback import ProgressCallback
 
+from research.report import write_report
 from research.rollout import settings as rollout_settings
 from research.trainers.config import ConfigError, TrainConfig, world_size
 from research.trainers.plot import plot_training, plot_validation
@@ -320,4 +322,5 @@ def train(config: TrainConfig, make_logits_processors: Callable[[], list] | None
         save_final(run.trainer, run.out / "final", config.rollout)
     plot_validation(run.out)
     plot_training(run.out)
+    logger.info("report: %s", write_report(run.out, tokenizer=run.trainer.processing_class))
     return run.out
