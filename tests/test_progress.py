@@ -104,3 +104,14 @@ def test_a_stopped_evaluation_resumes_without_redoing_finished_questions(tiny, s
     assert sorted(r["id"] for r in records) == ["fast", "slow"]
     assert {r["id"]: r["prediction"] for r in records} == {"fast": "Lima", "slow": "Santiago"}
     assert json.loads((out / "metrics.json").read_text())["questions"] == 2
+
+
+def test_in_a_log_file_the_line_moves_no_cursor_under_another_bar():
+    from tqdm import tqdm
+
+    sink = io.StringIO()
+    with tqdm(total=4, desc="GRPO", file=sink):
+        progress = RolloutProgress(2, desc="rollout", file=sink, every=0)
+        progress.tokens(3)
+        progress.close()
+    assert "rollout" in sink.getvalue() and "\x1b[A" not in sink.getvalue()

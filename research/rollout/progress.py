@@ -25,11 +25,13 @@ class RolloutProgress:
         from tqdm.auto import tqdm
 
         file = file or sys.stderr
-        if every is None:
-            every = 2.0 if getattr(file, "isatty", lambda: False)() else 15.0
-        self.every = every
+        terminal = getattr(file, "isatty", lambda: False)()
+        self.every = every if every is not None else (2.0 if terminal else 15.0)
+        # on a terminal the line sits under the training bar; in a log file it is written in
+        # place of it (no cursor movement codes in the file)
         self.bar = tqdm(total=total, desc=desc, unit="traj", leave=False, disable=not enabled,
-                        mininterval=every, dynamic_ncols=True, file=file)
+                        mininterval=self.every, dynamic_ncols=True, file=file,
+                        position=None if terminal else 0)
         self.sampled = 0
         self.searches = 0
         self.turn = 0
