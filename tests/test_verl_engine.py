@@ -228,6 +228,21 @@ def test_lora_several_nodes_and_no_dev_set_compose(tmp_path, monkeypatch):
     assert cfg.trainer.nnodes == 2 and cfg.actor_rollout_ref.rollout.seed == 3
 
 
+def test_several_nodes_need_every_path_on_every_node(tmp_path):
+    """The launch check with nnodes > 1, on a one-node Ray cluster started here."""
+    from research.configtree import ConfigError
+    from research.trainers.verl_launch import check_shared_paths, shared_paths
+
+    lines = [f"data.train_files={tmp_path}", f"data.val_files={tmp_path}/gone.parquet",
+             "trainer.nnodes=2"]
+    paths = shared_paths(lines)
+    assert paths[2:] == [str(tmp_path), f"{tmp_path}/gone.parquet"]
+    with pytest.raises(ConfigError, match=r"not on every node .*: .*gone\.parquet$"):
+        check_shared_paths(paths, 1, address="local", num_cpus=1, include_dashboard=False)
+    with pytest.raises(ConfigError, match="cluster.nnodes=2 but the Ray cluster has 1 node"):
+        check_shared_paths(paths[:3], 2, address="local", num_cpus=1, include_dashboard=False)
+
+
 def test_verls_wandb_tracking_starts_offline_without_a_key(tmp_path):
     """What stopped the first run: verl's Tracking with wandb, no key, no terminal."""
     import os

@@ -268,6 +268,50 @@ def prepare(config: TrainConfig, resume: bool = False) -> list[str]:
     return result
 
 
+def check_shared_paths(paths: list[str], nnodes: int, address: str = "auto", **init) -> None:
+    """On the running Ray cluster (``ray start`` on every node): at least ``nnodes`` nodes,
+    and every path of ``paths`` visible on each (verl runs agent loops and rewards on every
+    node: the run directory, model, data and checkout must be on a shared file system)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        ray.init(address=address, log_to_driver=False, **init)
+    except ConnectionError as exc:
+        raise ConfigError(f"cluster.nnodes={nnodes} needs a running Ray cluster ({exc}): "
+                          "start it with .venv-verl/bin/ray start on every node (README, "
+                          "Several nodes)") from exc
+    try:
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        where = ray.remote(num_cpus=0)(_missing)
+        found = ray.get([where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(paths) for n in nodes])
+    finally:
+        ray.shutdown()
+    if len(nodes) < nnodes:
+        raise ConfigError(f"cluster.nnodes={nnodes} but the Ray cluster has {len(nodes)} "
+                          "node(s): start Ray on the others, or lower cluster.nnodes")
+    problems = [f"{n['NodeManagerAddress']}: {', '.join(m)}"
+                for n, m in zip(nodes, found, strict=True) if m]
+    if problems:
+        raise ConfigError("not on every node (put them on a file system every node mounts at "
+                          "the same path): " + "; ".join(problems))
+
+
+def _missing(paths: list[str]) -> list[str]:
+    return [p for p in paths if not os.path.exists(p)]
+
+
+def shared_paths(hydra: list[str]) -> list[str]:
+    """The files every node reads: the interpreter, the checkout and the paths among the
+    overrides (model, data, agent-loop file, reward file, run directory)."""
+    keys = ("actor_rollout_ref.model.path=", "data.train_files=", "data.val_files=",
+            "actor_rollout_ref.rollout.agent.agent_loop_config_path=",
+            "reward.custom_reward_function.path=", "trainer.default_local_dir=")
+    found = [line.split("=", 1)[1] for line in hydra if line.startswith(keys)]
+    return [sys.executable, str(Path(__file__).resolve().parents[2]), *dict.fromkeys(found)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="verl_launch", description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
@@ -294,6 +338,8 @@ def launch(args: argparse.Namespace) -> int:
             "verl is not installed in this environment: pip install -e '.[verl]' in its own "
             "environment (bash scripts/setup_verl.sh; verl pins transformers below TRL's "
             "range), then run with PYTHON=.venv-verl/bin/python")
+    if config.cluster.nnodes > 1:
+        check_shared_paths(shared_paths(hydra), config.cluster.nnodes)
     os.environ.update(wandb_env(config))  # the driver's; the workers' go by runtime_env
     os.execv(sys.executable, cmd)
     return 0  # not reached
