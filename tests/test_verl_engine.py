@@ -228,6 +228,28 @@ def test_lora_several_nodes_and_no_dev_set_compose(tmp_path, monkeypatch):
     assert cfg.trainer.nnodes == 2 and cfg.actor_rollout_ref.rollout.seed == 3
 
 
+def test_verls_dataset_reads_the_rows_parquet(tiny, tmp_path):
+    """verl's RLHFDataset and collate_fn on the launcher's rows, under the composed data
+    section: the question reaches the agent loop as written, the answers the reward."""
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    from research.trainers.verl_agent import question_of
+    from research.trainers.verl_launch import overrides, rows_file
+
+    _, tok = tiny
+    rows = rows_file("squad-open-mini", "train", 3, tmp_path / "train.parquet")
+    config = load_config("original", ["data.dev=null", "run.eval_steps=0"], engine="verl")
+    cfg = compose(overrides(config, model_path="/m", train_files=rows, val_files=None,
+                            agent_loops=str(tmp_path / "agent_loops.yaml")))
+    data = RLHFDataset(cfg.data.train_files, tok, cfg.data,
+                       max_samples=cfg.data.train_max_samples)
+    batch = collate_fn([data[i] for i in range(len(data))])
+    assert len(data) == 3 and list(batch["raw_prompt"]) == list(batch["question"])
+    assert question_of({"question": batch["question"][0]}) == batch["question"][0]
+    assert all(len(r["ground_truth"]) >= 1 for r in batch["reward_model"])
+    assert list(batch["data_source"]) == ["squad-open-mini"] * 3
+
+
 def test_several_nodes_need_every_path_on_every_node(tmp_path):
     """The launch check with nnodes > 1, on a one-node Ray cluster started here."""
     from research.configtree import ConfigError
