@@ -250,6 +250,67 @@ def test_verls_dataset_reads_the_rows_parquet(tiny, tmp_path):
     assert list(batch["data_source"]) == ["squad-open-mini"] * 3
 
 
+class LocalRewardWorker:
+    """verl's reward-loop worker, in process: ``compute_score.remote(data)`` runs verl's
+    NaiveRewardManager with the custom reward function the config names."""
+
+    def __init__(self, cfg, tokenizer):
+        self.cfg, self.tokenizer, self.manager = cfg, tokenizer, None
+        self.compute_score = self
+
+    def remote(self, data):
+        from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
+        from verl.trainer.ppo.reward import get_custom_reward_fn
+
+        if self.manager is None:  # it keeps the running event loop: built inside it
+            self.manager = NaiveRewardManager(self.cfg, self.tokenizer,
+                                              get_custom_reward_fn(self.cfg))
+        return self.manager.run_single(data)
+
+
+def test_verls_agent_loop_worker_and_reward_manager_take_the_loops_output(
+        tiny, tiny_path, service_url, tmp_path):
+    """verl's own AgentLoopWorker (scripted server) and NaiveRewardManager (the custom reward
+    path) on a rows parquet: masks 0 on the inserted result, the reward on the last response
+    token, the reward's extra fields and the loop's counts in the batch."""
+    import yaml
+    from verl import DataProto
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    from research.data.rows import make_row, write_rows
+    from research.trainers.verl_launch import agent_loop_entries, overrides
+
+    _, tok = tiny
+    rows = tmp_path / "train.parquet"
+    write_rows([make_row(f"What is {token(3)}?", ["alpha"], id="0", data_source="t",
+                         index=0)], rows)
+    config = load_config("original", ["data.dev=null", "run.eval_steps=0", "rollout.top_k=1",
+                                      "rollout.max_response_tokens=256"], engine="verl")
+    loops = tmp_path / "agent_loops.yaml"
+    loops.write_text(yaml.safe_dump(agent_loop_entries(config, service_url)))
+    cfg = compose(overrides(config, model_path=str(tiny_path), train_files=str(rows),
+                            val_files=None, agent_loops=str(loops)))
+    server = ScriptedServer(tok, [f"<search> {token(3)} </search>",
+                                  "<think> t </think> <answer> \\boxed{alpha} </answer>"])
+    worker = AgentLoopWorker(cfg, server, reward_loop_worker_handles=[
+        LocalRewardWorker(cfg, tok)])
+    data = RLHFDataset(cfg.data.train_files, tok, cfg.data)
+    batch = DataProto.from_single_dict(collate_fn([data[0]]))
+    batch.meta_info["global_steps"] = 1
+    out = asyncio.run(worker.generate_sequences(batch))
+    mask, scores = out.batch["response_mask"][0], out.batch["rm_scores"][0]
+    n = int(mask.nonzero().max()) + 1  # the last model token (padding after it is masked)
+    response = out.batch["responses"][0]
+    inserted = [i for i in range(n) if mask[i] == 0]
+    assert inserted and "<result>" in tok.decode(response[inserted])
+    assert scores[n - 1] == 1.0 and scores.sum() == 1.0  # verl's placement: the last token
+    assert out.non_tensor_batch["format_ok"][0] == 1.0
+    assert out.non_tensor_batch["searches"][0] == 1.0
+    assert out.non_tensor_batch["num_searches"][0] == 1
+    assert int(out.non_tensor_batch["__num_turns__"][0]) == 4
+
+
 def test_several_nodes_need_every_path_on_every_node(tmp_path):
     """The launch check with nnodes > 1, on a one-node Ray cluster started here."""
     from research.configtree import ConfigError
