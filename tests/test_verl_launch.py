@@ -140,6 +140,8 @@ def test_long_prompts_are_dropped_and_counted(tmp_path, caplog):
     assert pq.read_table(path).column("question").to_pylist() == ["short?"]
     assert "1 of 2 prompts over cluster.max_prompt_tokens=512 dropped" in caplog.text
     assert drop_long_prompts(path, tmp_path / "again.parquet", config, tok) == path
+    first = drop_long_prompts(str(src), tmp_path / "first.parquet", config, tok, limit=1)
+    assert pq.read_table(first).column("question").to_pylist() == ["short?"]  # the first N
 
 
 def test_rows_keep_only_the_asked_question_type(tmp_path):

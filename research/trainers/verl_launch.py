@@ -16,7 +16,11 @@ batch), k3 KL to the reference in the loss (``use_kl_loss``, ``low_var_kl``), sy
 loss aggregation for ``dapo`` / ``bnpo`` and sequence-mean for ``grpo``, rewards from
 :mod:`research.trainers.verl_reward`, rollouts by :class:`research.trainers.verl_agent.
 ReSearchAgentLoop` (one per sample, results masked), validation greedy every
-``run.eval_steps``, checkpoints every ``run.save_steps`` in ``run.output_dir``.
+``run.eval_steps``, checkpoints every ``run.save_steps`` in ``run.output_dir``. Where every
+other key goes, or why it is refused: :mod:`research.trainers.verl_mapping` (checked by
+``load_config(..., engine="verl")`` before anything is written). ``run.wandb`` becomes
+``WANDB_MODE`` for the driver and, through ``ray_kwargs.ray_init.runtime_env.env_vars``, for
+every worker; the key only ever comes from the environment.
 """
 
 from __future__ import annotations
@@ -216,14 +220,17 @@ def rows_file(source: str, split: str, limit: int | None, out: Path, kind: str |
     return str(out.resolve())
 
 
-def drop_long_prompts(path: str, out: Path, config: TrainConfig, tokenizer) -> str:
-    """``path`` (rows parquet) without the questions whose prompt, rendered as the agent loop
-    renders it (``rollout`` settings, the model's tokenizer), is over
-    ``cluster.max_prompt_tokens``: ``path`` itself when none is, else ``out``. Logs the count.
+def drop_long_prompts(path: str, out: Path, config: TrainConfig, tokenizer,
+                      limit: int | None = None) -> str:
+    """``path`` (rows parquet), its first ``limit`` rows, without the questions whose prompt,
+    rendered as the agent loop renders it (``rollout`` settings, the model's tokenizer), is
+    over ``cluster.max_prompt_tokens``: ``path`` itself when nothing is left out, else
+    ``out``. Logs the count. (verl's ``*_max_samples`` alone would pick rows at random.)
     """
     from research.data.rows import read_rows, write_rows
 
-    budget, rows = config.cluster.max_prompt_tokens, read_rows(path)
+    budget, every = config.cluster.max_prompt_tokens, read_rows(path)
+    rows = every[:limit] if limit else every
     kept = [row for row in rows
             if len(config.rollout.encode_prompt(tokenizer, row["question"])) <= budget]
     dropped = len(rows) - len(kept)
@@ -232,7 +239,7 @@ def drop_long_prompts(path: str, out: Path, config: TrainConfig, tokenizer) -> s
     if not kept:
         raise ConfigError(f"every prompt of {path} is over cluster.max_prompt_tokens={budget}:"
                           " raise it")
-    if not dropped:
+    if len(kept) == len(every):
         return path
     write_rows(kept, out)
     return str(out.resolve())
@@ -240,25 +247,25 @@ def drop_long_prompts(path: str, out: Path, config: TrainConfig, tokenizer) -> s
 
 def prepare(config: TrainConfig, resume: bool = False) -> list[str]:
     """Write the run directory's files; returns ``main_ppo``'s overrides."""
-    from transformers import AutoTokenizer
-
     from research.models.prepare import prepare_model
 
     if config.retrieval.search_url is None:
         raise ConfigError("the verl engine needs retrieval.search_url (--search_url): start "
                           "rag_serving/serving.py on each node (or one shared) first")
     wandb_env(config)  # refuse online without a key before anything is written
-    model = str(prepare_model(config.model.path))
-    tokenizer = AutoTokenizer.from_pretrained(model)
     out = Path(config.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = config.data
     train = rows_file(d.train, d.train_split, d.train_limit, out / "train.parquet", d.train_type)
-    train = drop_long_prompts(train, out / "train.parquet", config, tokenizer)
-    dev = None
-    if d.dev is not None:
-        dev = rows_file(d.dev, d.dev_split, d.dev_limit, out / "dev.parquet", d.dev_type)
-        dev = drop_long_prompts(dev, out / "dev.parquet", config, tokenizer)
+    dev = (rows_file(d.dev, d.dev_split, d.dev_limit, out / "dev.parquet", d.dev_type)
+           if d.dev is not None else None)
+    model = str(prepare_model(config.model.path))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    train = drop_long_prompts(train, out / "train.parquet", config, tokenizer, d.train_limit)
+    if dev is not None:
+        dev = drop_long_prompts(dev, out / "dev.parquet", config, tokenizer, d.dev_limit)
     loops = out / "agent_loops.yaml"
     loops.write_text(yaml.safe_dump(agent_loop_entries(config, config.retrieval.search_url),
                                     sort_keys=False))
