@@ -117,3 +117,45 @@ def test_configs_map_onto_trls_grpo_config():
         0.2, 0.2, 8192, True)
     with pytest.raises(ConfigError, match="grpo.trl"):
         grpo_config(load_config(None, ["grpo.trl={no_such_option: 1}"]), use_cpu=True)
+
+
+def _config_keys() -> set[str]:
+    import dataclasses
+
+    from research.trainers.config import TrainConfig
+
+    return {f"{s.name}.{f.name}" for s in dataclasses.fields(TrainConfig)
+            for f in dataclasses.fields(s.default_factory())}
+
+
+def test_every_key_is_mapped_or_refused_under_verl():
+    """A new config key fails here until research/trainers/verl_mapping.py says where it
+    goes under the verl engine."""
+    from research.trainers import verl_mapping
+
+    keys = _config_keys()
+    assert keys - verl_mapping.every_key() == set(), "add these keys to verl_mapping"
+    assert verl_mapping.every_key() - keys == set(), "stale keys in verl_mapping"
+    assert not (set(verl_mapping.MAPPED) & set(verl_mapping.TRL_ONLY))
+    load_config("original", engine="verl")
+
+
+@pytest.mark.parametrize("override", ["model.max_batch=4", "grpo.trl={logging_first_step: true}",
+                                      "retrieval.corpus=factbook-facts", "run.logging_steps=2",
+                                      "run.rollout_samples=0", "run.torch_threads=2"])
+def test_trl_only_keys_are_refused_under_verl(override):
+    key = override.split("=")[0]
+    load_config("original", [override])  # the TRL engine takes it
+    with pytest.raises(ConfigError, match=rf"{key} is read by the TRL engine only; under "
+                                          r"--engine verl .+"):
+        load_config("original", [override], engine="verl")
+
+
+@pytest.mark.parametrize("overrides, fix", [
+    (["grpo.bf16=false"], r"grpo.bf16=false: .* set grpo.bf16=true"),
+    (["rollout.search=false"], r"closed-book control\) runs on the TRL engine only"),
+    (["cluster.max_tokens_per_gpu=8000"], r"under one trajectory's 8704 tokens .* at least 8704"),
+])
+def test_verl_refusals_name_the_fix(overrides, fix):
+    with pytest.raises(ConfigError, match=fix):
+        load_config("original", overrides, engine="verl")

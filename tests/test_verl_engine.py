@@ -7,6 +7,7 @@ verl: tests/test_verl_launch.py."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from conftest import token
@@ -24,8 +25,10 @@ class ScriptedServer:
     """verl's server manager, answering from a script of texts (token ids out, as verl's
     servers do; no stop reason). Records every request."""
 
-    def __init__(self, tokenizer, texts: list[str], eos: bool = True):
+    def __init__(self, tokenizer, texts: list[str], eos: bool = True,
+                 stop_reason: str = "completed"):
         self.tok, self.texts, self.eos = tokenizer, list(texts), eos
+        self.stop_reason = stop_reason
         self.requests: list[dict] = []
 
     async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
@@ -38,7 +41,7 @@ class ScriptedServer:
             ids.append(self.tok.eos_token_id)
         ids = ids[: sampling_params["max_tokens"]]
         step = len(self.requests) + 6  # verl tags each generation with the trainer's step
-        return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids), stop_reason="completed",
+        return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids), stop_reason=self.stop_reason,
                            extra_fields={"global_steps": step})
 
 
@@ -55,6 +58,16 @@ def test_agent_loop_reads_the_models_end_of_turn_tokens(tiny, tiny_path, tmp_pat
     out = run_loop(lambda: agent_loop(tok, server, "http://127.0.0.1:9", model_path=str(model)),
                    "Q?")
     assert out.extra_fields["ended_with_eos"] and out.response_ids[-1] == chat_end
+
+
+def test_agent_loop_ends_an_aborted_generation(tiny):
+    _, tok = tiny
+    server = ScriptedServer(tok, [f"<search> {token(1)} </search>", "x"], eos=False,
+                            stop_reason="aborted")
+    out = run_loop(lambda: agent_loop(tok, server, "http://127.0.0.1:9"), "Q?")
+    assert len(server.requests) == 1 and out.extra_fields["aborted"]
+    assert out.extra_fields["finish_reason"] == "aborted"
+    assert not out.extra_fields["ended_with_eos"] and out.num_turns == 2
 
 
 def test_agent_loop_refuses_a_prompt_over_the_budget(tiny):
@@ -103,6 +116,7 @@ def test_agent_loop_masks_results_and_keeps_the_budget(tiny, service_url):
     assert all(out.response_logprobs[i] == 0.0 for i in inserted)
     assert all(out.response_logprobs[i] == -0.5 for i, m in enumerate(out.response_mask) if m)
     assert (out.extra_fields["min_global_steps"], out.extra_fields["max_global_steps"]) == (7, 8)
+    assert out.num_turns == 4 and not out.extra_fields["aborted"]  # verl's count: 2k + 2
     first, second = server.requests
     assert first["params"]["stop"] == ["</search>"] and first["params"]["max_tokens"] == 256
     assert second["params"]["max_tokens"] == 256 - len(second["prompt_ids"]) + len(
@@ -132,24 +146,31 @@ def test_agent_loop_budget_and_failures(tiny):
     assert len(out.response_ids) == 64  # the budget was spent, not overrun (no slicing needed)
 
 
-def test_generated_config_passes_verls_own_checks(tmp_path):
+def compose(hydra_overrides):
     import os
 
-    from hydra import compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import omega_conf_to_dataclass, validate_config
+    from verl.utils.config import validate_config
+
+    cfg_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=cfg_dir, version_base=None):
+        cfg = hydra_compose(config_name="ppo_trainer", overrides=hydra_overrides)
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg),
+                    use_critic=need_critic(cfg))
+    return cfg
+
+
+def test_generated_config_passes_verls_own_checks(tmp_path):
+    from verl.utils.config import omega_conf_to_dataclass
 
     from research.trainers.verl_launch import agent_loop_entries, overrides
 
-    config = load_config("original", ["data.train=/data/train.parquet"])
-    hydra_overrides = overrides(config, model_path="/models/Qwen2.5-7B",
-                                train_files="/data/train.parquet", val_files="/data/dev.parquet",
-                                agent_loops=str(tmp_path / "agent_loops.yaml"))
-    cfg_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
-    with initialize_config_dir(config_dir=cfg_dir, version_base=None):
-        cfg = compose(config_name="ppo_trainer", overrides=hydra_overrides)
-    validate_config(cfg, use_reference_policy=need_reference_policy(cfg),
-                    use_critic=need_critic(cfg))
+    config = load_config("original", ["data.train=/data/train.parquet"], engine="verl")
+    cfg = compose(overrides(config, model_path="/models/Qwen2.5-7B",
+                            train_files="/data/train.parquet", val_files="/data/dev.parquet",
+                            agent_loops=str(tmp_path / "agent_loops.yaml")))
     actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
     rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
     algo = omega_conf_to_dataclass(cfg.algorithm)
@@ -160,11 +181,169 @@ def test_generated_config_passes_verls_own_checks(tmp_path):
     assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.loss_agg_mode) == (
         0.2, 0.2, "token-mean")
     assert actor.use_kl_loss and actor.kl_loss_coef == 0.001
+    assert actor.use_dynamic_bsz and actor.ppo_max_token_len_per_gpu == 17408
+    assert actor.entropy_from_logits_with_chunking
+    assert cfg.actor_rollout_ref.ref.log_prob_use_dynamic_bsz  # follows the actor
+    assert cfg.actor_rollout_ref.ref.log_prob_max_token_len_per_gpu == 17408
     assert (rollout.n, rollout.tensor_model_parallel_size, rollout.response_length) == (5, 2, 8192)
+    assert rollout.dtype == "bfloat16" and cfg.actor_rollout_ref.actor.fsdp_config.dtype == (
+        "bfloat16")
     assert algo.adv_estimator == "grpo" and algo.norm_adv_by_std_in_grpo
     assert cfg.reward.custom_reward_function.reward_kwargs.reward_name == "v1"
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.WANDB_MODE == "offline"
+    assert (cfg.trainer.test_freq, cfg.data.val_max_samples) == (10, 100)
     [entry] = agent_loop_entries(config, "http://127.0.0.1:8000")
     assert entry["_target_"] == "research.trainers.verl_agent.ReSearchAgentLoop"
+
+
+def test_lora_several_nodes_and_no_dev_set_compose(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from research.trainers.verl_launch import overrides
+
+    # verl checks a LoRA rank against vLLM's allowed ranks, importing vLLM (not on CPU): the
+    # same check against verl's own fallback list
+    ranks = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+    stub = types.ModuleType("verl.workers.rollout.vllm_rollout.utils")
+    stub.get_vllm_max_lora_rank = lambda rank: min(r for r in ranks if r >= rank)
+    monkeypatch.setitem(sys.modules, stub.__name__, stub)
+    config = load_config("original", [
+        "model.lora_rank=32", "run.save_total_limit=2", "data.train_limit=1000",
+        "data.dev=null", "run.eval_steps=0", "cluster.nnodes=2", "rollout.seed=3",
+        "cluster.max_tokens_per_gpu=null", "run.wandb=off"], engine="verl")
+    cfg = compose(overrides(config, model_path="/models/Qwen2.5-7B",
+                            train_files="/data/train.parquet", val_files=None,
+                            agent_loops=str(tmp_path / "agent_loops.yaml")))
+    m = cfg.actor_rollout_ref.model
+    assert (m.lora_rank, m.lora_alpha, m.target_modules) == (32, 64, "all-linear")
+    assert cfg.trainer.max_actor_ckpt_to_keep == 2 and cfg.data.train_max_samples == 1000
+    assert (cfg.trainer.test_freq, cfg.trainer.val_before_train, cfg.data.val_max_samples) == (
+        -1, False, 1)
+    assert not cfg.actor_rollout_ref.actor.use_dynamic_bsz
+    assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 8
+    env = cfg.ray_kwargs.ray_init.runtime_env
+    assert env.py_executable == sys.executable and env.env_vars.WANDB_MODE == "disabled"
+    assert (Path(env.env_vars.PYTHONPATH) / "research" / "trainers").is_dir()
+    assert cfg.trainer.nnodes == 2 and cfg.actor_rollout_ref.rollout.seed == 3
+
+
+def test_verls_dataset_reads_the_rows_parquet(tiny, tmp_path):
+    """verl's RLHFDataset and collate_fn on the launcher's rows, under the composed data
+    section: the question reaches the agent loop as written, the answers the reward."""
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    from research.trainers.verl_agent import question_of
+    from research.trainers.verl_launch import overrides, rows_file
+
+    _, tok = tiny
+    rows = rows_file("squad-open-mini", "train", 3, tmp_path / "train.parquet")
+    config = load_config("original", ["data.dev=null", "run.eval_steps=0"], engine="verl")
+    cfg = compose(overrides(config, model_path="/m", train_files=rows, val_files=None,
+                            agent_loops=str(tmp_path / "agent_loops.yaml")))
+    data = RLHFDataset(cfg.data.train_files, tok, cfg.data,
+                       max_samples=cfg.data.train_max_samples)
+    batch = collate_fn([data[i] for i in range(len(data))])
+    assert len(data) == 3 and list(batch["raw_prompt"]) == list(batch["question"])
+    assert question_of({"question": batch["question"][0]}) == batch["question"][0]
+    assert all(len(r["ground_truth"]) >= 1 for r in batch["reward_model"])
+    assert list(batch["data_source"]) == ["squad-open-mini"] * 3
+
+
+class LocalRewardWorker:
+    """verl's reward-loop worker, in process: ``compute_score.remote(data)`` runs verl's
+    NaiveRewardManager with the custom reward function the config names."""
+
+    def __init__(self, cfg, tokenizer):
+        self.cfg, self.tokenizer, self.manager = cfg, tokenizer, None
+        self.compute_score = self
+
+    def remote(self, data):
+        from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
+        from verl.trainer.ppo.reward import get_custom_reward_fn
+
+        if self.manager is None:  # it keeps the running event loop: built inside it
+            self.manager = NaiveRewardManager(self.cfg, self.tokenizer,
+                                              get_custom_reward_fn(self.cfg))
+        return self.manager.run_single(data)
+
+
+def test_verls_agent_loop_worker_and_reward_manager_take_the_loops_output(
+        tiny, tiny_path, service_url, tmp_path):
+    """verl's own AgentLoopWorker (scripted server) and NaiveRewardManager (the custom reward
+    path) on a rows parquet: masks 0 on the inserted result, the reward on the last response
+    token, the reward's extra fields and the loop's counts in the batch."""
+    import yaml
+    from verl import DataProto
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    from research.data.rows import make_row, write_rows
+    from research.trainers.verl_launch import agent_loop_entries, overrides
+
+    _, tok = tiny
+    rows = tmp_path / "train.parquet"
+    write_rows([make_row(f"What is {token(3)}?", ["alpha"], id="0", data_source="t",
+                         index=0)], rows)
+    config = load_config("original", ["data.dev=null", "run.eval_steps=0", "rollout.top_k=1",
+                                      "rollout.max_response_tokens=256"], engine="verl")
+    loops = tmp_path / "agent_loops.yaml"
+    loops.write_text(yaml.safe_dump(agent_loop_entries(config, service_url)))
+    cfg = compose(overrides(config, model_path=str(tiny_path), train_files=str(rows),
+                            val_files=None, agent_loops=str(loops)))
+    server = ScriptedServer(tok, [f"<search> {token(3)} </search>",
+                                  "<think> t </think> <answer> \\boxed{alpha} </answer>"])
+    worker = AgentLoopWorker(cfg, server, reward_loop_worker_handles=[
+        LocalRewardWorker(cfg, tok)])
+    data = RLHFDataset(cfg.data.train_files, tok, cfg.data)
+    batch = DataProto.from_single_dict(collate_fn([data[0]]))
+    batch.meta_info["global_steps"] = 1
+    out = asyncio.run(worker.generate_sequences(batch))
+    mask, scores = out.batch["response_mask"][0], out.batch["rm_scores"][0]
+    n = int(mask.nonzero().max()) + 1  # the last model token (padding after it is masked)
+    response = out.batch["responses"][0]
+    inserted = [i for i in range(n) if mask[i] == 0]
+    assert inserted and "<result>" in tok.decode(response[inserted])
+    assert scores[n - 1] == 1.0 and scores.sum() == 1.0  # verl's placement: the last token
+    assert out.non_tensor_batch["format_ok"][0] == 1.0
+    assert out.non_tensor_batch["searches"][0] == 1.0
+    assert out.non_tensor_batch["num_searches"][0] == 1
+    assert int(out.non_tensor_batch["__num_turns__"][0]) == 4
+
+
+def test_several_nodes_need_every_path_on_every_node(tmp_path):
+    """The launch check with nnodes > 1, on a one-node Ray cluster started here."""
+    from research.configtree import ConfigError
+    from research.trainers.verl_launch import check_shared_paths, shared_paths
+
+    lines = [f"data.train_files={tmp_path}", f"data.val_files={tmp_path}/gone.parquet",
+             "trainer.nnodes=2"]
+    paths = shared_paths(lines)
+    assert paths[2:] == [str(tmp_path), f"{tmp_path}/gone.parquet"]
+    with pytest.raises(ConfigError, match=r"not on every node .*: .*gone\.parquet$"):
+        check_shared_paths(paths, 1, address="local", num_cpus=1, include_dashboard=False)
+    with pytest.raises(ConfigError, match="cluster.nnodes=2 but the Ray cluster has 1 node"):
+        check_shared_paths(paths[:3], 2, address="local", num_cpus=1, include_dashboard=False)
+
+
+def test_verls_wandb_tracking_starts_offline_without_a_key(tmp_path):
+    """What stopped the first run: verl's Tracking with wandb, no key, no terminal."""
+    import os
+    import subprocess
+    import sys
+
+    from research.trainers.verl_launch import wandb_env
+
+    config = load_config("original", [f"run.output_dir={tmp_path}"], engine="verl")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env |= wandb_env(config, environ=env) | {"HOME": str(tmp_path)}
+    code = ("from verl.utils.tracking import Tracking\n"
+            "t = Tracking('research', 'smoke', ['console', 'wandb'], config={})\n"
+            "t.log({'x': 1.0}, step=1)\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(tmp_path.glob("wandb/offline-run-*")), "the offline run is in run.output_dir"
 
 
 def test_verls_grpo_maths_equal_the_protocols():

@@ -48,7 +48,8 @@ from research.rollout.settings import RolloutSettings
 
 logger = logging.getLogger(__name__)
 
-TrajectoryFinish = Literal["eos", "answer", "length", "turns"]
+# "aborted": the serving engine cut the generation (verl's stop_reason "aborted")
+TrajectoryFinish = Literal["eos", "answer", "length", "turns", "aborted"]
 # The finishes that end a response properly (the reward's EOS gate passes): EOS, or the stop
 # at ``</answer>`` when ``stop_at_answer`` asked for it.
 COMPLETE_FINISHES = frozenset({"eos", "answer"})

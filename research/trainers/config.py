@@ -130,7 +130,12 @@ class ClusterConfig:
     gpus_per_node: int = _f(8, "verl: GPUs per node")
     nnodes: int = _f(1, "verl: nodes in the Ray cluster")
     rollout_engine: str = _f("vllm", "verl: the rollout servers", ("vllm", "sglang"))
-    max_prompt_tokens: int = _f(512, "verl: prompt budget (data.max_prompt_length)")
+    max_prompt_tokens: int = _f(512, "verl: prompt budget (data.max_prompt_length); the "
+                                "launcher drops longer prompts and logs how many")
+    max_tokens_per_gpu: int | None = _f(None, "verl: dynamic batching with this many tokens "
+                                        "per GPU in each forward/backward (use_dynamic_bsz; at "
+                                        "least max_prompt_tokens + rollout.max_response_tokens;"
+                                        " null: micro-batches of grpo.per_device_batch)")
     max_concurrent_searches: int = _f(32, "verl: search requests in flight per agent-loop "
                                       "worker")
     verl: dict = field(default_factory=dict, metadata={
@@ -159,10 +164,13 @@ SECTIONS = tuple(configtree.sections(TrainConfig))
 # --- building from a tree -----------------------------------------------------------------------
 
 
-def from_dict(tree: dict | None) -> TrainConfig:
-    """A validated :class:`TrainConfig` from a (partial) nested mapping."""
+ENGINES = ("trl", "verl")
+
+
+def from_dict(tree: dict | None, engine: str = "trl") -> TrainConfig:
+    """A validated :class:`TrainConfig` from a (partial) nested mapping, for ``engine``."""
     config = configtree.from_dict(TrainConfig, tree, "a training config")
-    validate(config)
+    validate(config, engine)
     return config
 
 
@@ -199,12 +207,14 @@ def resolve_config_path(name: str | os.PathLike) -> Path:
 
 
 def load_config(path: str | os.PathLike | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """The config of ``path`` (a YAML file or a named config) with ``overrides`` applied."""
+                overrides: list[str] | tuple[str, ...] = (), engine: str = "trl"
+                ) -> TrainConfig:
+    """The config of ``path`` (a YAML file or a named config) with ``overrides`` applied,
+    validated for ``engine`` (trl or verl)."""
     tree = read_tree(None if path is None else resolve_config_path(path))
     for item in overrides:
         apply_override(tree, item)
-    return from_dict(tree)
+    return from_dict(tree, engine)
 
 
 # --- cross-field checks -------------------------------------------------------------------------
@@ -226,15 +236,18 @@ def _positive(config: TrainConfig) -> None:
     if config.model.lora_rank < 0:
         raise ConfigError("model.lora_rank must be >= 0 (0: full fine-tuning)")
     for key in ("data.train_limit", "model.lora_alpha", "model.max_batch", "run.torch_threads",
-                "run.save_total_limit"):
+                "run.save_total_limit", "cluster.max_tokens_per_gpu"):
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if value is not None and value < 1:
             raise ConfigError(f"{key} must be >= 1 or null")
 
 
-def validate(config: TrainConfig) -> None:
-    """Checks across fields; each message says the fix."""
+def validate(config: TrainConfig, engine: str = "trl") -> None:
+    """Checks across fields for ``engine``; each message says the fix. Under ``verl`` every
+    key is mapped to verl's or refused (:mod:`research.trainers.verl_mapping`)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
     _positive(config)
     g, r, run = config.grpo, config.rollout, config.run
     if g.num_generations < 2:
@@ -264,6 +277,21 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("run.eval_steps > 0 needs validation questions: set data.dev, or "
                           "run.eval_steps=0 to train without validation")
     _check_trl_keys(g.trl)
+    if engine == "verl":
+        from research.trainers import verl_mapping
+
+        verl_mapping.check(config)
+        _check_token_budget(config)
+
+
+def _check_token_budget(config: TrainConfig) -> None:
+    budget, c = config.cluster.max_tokens_per_gpu, config.cluster
+    longest = c.max_prompt_tokens + config.rollout.max_response_tokens
+    if budget is not None and budget < longest:
+        raise ConfigError(f"cluster.max_tokens_per_gpu={budget} is under one trajectory's "
+                          f"{longest} tokens (cluster.max_prompt_tokens + "
+                          f"rollout.max_response_tokens): raise it to at least {longest}, or "
+                          "null for fixed micro-batches")
 
 
 _OWNED = {

@@ -126,6 +126,9 @@ class ReSearchAgentLoop(AgentLoopBase):
                 generation_from_tokens, self.tokenizer, out.token_ids, out.log_probs,
                 self.eos_token_ids, stop=p.stop))
             query = state.absorb(t, g)
+            if out.stop_reason == "aborted":  # the server cut it: no answer, and not taken
+                t.finish_reason = "aborted"  # for a truncation by the budget
+                break
             if query is not None:
                 with _timed(clock, "tool_calls"):
                     found = await self.loop.run_in_executor(self.pool, functools.partial(
@@ -135,9 +138,11 @@ class ReSearchAgentLoop(AgentLoopBase):
         tags = {"min_global_steps": steps[0], "max_global_steps": steps[-1]} if steps else {}
         return AgentLoopOutput(
             prompt_ids=t.prompt_ids, response_ids=t.response_ids, response_mask=t.loss_mask,
-            response_logprobs=t.logprobs, num_turns=2 * t.num_searches + 1, metrics=clock,
+            response_logprobs=t.logprobs, metrics=clock,
+            num_turns=2 * t.num_searches + 2,  # verl counts the prompt: user, assistant, ...
             extra_fields={"num_searches": t.num_searches, "num_search_failures": t.num_failures,
                           "ended_with_eos": t.ended_with_eos,
+                          "aborted": t.finish_reason == "aborted",
                           "finish_reason": t.finish_reason, **tags})
 
 

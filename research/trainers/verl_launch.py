@@ -16,12 +16,17 @@ batch), k3 KL to the reference in the loss (``use_kl_loss``, ``low_var_kl``), sy
 loss aggregation for ``dapo`` / ``bnpo`` and sequence-mean for ``grpo``, rewards from
 :mod:`research.trainers.verl_reward`, rollouts by :class:`research.trainers.verl_agent.
 ReSearchAgentLoop` (one per sample, results masked), validation greedy every
-``run.eval_steps``, checkpoints every ``run.save_steps`` in ``run.output_dir``.
+``run.eval_steps``, checkpoints every ``run.save_steps`` in ``run.output_dir``. Where every
+other key goes, or why it is refused: :mod:`research.trainers.verl_mapping` (checked by
+``load_config(..., engine="verl")`` before anything is written). ``run.wandb`` becomes
+``WANDB_MODE`` for the driver and, through ``ray_kwargs.ray_init.runtime_env.env_vars``, for
+every worker; the key only ever comes from the environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -32,6 +37,7 @@ from research.errors import MissingDependency, cli_command
 from research.trainers.config import ConfigError, TrainConfig, load_config
 
 AGENT_NAME = "research_agent"
+log = logging.getLogger(__name__)
 LOSS_AGG = {"dapo": "token-mean", "bnpo": "token-mean", "grpo": "seq-mean-token-mean"}
 
 
@@ -49,9 +55,6 @@ def _value(v) -> str:
 def agent_loop_entries(config: TrainConfig, search_url: str) -> list[dict]:
     """The agent-loop YAML verl reads (``rollout.agent.agent_loop_config_path``)."""
     r, rc = config.rollout, config.retrieval
-    if not r.search:
-        raise ConfigError("rollout.search=false (the closed-book control) runs on the TRL "
-                          "engine only")
     return [{"name": AGENT_NAME,
              "_target_": "research.trainers.verl_agent.ReSearchAgentLoop",
              "search_url": search_url, "rollout": r.to_dict(),
@@ -59,33 +62,95 @@ def agent_loop_entries(config: TrainConfig, search_url: str) -> list[dict]:
              "max_concurrent_searches": config.cluster.max_concurrent_searches}]
 
 
+def wandb_env(config: TrainConfig, environ=os.environ) -> dict[str, str]:
+    """The wandb variables of the driver and of every Ray worker (never the key: that stays
+    in the environment); refuses ``online`` without ``WANDB_API_KEY``."""
+    mode = config.run.wandb
+    if mode == "online" and not environ.get("WANDB_API_KEY"):
+        raise ConfigError("run.wandb=online needs WANDB_API_KEY in the environment of the "
+                          "launch (and of every `ray start` on a running cluster); never a "
+                          "flag. Or set run.wandb=offline")
+    return {"WANDB_MODE": "disabled" if mode == "off" else mode,
+            "WANDB_DIR": str(Path(config.run.output_dir).resolve())}
+
+
+def runtime_env(config: TrainConfig) -> dict[str, str]:
+    """``ray_kwargs.ray_init.runtime_env`` overrides: the wandb variables for every worker,
+    and with several nodes the interpreter and the project's path (variables exported by
+    training/run.sh never reach a cluster started by hand)."""
+    env = "+ray_kwargs.ray_init.runtime_env.env_vars."
+    o = {env + k: v for k, v in wandb_env(config).items()}
+    if config.cluster.nnodes > 1:
+        o["ray_kwargs.ray_init.runtime_env.py_executable"] = sys.executable
+        o[env + "PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    return o
+
+
+def _batching(config: TrainConfig) -> dict:
+    """Dynamic batching by a token budget per GPU, or fixed micro-batches; entropy computed
+    in chunks (no full-vocabulary softmax in memory)."""
+    budget, micro = config.cluster.max_tokens_per_gpu, config.grpo.per_device_batch
+    o = {"actor_rollout_ref.actor.entropy_from_logits_with_chunking": True,
+         "actor_rollout_ref.ref.entropy_from_logits_with_chunking": True,
+         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": micro,
+         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": micro,
+         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": micro}
+    if budget is not None:  # the ref and rollout log-prob passes follow the actor's keys
+        o |= {"actor_rollout_ref.actor.use_dynamic_bsz": True,
+              "actor_rollout_ref.actor.ppo_max_token_len_per_gpu": budget}
+    return o
+
+
+def _model(config: TrainConfig, model_path: str) -> dict:
+    m = config.model
+    o = {"actor_rollout_ref.model.path": model_path,
+         "actor_rollout_ref.model.enable_gradient_checkpointing": m.gradient_checkpointing,
+         "actor_rollout_ref.rollout.dtype": m.dtype,
+         "actor_rollout_ref.actor.fsdp_config.dtype": "bfloat16",  # grpo.bf16 (checked)
+         "actor_rollout_ref.ref.fsdp_config.dtype": "bfloat16"}
+    if m.lora_rank:
+        o |= {"actor_rollout_ref.model.lora_rank": m.lora_rank,
+              "actor_rollout_ref.model.lora_alpha": m.lora_alpha or 2 * m.lora_rank,
+              "actor_rollout_ref.model.target_modules": "all-linear"}
+    return o
+
+
+def _data(config: TrainConfig, train_files: str, val_files: str | None) -> dict:
+    """The data keys; with no dev set, validation is off and verl's (unused) validation set
+    is one training row, never the whole training set."""
+    d, run = config.data, config.run
+    return {"data.train_files": train_files,
+            "data.val_files": val_files or train_files,
+            "data.train_max_samples": d.train_limit or -1,
+            "data.val_max_samples": d.dev_limit if val_files else 1,
+            "data.prompt_key": "question",
+            "data.train_batch_size": config.grpo.prompts_per_step,
+            "data.max_prompt_length": config.cluster.max_prompt_tokens,
+            "data.max_response_length": config.rollout.max_response_tokens,
+            "data.filter_overlong_prompts": False,  # verl measures chat prompts; the launcher
+            # drops the project's prompts over the budget (drop_long_prompts)
+            "data.seed": run.seed,
+            "trainer.test_freq": run.eval_steps if val_files and run.eval_steps else -1,
+            "trainer.val_before_train": bool(val_files and run.eval_steps)}
+
+
 def overrides(config: TrainConfig, *, model_path: str, train_files: str, val_files: str | None,
               agent_loops: str, resume: bool = False) -> list[str]:
-    """verl's Hydra overrides for ``config`` (the project's settings, then ``cluster.verl``)."""
+    """verl's Hydra overrides for ``config`` (the project's settings, then ``cluster.verl``);
+    :mod:`research.trainers.verl_mapping` lists where each key goes."""
     g, r, run, c = config.grpo, config.rollout, config.run, config.cluster
     if g.loss_type not in LOSS_AGG:
         raise ConfigError(f"grpo.loss_type={g.loss_type} has no verl equivalent; use "
                           f"{', '.join(LOSS_AGG)}")
-    micro = g.per_device_batch
     o = {
         "algorithm.adv_estimator": "grpo",
         "algorithm.norm_adv_by_std_in_grpo": True,
         "algorithm.use_kl_in_reward": False,
-        "data.train_files": train_files,
-        "data.val_files": val_files or train_files,
-        "data.prompt_key": "question",
-        "data.train_batch_size": g.prompts_per_step,
-        "data.max_prompt_length": c.max_prompt_tokens,
-        "data.max_response_length": r.max_response_tokens,
-        "data.filter_overlong_prompts": False,  # verl's filter measures chat prompts; the
-        # agent loop renders the project's prompt and refuses one over the budget
-        "data.seed": run.seed,
-        "actor_rollout_ref.model.path": model_path,
-        "actor_rollout_ref.model.enable_gradient_checkpointing":
-            config.model.gradient_checkpointing,
+        **_data(config, train_files, val_files),
+        **_model(config, model_path),
+        **_batching(config),
         "actor_rollout_ref.actor.optim.lr": g.learning_rate,
         "actor_rollout_ref.actor.ppo_mini_batch_size": g.prompts_per_step,
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": micro,
         "actor_rollout_ref.actor.ppo_epochs": 1,
         "actor_rollout_ref.actor.use_kl_loss": g.beta > 0,
         "actor_rollout_ref.actor.kl_loss_coef": g.beta,
@@ -101,19 +166,16 @@ def overrides(config: TrainConfig, *, model_path: str, train_files: str, val_fil
         "actor_rollout_ref.rollout.top_p": r.top_p,
         "actor_rollout_ref.rollout.tensor_model_parallel_size": g.vllm_tensor_parallel_size,
         "actor_rollout_ref.rollout.gpu_memory_utilization": g.vllm_gpu_memory_utilization,
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": micro,
         "actor_rollout_ref.rollout.skip_tokenizer_init": False,  # stop strings on SGLang
         "actor_rollout_ref.rollout.agent.default_agent_loop": AGENT_NAME,
         "actor_rollout_ref.rollout.agent.agent_loop_config_path": agent_loops,
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": micro,
         "reward.custom_reward_function.path": str(Path(__file__).with_name("verl_reward.py")),
         "reward.custom_reward_function.name": "compute_score",
         "+reward.custom_reward_function.reward_kwargs.reward_name": config.reward.name,
         "trainer.n_gpus_per_node": c.gpus_per_node,
         "trainer.nnodes": c.nnodes,
         "trainer.save_freq": run.save_steps,
-        "trainer.test_freq": run.eval_steps or -1,
-        "trainer.val_before_train": bool(run.eval_steps) and val_files is not None,
+        "trainer.max_actor_ckpt_to_keep": run.save_total_limit,
         "trainer.total_epochs": g.epochs,
         "trainer.total_training_steps": None if run.max_steps == -1 else run.max_steps,
         "trainer.default_local_dir": str(Path(run.output_dir).resolve()),
@@ -121,7 +183,10 @@ def overrides(config: TrainConfig, *, model_path: str, train_files: str, val_fil
         "trainer.experiment_name": Path(run.output_dir).name,
         "trainer.logger": ["console"] + ([] if run.wandb == "off" else ["wandb"]),
         "trainer.resume_mode": "auto" if resume or run.resume else "disable",
+        **runtime_env(config),
     }
+    if r.seed is not None:
+        o["actor_rollout_ref.rollout.seed"] = r.seed
     o.update(c.verl)
     return [f"{k}={_value(v)}" for k, v in o.items()]
 
@@ -155,6 +220,31 @@ def rows_file(source: str, split: str, limit: int | None, out: Path, kind: str |
     return str(out.resolve())
 
 
+def drop_long_prompts(path: str, out: Path, config: TrainConfig, tokenizer,
+                      limit: int | None = None) -> str:
+    """``path`` (rows parquet), its first ``limit`` rows, without the questions whose prompt,
+    rendered as the agent loop renders it (``rollout`` settings, the model's tokenizer), is
+    over ``cluster.max_prompt_tokens``: ``path`` itself when nothing is left out, else
+    ``out``. Logs the count. (verl's ``*_max_samples`` alone would pick rows at random.)
+    """
+    from research.data.rows import read_rows, write_rows
+
+    budget, every = config.cluster.max_prompt_tokens, read_rows(path)
+    rows = every[:limit] if limit else every
+    kept = [row for row in rows
+            if len(config.rollout.encode_prompt(tokenizer, row["question"])) <= budget]
+    dropped = len(rows) - len(kept)
+    log.info("%s: %d of %d prompts over cluster.max_prompt_tokens=%d dropped", path, dropped,
+             len(rows), budget)
+    if not kept:
+        raise ConfigError(f"every prompt of {path} is over cluster.max_prompt_tokens={budget}:"
+                          " raise it")
+    if len(kept) == len(every):
+        return path
+    write_rows(kept, out)
+    return str(out.resolve())
+
+
 def prepare(config: TrainConfig, resume: bool = False) -> list[str]:
     """Write the run directory's files; returns ``main_ppo``'s overrides."""
     from research.models.prepare import prepare_model
@@ -162,20 +252,71 @@ def prepare(config: TrainConfig, resume: bool = False) -> list[str]:
     if config.retrieval.search_url is None:
         raise ConfigError("the verl engine needs retrieval.search_url (--search_url): start "
                           "rag_serving/serving.py on each node (or one shared) first")
+    wandb_env(config)  # refuse online without a key before anything is written
     out = Path(config.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = config.data
     train = rows_file(d.train, d.train_split, d.train_limit, out / "train.parquet", d.train_type)
     dev = (rows_file(d.dev, d.dev_split, d.dev_limit, out / "dev.parquet", d.dev_type)
            if d.dev is not None else None)
+    model = str(prepare_model(config.model.path))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    train = drop_long_prompts(train, out / "train.parquet", config, tokenizer, d.train_limit)
+    if dev is not None:
+        dev = drop_long_prompts(dev, out / "dev.parquet", config, tokenizer, d.dev_limit)
     loops = out / "agent_loops.yaml"
     loops.write_text(yaml.safe_dump(agent_loop_entries(config, config.retrieval.search_url),
                                     sort_keys=False))
-    result = overrides(config, model_path=str(prepare_model(config.model.path)),
-                       train_files=train, val_files=dev, agent_loops=str(loops.resolve()),
-                       resume=resume)
+    result = overrides(config, model_path=model, train_files=train, val_files=dev,
+                       agent_loops=str(loops.resolve()), resume=resume)
     (out / "verl_overrides.txt").write_text("\n".join(result) + "\n")
     return result
+
+
+def check_shared_paths(paths: list[str], nnodes: int, address: str = "auto", **init) -> None:
+    """On the running Ray cluster (``ray start`` on every node): at least ``nnodes`` nodes,
+    and every path of ``paths`` visible on each (verl runs agent loops and rewards on every
+    node: the run directory, model, data and checkout must be on a shared file system)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        ray.init(address=address, log_to_driver=False, **init)
+    except ConnectionError as exc:
+        raise ConfigError(f"cluster.nnodes={nnodes} needs a running Ray cluster ({exc}): "
+                          "start it with .venv-verl/bin/ray start on every node (README, "
+                          "Several nodes)") from exc
+    try:
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        where = ray.remote(num_cpus=0)(_missing)
+        found = ray.get([where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(paths) for n in nodes])
+    finally:
+        ray.shutdown()
+    if len(nodes) < nnodes:
+        raise ConfigError(f"cluster.nnodes={nnodes} but the Ray cluster has {len(nodes)} "
+                          "node(s): start Ray on the others, or lower cluster.nnodes")
+    problems = [f"{n['NodeManagerAddress']}: {', '.join(m)}"
+                for n, m in zip(nodes, found, strict=True) if m]
+    if problems:
+        raise ConfigError("not on every node (put them on a file system every node mounts at "
+                          "the same path): " + "; ".join(problems))
+
+
+def _missing(paths: list[str]) -> list[str]:
+    return [p for p in paths if not os.path.exists(p)]
+
+
+def shared_paths(hydra: list[str]) -> list[str]:
+    """The files every node reads: the interpreter, the checkout and the paths among the
+    overrides (model, data, agent-loop file, reward file, run directory)."""
+    keys = ("actor_rollout_ref.model.path=", "data.train_files=", "data.val_files=",
+            "actor_rollout_ref.rollout.agent.agent_loop_config_path=",
+            "reward.custom_reward_function.path=", "trainer.default_local_dir=")
+    found = [line.split("=", 1)[1] for line in hydra if line.startswith(keys)]
+    return [sys.executable, str(Path(__file__).resolve().parents[2]), *dict.fromkeys(found)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
 @cli_command
 def launch(args: argparse.Namespace) -> int:
     """Prepare the run and exec verl's trainer (print its command with ``--dry-run``)."""
-    hydra = prepare(load_config(args.config, args.overrides), resume=args.resume)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = load_config(args.config, args.overrides, engine="verl")
+    hydra = prepare(config, resume=args.resume)
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *hydra]
     if args.dry_run:
         print(" ".join(cmd))
@@ -202,6 +345,9 @@ def launch(args: argparse.Namespace) -> int:
             "verl is not installed in this environment: pip install -e '.[verl]' in its own "
             "environment (bash scripts/setup_verl.sh; verl pins transformers below TRL's "
             "range), then run with PYTHON=.venv-verl/bin/python")
+    if config.cluster.nnodes > 1:
+        check_shared_paths(shared_paths(hydra), config.cluster.nnodes)
+    os.environ.update(wandb_env(config))  # the driver's; the workers' go by runtime_env
     os.execv(sys.executable, cmd)
     return 0  # not reached
 
