@@ -45,7 +45,8 @@ class RolloutProgress:
         self._draw()
 
     def update(self, trajectories: Sequence, turn: int) -> None:
-        """The state after a turn: how many trajectories finished, searched, still run."""
+        """The state after turn ``turn``: how many trajectories finished, searched, still run
+        (the line shows the turn being generated next)."""
         finished = sum(t.finish_reason is not None for t in trajectories)
         self.active = len(trajectories) - finished
         self.searches = sum(len(t.turns) for t in trajectories)
@@ -59,7 +60,8 @@ class RolloutProgress:
             return
         self._drawn = now
         rate = self.sampled / max(now - self.start, 1e-9)
-        self.bar.set_postfix_str(f"active={self.active} turn={self.turn} tok/s={rate:.1f} "
+        turn = self.turn + 1 if self.active else self.turn  # the one being generated
+        self.bar.set_postfix_str(f"active={self.active} turn={turn} tok/s={rate:.1f} "
                                  f"searches={self.searches}", refresh=False)
         self.bar.refresh()
 
