@@ -129,8 +129,10 @@ class Encoder:
         if config.pooling is None:
             self.model = st.SentenceTransformer(path, device=device)
         else:
-            body = st.models.Transformer(path, max_seq_length=config.max_length)
-            pool = st.models.Pooling(_embedding_dim(body), config.pooling)
+            import sentence_transformers.models as modules  # not loaded by the package itself
+
+            body = modules.Transformer(path, max_seq_length=config.max_length)
+            pool = modules.Pooling(_embedding_dim(body), config.pooling)
             self.model = st.SentenceTransformer(modules=[body, pool], device=device)
         self.model.max_seq_length = config.max_length
         if config.fp16 and device.startswith("cuda"):
