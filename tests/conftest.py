@@ -30,6 +30,15 @@ def token(i: int) -> str:
     return "zq" + "".join(letters[int(c)] for c in str(i)) + "x"
 
 
+def write_alpha_questions(path: Path, n: int) -> Path:
+    """``n`` FlashRAG questions "What is token(i)?", each answered "alpha"."""
+    import json
+
+    path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {token(i)}?",
+                                        "golden_answers": ["alpha"]}) + "\n" for i in range(n)))
+    return path
+
+
 def write_corpus(path: Path, n: int, *, seed: int = 0, gz: bool = False) -> Path:
     """A FlashRAG corpus: document i has a title, common words and its unique token."""
     import random

@@ -17,15 +17,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl", reason="the TRL engine is optional: pip install trl==1.16.0")
 
-from conftest import REPO, token  # noqa: E402
+from conftest import REPO, write_alpha_questions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def questions(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {token(i)}?",
-                                        "golden_answers": ["alpha"]}) + "\n" for i in range(8)))
-    return path
+    return write_alpha_questions(tmp_path_factory.mktemp("data") / "train.jsonl", 8)
 
 
 def overrides(tiny_path, questions, service_url, out) -> list[str]:

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("trl", reason="the TRL engine is optional: pip install trl==1.16.0")
 
-from conftest import REPO, token  # noqa: E402
+from conftest import REPO, token, write_alpha_questions  # noqa: E402
 
 from research.rollout.engine import Trajectory, Turn  # noqa: E402
 from research.trainers.config import ConfigError, load_config  # noqa: E402
@@ -30,10 +30,7 @@ pytestmark = pytest.mark.filterwarnings(  # TRL 1.16.0's config sets a renamed T
 @pytest.fixture(scope="module")
 def questions(tmp_path_factory) -> Path:
     """Four FlashRAG questions; the answer of each is "alpha"."""
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {token(i)}?",
-                                        "golden_answers": ["alpha"]}) + "\n" for i in range(4)))
-    return path
+    return write_alpha_questions(tmp_path_factory.mktemp("data") / "train.jsonl", 4)
 
 
 def small(tiny_path, questions, service_url, out, *extra):
