@@ -285,19 +285,22 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
             bar = tqdm(total=len(items), initial=len(done), desc=f"{method} {run_name(config)}",
                        unit="q", disable=not progress, dynamic_ncols=True)
             with bar, items_path.open("a", encoding="utf-8") as sink:
+                batch: list[dict] = []  # the batch in flight
+                written: set[int] = set()  # its questions already on disk
+
+                def write(i: int, answer) -> None:
+                    """One finished question, on disk at once (a rerun resumes here)."""
+                    sink.write(json.dumps(to_record(batch[i], answer)) + "\n")
+                    sink.flush()
+                    written.add(i)
+                    bar.update(1)
+
+                ctx = Context(generator, tokenizer, searcher, config.settings(),
+                              progress=progress, on_answer=write)
                 for b in range(0, len(pending), config.run.batch_size):
-                    batch, written = pending[b : b + config.run.batch_size], set()
-
-                    def write(i, answer, batch=batch, written=written):
-                        """One finished question, on disk at once (a rerun resumes here)."""
-                        sink.write(json.dumps(to_record(batch[i], answer)) + "\n")
-                        sink.flush()
-                        written.add(i)
-                        bar.update(1)
-
-                    ctx = Context(generator, tokenizer, searcher, config.settings(),
-                                  progress=progress, on_answer=write)
-                    for i, answer in enumerate(METHODS[method](batch, ctx)):
+                    batch[:] = pending[b : b + config.run.batch_size]
+                    written.clear()
+                    for i, answer in enumerate(METHODS[method](list(batch), ctx)):
                         if i not in written:
                             write(i, answer)
     wanted = {it["id"] for it in items}
