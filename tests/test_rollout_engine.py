@@ -133,6 +133,33 @@ def test_each_turn_generates_from_the_prompt_and_every_earlier_token():
     assert t.response_ids[len(second) - 3 :] == list(b" <answer> \\boxed{x} </answer>") + [EOS]
 
 
+def test_every_turn_of_a_batch_runs_inside_the_backends_turns():
+    """A backend that keeps KV caches across turns (``turns()``) has every generate call of
+    one rollout batch inside one ``turns()`` block, and the block closed when it returns."""
+    import contextlib
+
+    class Caching(Scripted):
+        inside, opened, inside_calls = False, 0, []
+
+        @contextlib.contextmanager
+        def turns(self):
+            self.opened += 1
+            self.inside = True
+            try:
+                yield self
+            finally:
+                self.inside = False
+
+        def generate(self, prompts, params):
+            self.inside_calls.append(self.inside)
+            return super().generate(prompts, params)
+
+    gen = Caching({1: ["<search> a </search>", " <answer> x </answer><eos>"]})
+    (t,) = run_rollouts([[1]], gen, FakeSearch(), ByteTokenizer(), RolloutSettings(top_k=1))
+    assert t.finish_reason == "eos" and t.num_searches == 1
+    assert gen.opened == 1 and gen.inside_calls == [True, True] and not gen.inside
+
+
 def test_the_state_machine_is_driven_by_hand_without_a_model_or_a_service():
     state = RolloutState(RolloutSettings(max_response_tokens=200), ByteTokenizer())
     t = Trajectory(index=0, prompt_ids=[9])

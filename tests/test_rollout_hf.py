@@ -195,3 +195,86 @@ def test_shared_prompt_prefix_is_computed_once_with_identical_results(tiny):
         torch.testing.assert_close(torch.tensor(g.logprobs),
                                    teacher_forced_logprobs(model, p, g.token_ids),
                                    atol=2e-4, rtol=1e-4)
+
+
+def _forward_sizes(model):
+    """Record ``input_ids`` shapes of every forward; returns (list, hook)."""
+    sizes = []
+    hook = model.register_forward_hook(lambda m, args, kwargs, out: sizes.append(
+        tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    return sizes, hook
+
+
+def test_kept_cache_continues_exactly_like_a_fresh_prefill(tiny):
+    """Three turns of three sequences, as the rollout loop runs them: each turn stops at a
+    stop string, a result block is inserted, and the next turn continues. Inside ``turns()``
+    the continuing rows prefill only what was inserted (plus the token sampled last); the
+    tokens (greedy) and log-probs equal those of a fresh prefill of the whole sequence, and
+    a row with nothing kept (a new prompt) is prefilled whole in the same batch."""
+    model, tok = tiny
+    fresh = HFGenerator(model, tok, keep_cache=False)
+    inserted = tok.encode(" <result>\nParis is the capital of France.\n</result>",
+                          add_special_tokens=False)
+    seqs = prompts(tok, ["The capital of France is", "Question: who wrote Hamlet? Answer:",
+                         "Once upon a time"])
+
+    def stop_of(seq):  # text the greedy continuation completes at its 6th token
+        free = fresh.generate([seq], [SamplingParams(12, temperature=0)])[0]
+        return (tok.decode(free.token_ids[4:6]),)
+
+    cached = HFGenerator(model, tok)
+    with cached.turns():
+        current = [list(s) for s in seqs]
+        for turn in range(3):
+            params = [SamplingParams(12, temperature=0, stop=stop_of(s) if turn < 2 else ())
+                      for s in current]
+            if turn == 2:  # a new prompt joins the last turn: nothing kept for it
+                current.append(prompts(tok, ["A new question with nothing kept"])[0])
+                params.append(SamplingParams(12, temperature=0))
+            before = cached.prefilled
+            sizes, hook = _forward_sizes(model)
+            try:
+                outs = cached.generate(current, params)
+            finally:
+                hook.remove()
+            refs = [fresh.generate([s], [p])[0] for s, p in zip(current, params, strict=True)]
+            for s, g, ref in zip(current, outs, refs, strict=True):
+                assert g.token_ids == ref.token_ids
+                assert g.finish_reason == ref.finish_reason
+                torch.testing.assert_close(torch.tensor(g.logprobs), torch.tensor(ref.logprobs),
+                                           atol=2e-4, rtol=1e-4)
+                torch.testing.assert_close(torch.tensor(g.logprobs),
+                                           teacher_forced_logprobs(model, s, g.token_ids),
+                                           atol=2e-4, rtol=1e-4)
+            if turn == 0:
+                assert all(g.finish_reason == "stop" for g in outs)
+            else:  # each continuing row ran only its last sampled token and the block
+                new = [len(inserted) + 1] * 3 + ([len(current[3])] if turn == 2 else [])
+                assert cached.prefilled - before == sum(new)
+                assert sizes[0] == (len(current), max(new))
+            current = [s + g.token_ids + inserted for s, g in zip(current, outs, strict=True)]
+    assert cached._kept is None  # everything kept is dropped on leaving turns()
+
+
+def test_cache_is_kept_only_inside_turns_and_only_for_extending_prompts(tiny):
+    """Outside ``turns()`` nothing is kept; inside, a prompt that does not extend the kept
+    sequence (it differs inside the kept tokens) is prefilled whole, with the same result."""
+    model, tok = tiny
+    p = prompts(tok, ["Once upon a time"])[0]
+    free = HFGenerator(model, tok).generate([p], [SamplingParams(12, temperature=0)])[0]
+    stop = (tok.decode(free.token_ids[4:6]),)
+    gen = HFGenerator(model, tok)
+    first = gen.generate([p], [SamplingParams(12, temperature=0, stop=stop)])[0]
+    assert first.finish_reason == "stop" and gen._kept is None
+    with gen.turns():
+        first = gen.generate([p], [SamplingParams(12, temperature=0, stop=stop)])[0]
+        assert len(gen._kept) == 1
+        assert len(first.token_ids) >= 2  # so the kept tokens run past the prompt
+        # differs from the kept tokens right after the prompt: not an extension of them
+        other = p + [first.token_ids[0] + 1] + first.token_ids[1:]
+        before = gen.prefilled
+        out = gen.generate([other], [SamplingParams(6, temperature=0)])[0]
+        assert gen.prefilled - before == len(other)  # nothing kept matched: whole prefill
+        assert gen._kept == []  # the unused cache was dropped with the call
+    alone = HFGenerator(model, tok).generate([other], [SamplingParams(6, temperature=0)])[0]
+    assert out.token_ids == alone.token_ids

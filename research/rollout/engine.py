@@ -295,11 +295,15 @@ def run_rollouts(
     the closed-book control). ``progress`` (a
     :class:`~research.rollout.progress.RolloutProgress`) hears every turn, and every decode
     step of a backend that reports them; ``on_finish`` gets each trajectory as soon as it
-    ends (its text decoded), while the others go on.
+    ends (its text decoded), while the others go on. A backend with ``turns()`` (the
+    Hugging Face one) keeps each trajectory's KV cache from one turn to the next inside it,
+    so a turn prefills only the inserted result block; vLLM's prefix caching does the same
+    for its servers.
     """
     state = RolloutState(settings or RolloutSettings(), tokenizer)
     trajectories = [Trajectory(index=i, prompt_ids=list(p)) for i, p in enumerate(prompts)]
-    with _reporting(generator, progress):
+    turns = getattr(generator, "turns", None)  # a backend that keeps KV caches across turns
+    with _reporting(generator, progress), (turns() if turns else contextlib.nullcontext()):
         turn = 0
         while active := [t for t in trajectories if t.finish_reason is None]:
             turn += 1

@@ -9,12 +9,22 @@ once. Temperature and top-p are applied here, so the recorded log-probs are thos
 distribution actually sampled from. A row ends at the first id of the model's EOS set
 (:func:`~research.rollout.generation.model_eos_ids`); that EOS is the sampled token, kept with
 its log-prob.
+
+Across turns (:meth:`HFGenerator.turns`, which the rollout loop opens): a sequence that
+stopped at a stop string (``</search>``) keeps its KV cache, and the next call whose prompt
+extends it (the same tokens, then the inserted result block) prefills only the new tokens,
+batched with the other continuing rows. Without it every turn would prefill the whole
+trajectory again. The cache is matched on the exact token ids, so a prompt that does not
+extend a kept sequence is prefilled from scratch, and whatever the next call does not use is
+dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -54,6 +64,25 @@ class _Row:
         return Generation(self.tokens, self.logprobs, self.finish, self.stop)
 
 
+@dataclass
+class _Kept:
+    """The KV cache of one sequence between turns: ``layers[i] = (keys, values)`` of layer
+    ``i``, each ``[heads, len(ids), head_dim]``, for exactly the tokens ``ids``."""
+
+    ids: tuple[int, ...]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _plain_layers(cache) -> bool:
+    """Whether every layer of ``cache`` is a plain growing key/value layer (not sliding, not
+    quantised, not recurrent): only those can be cut per row and stitched back together."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.is_initialized
+                                for layer in layers)
+
+
 def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
     """Length of the prefix all prompts share, leaving each at least one token of its own."""
     first = prompts[0]
@@ -68,11 +97,13 @@ class HFGenerator:
     budgets and stop strings are per sequence."""
 
     def __init__(self, model, tokenizer, max_batch: int | None = None, logits_processors=(),
-                 eos_token_ids: Sequence[int] | None = None):
+                 eos_token_ids: Sequence[int] | None = None, keep_cache: bool = True):
         """``logits_processors``: callables ``(input_ids [B, L], logits [B, V]) -> logits``
         applied before sampling (e.g. constrained decoding). ``eos_token_ids``: the ids that
         end a sequence, by default :func:`~research.rollout.generation.model_eos_ids` of the
-        model; the EOS a sequence ends with is the sampled token, with its log-prob."""
+        model; the EOS a sequence ends with is the sampled token, with its log-prob.
+        ``keep_cache``: inside :meth:`turns`, keep the KV cache of sequences that stopped at
+        a stop string for the next call (False: every call prefills its prompts whole)."""
         self.model = model
         self.tokenizer = tokenizer
         self.logits_processors = list(logits_processors)
@@ -86,19 +117,55 @@ class HFGenerator:
         self.pad_token_id = int(pad if pad is not None else min(self.eos_token_ids))
         self.max_batch = max_batch
         self.on_step = None  # a callable told how many tokens each decode step sampled
+        self.keep_cache = keep_cache
+        self._kept: list[_Kept] | None = None  # inside turns(): caches for the next call
+        self.prefilled = 0  # prompt tokens run through the model (the shared prefix once)
         # the KV cache argument is `cache` in recent transformers, `past_key_values` before
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        # a prefill needs the logits of its last position only: the vocabulary projection of
+        # every other position is a quarter of a small model's prefill work, thrown away
+        keep = next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in params), None)
+        self._last_logits = {keep: 1} if keep else {}
+
+    @contextlib.contextmanager
+    def turns(self):
+        """The calls inside are the turns of one set of trajectories (the model's weights do
+        not change meanwhile): a sequence that stopped at a stop string keeps its KV cache
+        for the next call, which prefills only the tokens its prompt adds. Everything kept
+        is dropped on exit."""
+        outer = self._kept
+        self._kept = [] if self.keep_cache else None
+        try:
+            yield self
+        finally:
+            self._kept = outer
 
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]
                  ) -> list[Generation]:
         if not check_batch(prompts, params):
             return []
+        pool, keeping = self._kept or [], self._kept is not None
+        if keeping:
+            self._kept = []  # this call's stops; what it does not take from ``pool`` is dropped
         step = self.max_batch or len(prompts)
         out: list[Generation] = []
         for i in range(0, len(prompts), step):
-            out += self._generate_batch(prompts[i : i + step], params[i : i + step])
+            chunk = prompts[i : i + step]
+            found = [self._take(pool, p) for p in chunk] if pool else [None] * len(chunk)
+            out += self._generate_batch(chunk, params[i : i + step], found)
         return out
+
+    @staticmethod
+    def _take(pool: list[_Kept], prompt: Sequence[int]) -> _Kept | None:
+        """Remove and return the longest kept sequence that ``prompt`` strictly extends."""
+        best = None
+        for j, kept in enumerate(pool):
+            n = len(kept.ids)
+            if n < len(prompt) and (best is None or n > len(pool[best].ids)) \
+                    and tuple(prompt[:n]) == kept.ids:
+                best = j
+        return None if best is None else pool.pop(best)
 
     def _check_row(self, row: _Row) -> None:
         """Set ``row.finish`` if its last token ended it."""
@@ -129,7 +196,7 @@ class HFGenerator:
         if shared:  # one row for the shared prefix, then the cache is repeated for each row
             prefix = torch.tensor([prompts[0][:shared]], device=device)
             self.model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None],
-                       **kv)
+                       **kv, **self._last_logits)
             kv[self._cache_arg].batch_repeat_interleave(len(prompts))
         width = max(len(p) for p in prompts) - shared
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
@@ -142,12 +209,59 @@ class HFGenerator:
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]  # [B, width]
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                            **kv).logits[:, -1]
+                            **kv, **self._last_logits).logits[:, -1]
+        self.prefilled += shared + sum(len(p) - shared for p in prompts)
         prefix_ids = torch.tensor([prompts[0][:shared]] * len(prompts), dtype=torch.long,
                                   device=device).reshape(len(prompts), shared)
         return logits, torch.cat([prefix_ids, ids], dim=1), mask, positions[:, -1] + 1
 
-    def _generate_batch(self, prompts, params) -> list[Generation]:
+    def _continue(self, prompts, found: list[_Kept | None], kv, device):
+        """Like :meth:`_prefill` for prompts some of which extend a kept sequence: the kept
+        keys and values go into the cache right-aligned (``[padding, kept]`` per row) and
+        only each prompt's new tokens are run through the model (``[padding, new]``), every
+        row at its own positions. A row with nothing kept prefills its whole prompt."""
+        cache = kv[self._cache_arg]
+        lengths = [0 if k is None else len(k.ids) for k in found]
+        held = max(lengths)
+        news = [p[n:] for p, n in zip(prompts, lengths, strict=True)]
+        width = max(len(n) for n in news)
+        rows = len(prompts)
+        ids = torch.full((rows, held + width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((rows, held + width), dtype=torch.long)
+        for i, (kept, new) in enumerate(zip(found, news, strict=True)):
+            if kept is not None:
+                ids[i, held - len(kept.ids):held] = torch.tensor(kept.ids, dtype=torch.long)
+                mask[i, held - len(kept.ids):held] = 1
+            ids[i, held + width - len(new):] = torch.tensor(new, dtype=torch.long)
+            mask[i, held + width - len(new):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        some = next(k for k in found if k is not None)
+        for layer, (k0, v0) in enumerate(some.layers):
+            keys = k0.new_zeros((rows, *k0.shape[:1], held, k0.shape[-1]))
+            values = v0.new_zeros((rows, *v0.shape[:1], held, v0.shape[-1]))
+            for i, kept in enumerate(found):
+                if kept is not None:
+                    k, v = kept.layers[layer]
+                    keys[i, :, held - k.shape[1]:] = k
+                    values[i, :, held - v.shape[1]:] = v
+            cache.update(keys, values, layer)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, held:]
+        logits = self.model(input_ids=ids[:, held:], attention_mask=mask,
+                            position_ids=positions, **kv, **self._last_logits).logits[:, -1]
+        self.prefilled += sum(len(n) for n in news)
+        return logits, ids, mask, positions[:, -1] + 1
+
+    def _keep(self, cache, mask, row: _Row, j: int, prompt) -> None:
+        """Keep row ``j``'s KV cache (every position its mask holds) for the next call."""
+        if self._kept is None or row.finish != "stop" or not _plain_layers(cache):
+            return
+        held = mask[j].bool()
+        layers = [(layer.keys[j][:, held], layer.values[j][:, held]) for layer in cache.layers]
+        ids = tuple(prompt) + tuple(row.tokens[:-1])  # the last token was never fed
+        if layers[0][0].shape[1] == len(ids):
+            self._kept.append(_Kept(ids, layers))
+
+    def _generate_batch(self, prompts, params, found=None) -> list[Generation]:
         modes = {(p.temperature, p.top_p) for p in params}
         if len(modes) != 1:
             raise ValueError("one batch must share temperature and top_p")
@@ -161,7 +275,10 @@ class HFGenerator:
         cache = DynamicCache(config=self.model.config)
         kv = {self._cache_arg: cache, "use_cache": True}
         with torch.inference_mode():
-            logits, seqs, mask, next_pos = self._prefill(prompts, kv, device)
+            if found and any(k is not None for k in found):
+                logits, seqs, mask, next_pos = self._continue(prompts, found, kv, device)
+            else:
+                logits, seqs, mask, next_pos = self._prefill(prompts, kv, device)
             active = rows
             while True:
                 for proc in self.logits_processors:
@@ -174,10 +291,13 @@ class HFGenerator:
                 chosen = logp.gather(1, tok[:, None]).squeeze(1)
                 if self.on_step is not None:
                     self.on_step(len(active))
-                for row, t, lp in zip(active, tok.tolist(), chosen.tolist(), strict=True):
+                for j, (row, t, lp) in enumerate(zip(active, tok.tolist(), chosen.tolist(),
+                                                     strict=True)):
                     row.tokens.append(t)
                     row.logprobs.append(lp)
                     self._check_row(row)
+                    if row.finish is not None:
+                        self._keep(cache, mask, row, j, prompts[row.index])
                 keep = [j for j, row in enumerate(active) if row.finish is None]
                 if not keep:
                     break
