@@ -1,20 +1,27 @@
-"""Rollout benchmark: search rollouts vs plain batched generation vs one sample at a time.
+"""Rollout benchmark: search rollouts against their limit and against the original's loop.
 
     python benchmarks/rollout.py --model qwen2.5-0.5b --prompts 16
 
-All three sides use the same Hugging Face backend, model, thread count and prompts
+Every side uses the same Hugging Face backend, model, thread count and prompts
 (``squad-open-mini`` dev questions in the base template with the worked example, which the
 0.5B model follows; the 135M one never searches, with or without it), against the real
 retrieval service on loopback:
 
-* ``search``: the project's rollout, all sequences of the batch generating together per turn;
-* ``plain``: one batched ``generate`` call producing the same number of model tokens per
-  sequence (the same lengths, no stop strings, no searches): the cost floor;
-* ``sequential``: the original's loop, one sample at a time through the same state machine.
+* ``search``: the project's rollout, all sequences of the batch generating together per turn,
+  each trajectory's KV cache kept from one turn to the next (only the inserted result block
+  is prefilled);
+* ``search_no_kept_cache``: the same, each turn prefilling the whole trajectory again
+  (``HFGenerator(keep_cache=False)``; the shared prompt prefix is still prefilled once);
+* ``limit``: the work no rollout can avoid, for the very trajectories ``search`` produced:
+  one batched prefill of every token a trajectory holds that the model did not sample (the
+  prompt, its shared prefix once, and every inserted token), plus the batched decode of
+  every sampled token (a plain generate of the same lengths, its own prefill excluded);
+* ``sequential``: the original's loop, one sample at a time, each turn prefilling the whole
+  trajectory again.
 
-Reported: model-generated tokens per second of each, searches per trajectory, and the ratios
-the project tracks: search overhead vs plain (target <= 15%) and speed-up over sequential
-(target >= 5x).
+Reported: seconds and sampled tokens per second of each side, searches per trajectory, tokens
+prefilled, and the ratios the project tracks: search / limit (target <= 1.15) and the speed-up
+over sequential in sampled tokens per second (target >= 5).
 """
 
 from __future__ import annotations
@@ -49,18 +56,48 @@ def _rollout(gen, client, tok, prompts, config):
     return out, time.perf_counter() - t0
 
 
-def _plain(model, tok, prompts, lengths, seed):
-    """One batched generate giving each sequence exactly ``lengths[i]`` new tokens: the same
-    backend, the same per-sequence budgets, no stop string, no search, no early EOS."""
+def _limit(model, tok, trajectories, seed):
+    """Seconds of the unavoidable work for ``trajectories``: one batched prefill of each
+    trajectory's prompt and inserted tokens (shared prefix once), plus the batched decode of
+    each one's sampled tokens (a plain generate of the same lengths: no stop string, no EOS,
+    no search), its prefill excluded. Returns (prefill s, decode s, tokens prefilled)."""
+    from transformers import DynamicCache
+
     from research.rollout.backends.hf import HFGenerator
     from research.rollout.generation import SamplingParams
 
     gen = HFGenerator(model, tok)
-    gen.eos_token_ids = frozenset({model.config.vocab_size})  # an id never sampled
-    params = [SamplingParams(max(1, n), temperature=1.0, seed=seed) for n in lengths]
+    held = [t.prompt_ids + [i for i, ins in zip(t.response_ids, t.inserted, strict=True) if ins]
+            for t in trajectories]
+    cache = DynamicCache(config=model.config)
+    device = next(model.parameters()).device
     t0 = time.perf_counter()
-    out = gen.generate(prompts, params)
-    return sum(len(g.token_ids) for g in out), time.perf_counter() - t0
+    with torch.inference_mode():
+        gen._prefill(held, {gen._cache_arg: cache, "use_cache": True}, device)
+    prefill_s = time.perf_counter() - t0
+    del cache
+
+    gen.eos_token_ids = frozenset({model.config.vocab_size})  # an id never sampled
+    first: list[float] = []
+    gen.on_step = lambda n: first.append(time.perf_counter()) if not first else None
+    lengths = [max(1, sum(t.loss_mask)) for t in trajectories]
+    params = [SamplingParams(n, temperature=1.0, seed=seed) for n in lengths]
+    t0 = time.perf_counter()
+    gen.generate([t.prompt_ids for t in trajectories], params)
+    decode_s = time.perf_counter() - first[0]
+    return prefill_s, decode_s, gen.prefilled
+
+
+def _side(trajectories, seconds, prefilled=None) -> dict:
+    sampled = sum(sum(t.loss_mask) for t in trajectories)
+    out = {"sampled_tokens": sampled, "seconds": round(seconds, 2),
+           "sampled_tok_per_s": round(sampled / seconds, 2),
+           "searches_per_trajectory": sum(t.num_searches for t in trajectories)
+           / len(trajectories),
+           "inserted_tokens": sum(t.inserted_tokens for t in trajectories)}
+    if prefilled is not None:
+        out["tokens_prefilled"] = prefilled
+    return out
 
 
 def main() -> int:
@@ -84,6 +121,7 @@ def main() -> int:
     from research.rollout.settings import RolloutSettings
     from research.serving.launch import running_service
 
+    load = os.getloadavg()[0]
     model, tok, prompts = _setup(args)
     work = cache_root() / "bench"
     work.mkdir(parents=True, exist_ok=True)
@@ -94,34 +132,42 @@ def main() -> int:
     with running_service(cfg, work / "rollout-service.log") as service, \
             SearchClient(service.url) as client:
         gen = HFGenerator(model, tok)
+        _rollout(gen, client, tok, prompts[:2], config)  # warm-up: first-call costs
+        sides = {}
+        for name, keep in (("search", True), ("search_no_kept_cache", False)):
+            gen = HFGenerator(model, tok, keep_cache=keep)
+            torch.manual_seed(args.seed)
+            out, dt = _rollout(gen, client, tok, prompts, config)
+            sides[name] = _side(out, dt, gen.prefilled)
+            if name == "search":
+                batch = out
+        prefill_s, decode_s, prefilled = _limit(model, tok, batch, args.seed)
+        sides["limit"] = {**_side(batch, prefill_s + decode_s, prefilled),
+                          "prefill_seconds": round(prefill_s, 2),
+                          "decode_seconds": round(decode_s, 2)}
+        gen = HFGenerator(model, tok, keep_cache=False)
         torch.manual_seed(args.seed)
-        batch, t_batch = _rollout(gen, client, tok, prompts, config)
-        lengths = [sum(t.loss_mask) for t in batch]
-        n_plain, t_plain = _plain(model, tok, prompts, lengths, args.seed)
-        torch.manual_seed(args.seed)
-        seq_tokens, t_seq = 0, 0.0
+        seq, t_seq = [], 0.0
         for p in prompts:
             (t,), dt = _rollout(gen, client, tok, [p], config)
-            seq_tokens += sum(t.loss_mask)
+            seq.append(t)
             t_seq += dt
-    model_tokens = sum(lengths)
+        sides["sequential"] = _side(seq, t_seq, gen.prefilled)
     result = {
         "meta": {"model": args.model, "prompts": args.prompts, "threads": args.threads,
                  "dtype": args.dtype, "template": args.template, "cpu_count": os.cpu_count(),
+                 "max_response_tokens": args.max_response_tokens, "max_turns": args.max_turns,
+                 "load_average_at_start": load,
                  "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)},
-        "search": {"model_tokens": model_tokens, "seconds": t_batch,
-                   "tok_per_s": model_tokens / t_batch,
-                   "searches_per_trajectory": sum(t.num_searches for t in batch) / len(batch),
-                   "inserted_tokens": sum(len(t.loss_mask) - sum(t.loss_mask) for t in batch)},
-        "plain": {"model_tokens": n_plain, "seconds": t_plain, "tok_per_s": n_plain / t_plain},
-        "sequential": {"model_tokens": seq_tokens, "seconds": t_seq,
-                       "tok_per_s": seq_tokens / t_seq},
-    }
-    result["ratios"] = {
-        "search overhead vs plain": result["plain"]["tok_per_s"] / result["search"]["tok_per_s"]
-        - 1,
-        "speed-up vs sequential": result["search"]["tok_per_s"]
-        / result["sequential"]["tok_per_s"],
+        **sides,
+        "ratios": {
+            "search / limit (seconds, same trajectories)":
+                sides["search"]["seconds"] / sides["limit"]["seconds"],
+            "search without kept cache / search (seconds)":
+                sides["search_no_kept_cache"]["seconds"] / sides["search"]["seconds"],
+            "speed-up vs sequential (sampled tok/s)":
+                sides["search"]["sampled_tok_per_s"] / sides["sequential"]["sampled_tok_per_s"],
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -270,6 +270,32 @@ def test_lora_trains_adapters_and_saves_a_merged_model(tiny_path, questions, ser
     assert not (out / "final" / "adapter_config.json").exists()
 
 
+def test_lora_layers_adapts_only_the_top_layers(tiny_path):
+    """``model.lora_layers=N`` puts adapters on the top N transformer layers only (so the
+    backward pass stops there); more layers than the model has, or no LoRA, is refused."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from research.trainers.trl_engine import lora_config
+
+    total = AutoConfig.from_pretrained(tiny_path).num_hidden_layers
+    assert total >= 2
+    config = load_config(None, ["model.lora_rank=4", "model.lora_layers=1"])
+    cfg = lora_config(config, str(tiny_path))
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_path), cfg)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(f"layers.{total - 1}." in n and "lora_" in n for n in trainable)
+    every = lora_config(load_config(None, ["model.lora_rank=4"]), str(tiny_path))
+    assert every.layers_to_transform is None
+    with pytest.raises(ConfigError, match=f"has {total} layers"):
+        lora_config(load_config(None, ["model.lora_rank=4", f"model.lora_layers={total + 1}"]),
+                    str(tiny_path))
+    with pytest.raises(ConfigError, match="model.lora_rank > 0"):
+        load_config(None, ["model.lora_layers=1"])
+    with pytest.raises(ConfigError, match="model.lora_layers"):
+        load_config(None, ["model.lora_rank=4", "model.lora_layers=1"], engine="verl")
+
+
 def test_progress_bar_shows_the_step_numbers():
     import io
 

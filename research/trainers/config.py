@@ -44,6 +44,9 @@ class ModelConfig:
     lora_rank: int = _f(0, "0: train every weight; N > 0: train LoRA adapters of rank N on "
                         "every linear layer instead (peft; the final model is merged)")
     lora_alpha: int | None = _f(None, "LoRA scaling alpha (null: twice the rank)")
+    lora_layers: int | None = _f(None, "LoRA adapters on the top N transformer layers only "
+                                 "(null: every layer); the backward pass then stops at the "
+                                 "lowest adapted layer")
     max_batch: int | None = _f(None, "most sequences the Hugging Face backend decodes at once "
                                "in a rollout (null: all)")
 
@@ -235,8 +238,11 @@ def _positive(config: TrainConfig) -> None:
             raise ConfigError(f"{key} must be >= 1")
     if config.model.lora_rank < 0:
         raise ConfigError("model.lora_rank must be >= 0 (0: full fine-tuning)")
-    for key in ("data.train_limit", "model.lora_alpha", "model.max_batch", "run.torch_threads",
-                "run.save_total_limit", "cluster.max_tokens_per_gpu"):
+    if config.model.lora_layers is not None and not config.model.lora_rank:
+        raise ConfigError("model.lora_layers needs LoRA adapters: set model.lora_rank > 0, or "
+                          "model.lora_layers=null")
+    for key in ("data.train_limit", "model.lora_alpha", "model.lora_layers", "model.max_batch",
+                "run.torch_threads", "run.save_total_limit", "cluster.max_tokens_per_gpu"):
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if value is not None and value < 1:

@@ -191,8 +191,10 @@ def _wandb_env(config: TrainConfig) -> None:
                           "flag); or use run.wandb=offline")
 
 
-def lora_config(config: TrainConfig):
-    """peft's ``LoraConfig`` for ``model.lora_rank > 0`` (every linear layer), else None."""
+def lora_config(config: TrainConfig, model_path: str | None = None):
+    """peft's ``LoraConfig`` for ``model.lora_rank > 0`` (every linear layer; of the top
+    ``model.lora_layers`` transformer layers of the model at ``model_path`` when set), else
+    None."""
     m = config.model
     if not m.lora_rank:
         return None
@@ -201,8 +203,31 @@ def lora_config(config: TrainConfig):
     except ImportError:
         raise ConfigError("model.lora_rank > 0 needs peft: pip install -e '.[trl]' (or pip "
                           "install peft), or set model.lora_rank=0") from None
+    targets, layers = "all-linear", None
+    if m.lora_layers is not None:
+        targets, layers = _top_layer_targets(model_path, m.lora_layers)
     return LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha or 2 * m.lora_rank,
-                      lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+                      lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM",
+                      layers_to_transform=layers)
+
+
+def _top_layer_targets(model_path: str, n: int) -> tuple[list[str], list[int]]:
+    """The linear layers' names (what "all-linear" adapts) and the indices of the top ``n``
+    transformer layers of the model at ``model_path`` (built on the meta device: no
+    weights are read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_config = AutoConfig.from_pretrained(model_path)
+    total = model_config.num_hidden_layers
+    if n > total:
+        raise ConfigError(f"model.lora_layers={n} but the model has {total} layers: set at "
+                          f"most {total}, or null for every layer")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear) and ".layers." in name})
+    return names, list(range(total - n, total))
 
 
 def save_final(trainer, path: Path, settings) -> None:
@@ -270,7 +295,7 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
                                                                             samples),
                               args=args, train_dataset=dataset, processing_class=tokenizer,
                               rollout_func=rollout, callbacks=callbacks,
-                              peft_config=lora_config(config))
+                              peft_config=lora_config(config, model_path))
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(ProgressBar())
         for callback in callbacks[1:]:

@@ -89,6 +89,7 @@ MAPPED: dict[str, str] = {
 # TRL-only keys: refused under verl unless left at their default; the value says the
 # alternative
 TRL_ONLY: dict[str, str] = {
+    "model.lora_layers": "verl's LoRA adapts every layer: leave model.lora_layers null",
     "model.max_batch": "verl's servers batch on their own: set "
                        "actor_rollout_ref.rollout.max_num_seqs through cluster.verl",
     "grpo.trl": "pass verl keys through cluster.verl instead",
