@@ -131,6 +131,25 @@ def test_agent_loop_masks_results_and_keeps_the_budget(tiny, service_url):
     assert tok.decode(out.prompt_ids).endswith(f"User: What is {token(3)}?. Assistant:")
 
 
+def test_agent_loop_keeps_the_weight_versions_of_resumed_generations(tiny, service_url):
+    """verl's fully-async server client resumes a generation cut by a weight update and tags
+    it with the oldest and newest weights it used: the trajectory spans from the oldest of
+    its generations to the newest (the v1 trainer's off-policy metrics read the span)."""
+    _, tok = tiny
+
+    class Resumed(ScriptedServer):
+        async def generate(self, *args, **kwargs):
+            out = await super().generate(*args, **kwargs)
+            step = out.extra_fields["global_steps"]  # 7, then 8
+            out.extra_fields |= {"min_global_steps": step - 2, "max_global_steps": step}
+            return out
+
+    server = Resumed(tok, [f"<search> {token(3)} </search>", " <answer> \\boxed{a} </answer>"])
+    out = run_loop(lambda: agent_loop(tok, server, service_url), f"What is {token(3)}?")
+    assert (out.extra_fields["min_global_steps"], out.extra_fields["max_global_steps"]) == (5, 8)
+    assert out.extra_fields["num_searches"] == 1
+
+
 def test_agent_loop_budget_and_failures(tiny):
     _, tok = tiny
     long = f"<search> {token(1)} </search>"
