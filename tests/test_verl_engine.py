@@ -7,6 +7,8 @@ verl: tests/test_verl_launch.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,21 +25,34 @@ torch = pytest.importorskip("torch")
 
 class ScriptedServer:
     """verl's server manager, answering from a script of texts (token ids out, as verl's
-    servers do; no stop reason). Records every request."""
+    servers do; no stop reason). Records every request. ``texts`` is one script that every
+    request takes from, or a script per question: a trajectory (one request id) whose prompt
+    holds the key plays that script from its start."""
 
-    def __init__(self, tokenizer, texts: list[str], eos: bool = True,
+    def __init__(self, tokenizer, texts: list[str] | dict[str, list[str]], eos: bool = True,
                  stop_reason: str = "completed"):
-        self.tok, self.texts, self.eos = tokenizer, list(texts), eos
-        self.stop_reason = stop_reason
+        self.tok, self.eos, self.stop_reason = tokenizer, eos, stop_reason
+        self.texts = dict(texts) if isinstance(texts, dict) else list(texts)
+        self.playing: dict[str, list[str]] = {}  # request id -> what is left of its script
         self.requests: list[dict] = []
+
+    def script(self, request_id, prompt_ids) -> list[str]:
+        if isinstance(self.texts, list):
+            return self.texts
+        if request_id not in self.playing:
+            prompt = self.tok.decode(prompt_ids)
+            [key] = [k for k in self.texts if k in prompt]
+            self.playing[request_id] = list(self.texts[key])
+        return self.playing[request_id]
 
     async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
         from verl.workers.rollout.replica import TokenOutput
 
         self.requests.append({"id": request_id, "prompt_ids": list(prompt_ids),
                               "params": dict(sampling_params)})
-        ids = self.tok.encode(self.texts.pop(0), add_special_tokens=False)
-        if self.eos and not self.texts:
+        script = self.script(request_id, prompt_ids)
+        ids = self.tok.encode(script.pop(0), add_special_tokens=False)
+        if self.eos and not script:
             ids.append(self.tok.eos_token_id)
         ids = ids[: sampling_params["max_tokens"]]
         step = len(self.requests) + 6  # verl tags each generation with the trainer's step
@@ -129,6 +144,25 @@ def test_agent_loop_masks_results_and_keeps_the_budget(tiny, service_url):
         len(out.response_ids) - done)
     assert out.prompt_ids == first["prompt_ids"]
     assert tok.decode(out.prompt_ids).endswith(f"User: What is {token(3)}?. Assistant:")
+
+
+def test_agent_loop_keeps_the_weight_versions_of_resumed_generations(tiny, service_url):
+    """verl's fully-async server client resumes a generation cut by a weight update and tags
+    it with the oldest and newest weights it used: the trajectory spans from the oldest of
+    its generations to the newest (the v1 trainer's off-policy metrics read the span)."""
+    _, tok = tiny
+
+    class Resumed(ScriptedServer):
+        async def generate(self, *args, **kwargs):
+            out = await super().generate(*args, **kwargs)
+            step = out.extra_fields["global_steps"]  # 7, then 8
+            out.extra_fields |= {"min_global_steps": step - 2, "max_global_steps": step}
+            return out
+
+    server = Resumed(tok, [f"<search> {token(3)} </search>", " <answer> \\boxed{a} </answer>"])
+    out = run_loop(lambda: agent_loop(tok, server, service_url), f"What is {token(3)}?")
+    assert (out.extra_fields["min_global_steps"], out.extra_fields["max_global_steps"]) == (5, 8)
+    assert out.extra_fields["num_searches"] == 1
 
 
 def test_agent_loop_budget_and_failures(tiny):
@@ -251,8 +285,9 @@ def test_verls_dataset_reads_the_rows_parquet(tiny, tmp_path):
 
 
 class LocalRewardWorker:
-    """verl's reward-loop worker, in process: ``compute_score.remote(data)`` runs verl's
-    NaiveRewardManager with the custom reward function the config names."""
+    """verl's reward-loop worker, in the agent-loop worker's process (not an actor of its
+    own): ``compute_score.remote(data)`` runs verl's NaiveRewardManager with the custom
+    reward function the config names."""
 
     def __init__(self, cfg, tokenizer):
         self.cfg, self.tokenizer, self.manager = cfg, tokenizer, None
@@ -268,47 +303,195 @@ class LocalRewardWorker:
         return self.manager.run_single(data)
 
 
-def test_verls_agent_loop_worker_and_reward_manager_take_the_loops_output(
-        tiny, tiny_path, service_url, tmp_path):
-    """verl's own AgentLoopWorker (scripted server) and NaiveRewardManager (the custom reward
-    path) on a rows parquet: masks 0 on the inserted result, the reward on the last response
-    token, the reward's extra fields and the loop's counts in the batch."""
+# --- verl's agent-loop workers, on both trainer paths ---------------------------------------
+# The same two questions through the legacy trainer's AgentLoopWorker (trainer.use_v1: false)
+# and the default v1 trainer's AgentLoopWorkerTQ (TransferQueue): one searches once and
+# answers; one answers and rambles on past the response budget (no EOS: over length).
+
+BUDGET = 256  # rollout.max_response_tokens
+ANSWER = "<think> t </think> <answer> \\boxed{alpha} </answer>"
+SCRIPTS = {token(3): [f"<search> {token(3)} </search>", ANSWER],
+           token(4): [ANSWER + " more" * BUDGET]}
+
+
+def worker_config(tok, tiny_path, service_url, tmp_path, *hydra: str):
+    """The launcher's verl config for the two questions (``hydra``: further verl keys) and
+    verl's RLHFDataset over their rows parquet."""
     import yaml
-    from verl import DataProto
-    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
-    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+    from verl.utils.dataset.rl_dataset import RLHFDataset
 
     from research.data.rows import make_row, write_rows
     from research.trainers.verl_launch import agent_loop_entries, overrides
 
-    _, tok = tiny
     rows = tmp_path / "train.parquet"
-    write_rows([make_row(f"What is {token(3)}?", ["alpha"], id="0", data_source="t",
-                         index=0)], rows)
+    write_rows([make_row(f"What is {key}?", ["alpha"], id=str(i), data_source="t", index=i)
+                for i, key in enumerate(SCRIPTS)], rows)
     config = load_config("original", ["data.dev=null", "run.eval_steps=0", "rollout.top_k=1",
-                                      "rollout.max_response_tokens=256"], engine="verl")
+                                      f"rollout.max_response_tokens={BUDGET}",
+                                      "grpo.num_generations=2"], engine="verl")
     loops = tmp_path / "agent_loops.yaml"
     loops.write_text(yaml.safe_dump(agent_loop_entries(config, service_url)))
     cfg = compose(overrides(config, model_path=str(tiny_path), train_files=str(rows),
-                            val_files=None, agent_loops=str(loops)))
-    server = ScriptedServer(tok, [f"<search> {token(3)} </search>",
-                                  "<think> t </think> <answer> \\boxed{alpha} </answer>"])
-    worker = AgentLoopWorker(cfg, server, reward_loop_worker_handles=[
+                            val_files=None, agent_loops=str(loops)) + list(hydra))
+    return cfg, RLHFDataset(cfg.data.train_files, tok, cfg.data)
+
+
+def check_trajectories(tok, found: list[dict]):
+    """What both trainer paths must hand the update, per trajectory: ``response``, ``mask``
+    and ``scores`` (the response's token ids, loss mask and token rewards, unpadded),
+    ``reward`` (the reward's extra info), ``loop`` (the agent loop's extra fields),
+    ``num_turns`` and ``question``."""
+    searched = [t for t in found if token(3) in t["question"]]
+    rambled = [t for t in found if token(4) in t["question"]]
+    assert searched and rambled and len(searched) + len(rambled) == len(found)
+    for t in searched:
+        inserted = [i for i, m in enumerate(t["mask"]) if m == 0]
+        assert inserted and "<result>" in tok.decode([t["response"][i] for i in inserted])
+        assert t["mask"][-1] == 1 and t["response"][-1] == tok.eos_token_id
+        assert t["scores"][-1] == 1.0 and sum(t["scores"]) == 1.0  # on the last token only
+        assert (t["reward"]["format_ok"], t["reward"]["searches"], t["reward"]["acc"]) == (
+            1.0, 1.0, 1.0)
+        assert t["loop"]["num_searches"] == 1 and t["loop"]["ended_with_eos"]
+        assert t["num_turns"] == 4
+    for t in rambled:  # the budget spent exactly, every token the model's, no reward
+        assert len(t["response"]) == BUDGET and set(t["mask"]) == {1}
+        assert t["loop"]["finish_reason"] == "length" and not t["loop"]["ended_with_eos"]
+        assert tok.eos_token_id not in t["response"] and ANSWER in tok.decode(t["response"])
+        assert set(t["scores"]) == {0.0}  # a correct answer, but over length
+        assert (t["reward"]["format_ok"], t["reward"]["acc"]) == (0.0, 0.0)
+        assert t["loop"]["num_searches"] == 0 and t["num_turns"] == 2
+
+
+def test_legacy_trainers_agent_loop_worker_takes_the_loops_output(
+        tiny, tiny_path, service_url, tmp_path):
+    """verl's AgentLoopWorker (the legacy trainer's, ``trainer.use_v1: false``; scripted
+    server) and NaiveRewardManager (the custom reward path) on a rows parquet: the batch
+    padded to verl's widths, the masks, rewards and counts of check_trajectories."""
+    from verl import DataProto
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.utils.dataset.rl_dataset import collate_fn
+
+    _, tok = tiny
+    cfg, data = worker_config(tok, tiny_path, service_url, tmp_path, "trainer.use_v1=false")
+    worker = AgentLoopWorker(cfg, ScriptedServer(tok, SCRIPTS), reward_loop_worker_handles=[
         LocalRewardWorker(cfg, tok)])
-    data = RLHFDataset(cfg.data.train_files, tok, cfg.data)
-    batch = DataProto.from_single_dict(collate_fn([data[0]]))
+    batch = DataProto.from_single_dict(collate_fn([data[i] for i in range(len(data))]))
     batch.meta_info["global_steps"] = 1
     out = asyncio.run(worker.generate_sequences(batch))
-    mask, scores = out.batch["response_mask"][0], out.batch["rm_scores"][0]
-    n = int(mask.nonzero().max()) + 1  # the last model token (padding after it is masked)
-    response = out.batch["responses"][0]
-    inserted = [i for i in range(n) if mask[i] == 0]
-    assert inserted and "<result>" in tok.decode(response[inserted])
-    assert scores[n - 1] == 1.0 and scores.sum() == 1.0  # verl's placement: the last token
-    assert out.non_tensor_batch["format_ok"][0] == 1.0
-    assert out.non_tensor_batch["searches"][0] == 1.0
-    assert out.non_tensor_batch["num_searches"][0] == 1
-    assert int(out.non_tensor_batch["__num_turns__"][0]) == 4
+    assert out.batch["responses"].shape == (2, BUDGET)
+    width, extra = out.batch["prompts"].shape[1], out.non_tensor_batch
+    found = []
+    for i in range(len(out)):
+        n = int(out.batch["attention_mask"][i, width:].sum())  # the response, unpadded
+        assert out.batch["response_mask"][i, n:].sum() == 0  # padding is masked
+        found.append({
+            "question": extra["raw_prompt"][i], "response": out.batch["responses"][i, :n].tolist(),
+            "mask": out.batch["response_mask"][i, :n].tolist(),
+            "scores": out.batch["rm_scores"][i, :n].tolist(),
+            "reward": {k: extra[k][i] for k in out.meta_info["reward_extra_keys"]},
+            "loop": {k: extra[k][i] for k in ("num_searches", "finish_reason", "ended_with_eos")},
+            "num_turns": int(extra["__num_turns__"][i])})
+    check_trajectories(tok, found)
+    assert {"format_ok", "searches", "acc"} <= set(out.meta_info["reward_extra_keys"])
+
+
+def test_v1_trainers_agent_loop_worker_puts_the_loops_output_in_transfer_queue(
+        tiny, tiny_path, service_url, tmp_path):
+    """The default v1 trainer's path, as its sync trainer drives it: TransferQueue started
+    from verl's ``transfer_queue`` config on a local Ray, verl's AgentLoopManagerTQ with one
+    AgentLoopWorkerTQ actor (scripted server, NaiveRewardManager in it), the prompts
+    registered and submitted, verl's ReplayBuffer sampling the finished groups; then the
+    fields the update and the validation metrics read from TransferQueue."""
+    import uuid
+
+    import numpy as np
+    import ray
+    from ray import cloudpickle
+
+    tq = pytest.importorskip("transfer_queue", reason="the v1 trainer's path needs "
+                             "TransferQueue: the verl extra installs it (bash "
+                             "scripts/setup_verl.sh)")
+    from verl.trainer.ppo.metric_utils import process_validation_metrics
+    from verl.trainer.ppo.v1 import AgentLoopManagerTQ
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+    from verl.utils import tensordict_utils as tu
+    from verl.utils.dataset.rl_dataset import collate_fn
+
+    _, tok = tiny
+    cfg, data = worker_config(tok, tiny_path, service_url, tmp_path,
+                              "actor_rollout_ref.rollout.agent.num_workers=1",
+                              # verl's default is 8 storage actors of one CPU each
+                              "transfer_queue.backend.SimpleStorage.num_data_storage_units=1")
+    assert cfg.trainer.use_v1 and cfg.trainer.v1.trainer_mode == "sync"
+    this = sys.modules[__name__]  # the scripted server and reward worker go to the actor
+    cloudpickle.register_pickle_by_value(this)
+    ray.init(num_cpus=3, include_dashboard=False)  # TQ controller, storage unit, worker
+    try:
+        tq.init(cfg.transfer_queue)  # as verl's TaskRunnerV1
+        manager = AgentLoopManagerTQ.create(
+            config=cfg, llm_client=ScriptedServer(tok, SCRIPTS),
+            reward_loop_worker_handles=[LocalRewardWorker(cfg, tok)])
+        batch_dict = collate_fn([data[i] for i in range(len(data))])  # the trainer's batch
+        batch_dict["uid"] = np.array([str(uuid.uuid4()) for _ in range(len(data))],
+                                     dtype=object)
+        batch = tu.get_tensordict(batch_dict)
+        tu.assign_non_tensor_data(batch, "global_steps", 1)
+        uids = list(batch["uid"])
+        tq.kv_batch_put(keys=uids, partition_id="train", tags=[
+            {"is_prompt": True, "status": "pending", "global_steps": 1} for _ in uids])
+        manager.generate_sequences(batch)  # returns at once; the worker puts its outputs
+        status = wait_for_groups(tq, uids, timeout=180)
+        assert set(status.values()) == {"finished"}, status
+        buffer = ReplayBuffer(
+            trainer_mode="sync", trainer_config=cfg.trainer.v1.sync,
+            max_off_policy_threshold=cfg.trainer.v1.sampler.max_off_policy_threshold,
+            max_off_policy_strategy=cfg.trainer.v1.sampler.max_off_policy_strategy,
+            sampler_kwargs=cfg.trainer.v1.sampler.sampler_kwargs, poll_interval=0.2,
+            refill_fn=lambda k: pytest.fail(f"{k} prompt group(s) failed"))
+        meta, _ = buffer.sample(global_steps=1, partition_id="train", batch_size=len(uids))
+        fields = ["question", "prompts", "responses", "response_mask", "loss_mask",
+                  "rm_scores", "rollout_log_probs", "num_turns", "extra_fields", "input_ids",
+                  "data_source"]
+        got = tq.kv_batch_get(keys=meta.keys, partition_id="train", select_fields=fields)
+    finally:
+        with contextlib.suppress(Exception):
+            tq.close()
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(this)
+    assert sorted(k.rsplit("_", 2)[0] for k in meta.keys) == sorted(uids * 2)  # n = 2 each
+    extra, questions, turns = (list(got[k]) for k in ("extra_fields", "question", "num_turns"))
+    found = [{"question": questions[i], "response": got["responses"][i].tolist(),
+              "mask": got["response_mask"][i].tolist(), "scores": got["rm_scores"][i].tolist(),
+              "reward": extra[i]["reward_extra_info"], "loop": extra[i],
+              "num_turns": turns[i]} for i in range(len(meta.keys))]
+    check_trajectories(tok, found)
+    for i, t in enumerate(found):  # what verl's update reads beside the mask
+        assert got["loss_mask"][i].tolist() == t["mask"]
+        assert len(got["rollout_log_probs"][i]) == len(t["response"])
+        assert got["input_ids"][i].tolist() == got["prompts"][i].tolist() + t["response"]
+        assert meta.tags[i]["response_len"] == len(t["response"])
+        assert meta.tags[i]["min_global_steps"] is not None  # the v1 metrics need them
+    # the validation metrics verl's v1 trainer logs from the reward's extra info
+    infos = {k: [e["reward_extra_info"][k] for e in extra] for k in ("format_ok", "searches")}
+    metrics = process_validation_metrics(list(got["data_source"]),
+                                         [k.rsplit("_", 2)[0] for k in meta.keys], infos)
+    assert metrics["t"]["format_ok"]["mean@2"] == 0.5
+    assert metrics["t"]["searches"]["mean@2"] == 0.5
+
+
+def wait_for_groups(tq, uids: list[str], timeout: float) -> dict[str, str]:
+    """The prompt groups' statuses in TransferQueue once each is finished or failed."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        tags = tq.kv_list("train").get("train", {})
+        status = {u: tags.get(u, {}).get("status") for u in uids}
+        if set(status.values()) <= {"finished", "failure"}:
+            return status
+        if time.monotonic() > deadline:
+            pytest.fail(f"the agent loop worker did not finish in {timeout} s: {status}")
+        time.sleep(0.2)
 
 
 def test_several_nodes_need_every_path_on_every_node(tmp_path):

@@ -23,8 +23,10 @@ failures and whether the response ended with EOS, which verl merges into the rew
 
 verl's server does not say which stop ended a generation; the token ids are read back with
 :func:`research.rollout.generation.generation_from_tokens` (off the event loop). The
-``min_global_steps`` / ``max_global_steps`` tags verl's server puts on each generation are
-passed on, as verl's own loops do (its trainer reads them every step).
+``min_global_steps`` / ``max_global_steps`` tags verl's server client puts on each
+generation are passed on for the whole trajectory (:func:`weight_versions`), as verl's own
+loops do: the v1 trainer reads them every step (its off-policy metrics, and its TransferQueue
+tags).
 """
 
 from __future__ import annotations
@@ -134,8 +136,7 @@ class ReSearchAgentLoop(AgentLoopBase):
                     found = await self.loop.run_in_executor(self.pool, functools.partial(
                         search_queries, self.searcher, [query], self.settings.top_k))
                 state.insert(t, query, found[query])
-        steps = [f["global_steps"] for f in server_fields if f.get("global_steps") is not None]
-        tags = {"min_global_steps": steps[0], "max_global_steps": steps[-1]} if steps else {}
+        tags = weight_versions(server_fields)
         return AgentLoopOutput(
             prompt_ids=t.prompt_ids, response_ids=t.response_ids, response_mask=t.loss_mask,
             response_logprobs=t.logprobs, metrics=clock,
@@ -144,6 +145,19 @@ class ReSearchAgentLoop(AgentLoopBase):
                           "ended_with_eos": t.ended_with_eos,
                           "aborted": t.finish_reason == "aborted",
                           "finish_reason": t.finish_reason, **tags})
+
+
+def weight_versions(server_fields: list[dict]) -> dict[str, int]:
+    """``min_global_steps`` / ``max_global_steps`` of a trajectory: the oldest and the newest
+    weights its generations used. verl's server client tags each generation with them (one
+    that its fully-async client resumed after a weight update spans several), or with
+    ``global_steps`` alone; none when the server knows no step."""
+    lows = [f.get("min_global_steps", f.get("global_steps")) for f in server_fields]
+    highs = [f.get("max_global_steps", f.get("global_steps")) for f in server_fields]
+    lows, highs = [s for s in lows if s is not None], [s for s in highs if s is not None]
+    if not (lows and highs):
+        return {}
+    return {"min_global_steps": min(lows), "max_global_steps": max(highs)}
 
 
 @contextlib.contextmanager
