@@ -222,6 +222,12 @@ def test_generated_config_passes_verls_own_checks(tmp_path):
     assert (rollout.n, rollout.tensor_model_parallel_size, rollout.response_length) == (5, 2, 8192)
     assert rollout.dtype == "bfloat16" and cfg.actor_rollout_ref.actor.fsdp_config.dtype == (
         "bfloat16")
+    # the forward-only reference holds bf16 weights (verl's default loads it in fp32)
+    import torch
+    from verl.utils.torch_dtypes import PrecisionType
+
+    ref = cfg.actor_rollout_ref.ref.fsdp_config
+    assert ref.dtype == "bfloat16" and PrecisionType.to_dtype(ref.model_dtype) == torch.bfloat16
     assert algo.adv_estimator == "grpo" and algo.norm_adv_by_std_in_grpo
     assert cfg.reward.custom_reward_function.reward_kwargs.reward_name == "v1"
     assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.WANDB_MODE == "offline"

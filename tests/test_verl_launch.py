@@ -108,6 +108,7 @@ def test_verl_values_of_the_mapped_keys(tmp_path):
             "trainer.max_actor_ckpt_to_keep=3", "data.train_max_samples=100",
             "actor_rollout_ref.rollout.dtype=bfloat16",
             "actor_rollout_ref.actor.fsdp_config.dtype=bfloat16",
+            "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16",
             "actor_rollout_ref.actor.use_dynamic_bsz=true",
             "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=17408",
             "actor_rollout_ref.actor.entropy_from_logits_with_chunking=true",

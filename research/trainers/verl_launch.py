@@ -107,7 +107,11 @@ def _model(config: TrainConfig, model_path: str) -> dict:
          "actor_rollout_ref.model.enable_gradient_checkpointing": m.gradient_checkpointing,
          "actor_rollout_ref.rollout.dtype": m.dtype,
          "actor_rollout_ref.actor.fsdp_config.dtype": "bfloat16",  # grpo.bf16 (checked)
-         "actor_rollout_ref.ref.fsdp_config.dtype": "bfloat16"}
+         "actor_rollout_ref.ref.fsdp_config.dtype": "bfloat16",
+         # the reference only runs forward in bf16: bf16 weights give the same matmuls as
+         # the actor's fp32 master weights cast to bf16, at half the memory (verl's default
+         # loads it in fp32)
+         "actor_rollout_ref.ref.fsdp_config.model_dtype": "bf16"}
     if m.lora_rank:
         o |= {"actor_rollout_ref.model.lora_rank": m.lora_rank,
               "actor_rollout_ref.model.lora_alpha": m.lora_alpha or 2 * m.lora_rank,

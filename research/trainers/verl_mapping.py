@@ -62,7 +62,8 @@ MAPPED: dict[str, str] = {
     "grpo.entropy_coef": "actor_rollout_ref.actor.entropy_coeff",
     "grpo.loss_type": "actor_rollout_ref.actor.loss_agg_mode",
     "grpo.epochs": "trainer.total_epochs",
-    "grpo.bf16": "actor_rollout_ref.actor.fsdp_config.dtype, ref.fsdp_config.dtype (bfloat16)",
+    "grpo.bf16": "actor_rollout_ref.actor.fsdp_config.dtype, ref.fsdp_config.dtype (bfloat16), "
+                 "ref.fsdp_config.model_dtype (bf16 weights for the forward-only reference)",
     "grpo.vllm_tensor_parallel_size": "actor_rollout_ref.rollout.tensor_model_parallel_size",
     "grpo.vllm_gpu_memory_utilization": "actor_rollout_ref.rollout.gpu_memory_utilization",
     "run.output_dir": "trainer.default_local_dir, trainer.experiment_name, WANDB_DIR",
