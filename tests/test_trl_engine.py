@@ -187,6 +187,8 @@ def test_forced_searches_are_masked_and_carry_no_gradient(tiny_path, questions, 
                    "rollout.max_response_tokens=96")
     with prepared_run(config, lambda: [ForceSearch(tokenizer)]) as run:
         trainer = run.trainer
+        # the loss below runs through the compact head (labelled positions only, on CPU)
+        assert getattr(trainer.model, "research_compact_head", False)
         trainer.model.train()
         trainer.current_gradient_accumulation_steps = 1
         batch = next(iter(trainer.get_train_dataloader()))

@@ -268,6 +268,7 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
 
     from research.models.prepare import prepare_model
     from research.rewards import get_reward_fn
+    from research.trainers.trl_head import install_compact_head
 
     checkpoint = check_resume(config)
     _wandb_env(config)
@@ -296,6 +297,9 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
                               args=args, train_dataset=dataset, processing_class=tokenizer,
                               rollout_func=rollout, callbacks=callbacks,
                               peft_config=lora_config(config, model_path))
+        policy = trainer.model
+        install_compact_head(policy.get_base_model() if hasattr(policy, "get_base_model")
+                             else policy, trainer.temperature)
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(ProgressBar())
         for callback in callbacks[1:]:
