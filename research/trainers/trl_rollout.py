@@ -95,6 +95,7 @@ class ReSearchRollout:
         self.samples = samples
         self.make_logits_processors = make_logits_processors or list
         self._prompt_cache: dict[str, list[int]] = {}
+        self._copy = None  # the bf16 generation copy (CPU, grpo.bf16), built on first use
 
     def encode(self, question: str) -> list[int]:
         if question not in self._prompt_cache:
@@ -125,7 +126,8 @@ class ReSearchRollout:
     @contextlib.contextmanager
     def generator(self, trainer) -> Iterator:
         """The backend on the trainer's current weights, in eval mode without gradients, under
-        the trainer's mixed precision (``grpo.bf16``: bf16 matmuls on fp32 weights)."""
+        the trainer's mixed precision (``grpo.bf16``: bf16 matmuls on fp32 weights; on CPU a
+        bf16 copy of the current weights, :mod:`research.trainers.generation_copy`)."""
         if trainer.args.use_vllm:
             yield self._vllm_generator(trainer)
             return
@@ -138,12 +140,23 @@ class ReSearchRollout:
                 trainer.model_wrapped, trainer.accelerator,
                 gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
                 gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
-        ) as model, torch.no_grad(), trainer.accelerator.autocast():
+        ) as model, torch.no_grad():
+            if trainer.args.bf16 and next(model.parameters()).device.type == "cpu":
+                # bf16 matmuls as under autocast, without casting every weight every step
+                if self._copy is None:
+                    from research.trainers.generation_copy import GenerationCopy
+
+                    self._copy = GenerationCopy("bfloat16")
+                yield HFGenerator(self._copy.refresh(model), self.tokenizer,
+                                  max_batch=self.max_batch,
+                                  logits_processors=self.make_logits_processors())
+                return
             was_training = model.training
             model.eval()
             try:
-                yield HFGenerator(model, self.tokenizer, max_batch=self.max_batch,
-                                  logits_processors=self.make_logits_processors())
+                with trainer.accelerator.autocast():
+                    yield HFGenerator(model, self.tokenizer, max_batch=self.max_batch,
+                                      logits_processors=self.make_logits_processors())
             finally:
                 model.train(was_training)
 
