@@ -81,7 +81,8 @@ def test_quickstart_training_stage_with_the_tiny_model(tmp_path):
         [sys.executable, "-m", "research.cli", "quickstart", "--run-dir", str(run), "--limit",
          "50", "--train-steps", "1", f"model.path={tiny}", "rollout.max_response_tokens=24",
          "data.dev_limit=2", "grpo.prompts_per_step=1", "grpo.num_generations=2",
-         "grpo.per_device_batch=2", "run.torch_threads=1"],
+         "grpo.per_device_batch=2", "run.torch_threads=1",
+         "model.lora_layers=1"],  # the tiny model has 2 layers (the config adapts 8 of 24)
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     steps, _, validation = result.stdout.partition("before and after GRPO")
