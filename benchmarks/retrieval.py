@@ -425,6 +425,14 @@ def overlaps(r: dict, k: int) -> dict:
             for system, m in r.items() if system != "bm25s" and "top_ids" in m}
 
 
+def tie_share(r: dict, k: int) -> float | None:
+    """The share of queries with a document tied with bm25s' k-th outside its top k."""
+    if "bm25s" not in r:
+        return None
+    tied = r["bm25s"]["tied_ids"]
+    return sum(len(ids) > k for ids in tied) / max(1, len(tied))
+
+
 def _shared(o: dict) -> str:
     return f"{o['tied']:.3f} ({o['plain']:.3f} plain)"
 
@@ -513,7 +521,8 @@ def main() -> int:
     for n in args.sizes:
         r = bench_size(n, args, work, systems)
         all_results[str(n)] = {"systems": r, "ratios": ratios(r),
-                               "overlap_with_bm25s": overlaps(r, args.k)}
+                               "overlap_with_bm25s": overlaps(r, args.k),
+                               "queries_tied_at_k": tie_share(r, args.k)}
     for r in all_results.values():
         for m in r["systems"].values():
             m.pop("top_ids", None)

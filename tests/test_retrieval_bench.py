@@ -38,6 +38,11 @@ def test_tied_top_keeps_every_document_tied_with_the_kth(bench):
     assert bench.tied_top(np.array([0.0, 3.0]), k=2).tolist() == [1]  # no zero scores
 
 
+def test_tie_share_counts_queries_with_ties_past_the_kth(bench):
+    r = {"bm25s": {"tied_ids": [["1", "2", "3"], ["4", "5"]]}}
+    assert bench.tie_share(r, k=2) == 0.5 and bench.tie_share({}, k=2) is None
+
+
 def test_ratios_against_each_peer(bench):
     def m(qps, build, mem):
         return {"qps_b1": qps, "qps_b64": 2 * qps, "cpu_qps_b1": qps, "cpu_qps_b64": 4 * qps,
