@@ -47,7 +47,6 @@ def test_copy_of_a_lora_policy_follows_its_adapters_and_leaves_it_unchanged(tiny
 
 def test_copy_of_a_fully_trained_policy_in_bf16(tiny):
     policy = copy.deepcopy(tiny[0]).float()
-    ids = torch.randint(5, 400, (1, 7))
     gen = GenerationCopy()
     held = gen.refresh(policy)
     assert {p.dtype for p in held.parameters()} == {torch.bfloat16}
