@@ -147,15 +147,14 @@ class ReSearchRollout:
                     from research.trainers.generation_copy import GenerationCopy
 
                     self._copy = GenerationCopy("bfloat16")
-                yield HFGenerator(self._copy.refresh(model), self.tokenizer,
-                                  max_batch=self.max_batch,
-                                  logits_processors=self.make_logits_processors())
-                return
+                source, precision = self._copy.refresh(model), contextlib.nullcontext()
+            else:
+                source, precision = model, trainer.accelerator.autocast()
             was_training = model.training
             model.eval()
             try:
-                with trainer.accelerator.autocast():
-                    yield HFGenerator(model, self.tokenizer, max_batch=self.max_batch,
+                with precision:
+                    yield HFGenerator(source, self.tokenizer, max_batch=self.max_batch,
                                       logits_processors=self.make_logits_processors())
             finally:
                 model.train(was_training)
