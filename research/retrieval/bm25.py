@@ -6,12 +6,15 @@ tokenizer, same Lucene BM25 scores, same saved files, loadable by ``bm25s.BM25.l
 streaming passes over the corpus:
 
 1. tokenize chunks of documents with ``bm25s``' tokenizer and spill each chunk's
-   ``(doc, token, term frequency)`` triples to disk;
-2. with the document frequencies and average length known, score the triples chunk by chunk
-   and scatter them into column-sorted (CSC) arrays memory-mapped on disk.
+   ``(token, doc, term frequency)`` triples to disk, sorted by token;
+2. with the document frequencies and average length known, assemble the column-sorted
+   (CSC) score arrays one band of tokens at a time, from every chunk's slice for that band,
+   and write each band once, in order.
 
-Peak memory is one chunk plus vocabulary-sized arrays and the score matrix's pages the OS
-chooses to keep.
+Peak memory is one chunk while tokenizing and one band (``band_nnz`` entries, 1 GB by
+default) while scoring, plus vocabulary-sized arrays; nothing the size of the index stays
+mapped. The build also saves each token's highest score (``research_bounds.npy``), which
+:class:`BM25Retriever` uses to skip documents that cannot reach a query's top ``k``.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from tqdm.auto import tqdm
 from research.errors import ConfigError
 from research.retrieval.base import Hit, StoreBackedRetriever
 from research.retrieval.corpus import CorpusRecord, DocStore
+from research.retrieval.maxscore import column_maxima, search_many
 
 logger = logging.getLogger(__name__)
 
 _SPLIT_PATTERN = r"(?u)\b\w\w+\b"  # bm25s' default splitter
+BOUNDS_FILE = "research_bounds.npy"  # each token's highest score, for pruning at search
 
 
 @dataclass(frozen=True)
@@ -82,28 +87,34 @@ def _chunks(records: Iterable[CorpusRecord], size: int) -> Iterator[list[CorpusR
 
 
 def _chunk_triples(token_ids: list[list[int]], first_doc: int) -> dict[str, np.ndarray]:
-    """Unique ``(doc, token)`` pairs of a chunk with their counts, sorted by doc then token."""
+    """Unique ``(doc, token)`` pairs of a chunk with their counts, sorted by token then doc."""
     lens = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
     flat = np.fromiter((i for t in token_ids for i in t), dtype=np.int64, count=int(lens.sum()))
     local_doc = np.repeat(np.arange(len(token_ids), dtype=np.int64), lens)
-    keys, tf = np.unique((local_doc << 32) | flat, return_counts=True)
+    keys, tf = np.unique((flat << 32) | local_doc, return_counts=True)
     return {
-        "doc": ((keys >> 32) + first_doc).astype(np.int32),  # [nnz_chunk]
-        "tok": (keys & 0xFFFFFFFF).astype(np.int32),  # [nnz_chunk]
+        "tok": (keys >> 32).astype(np.int32),  # [nnz_chunk]
+        "doc": ((keys & 0xFFFFFFFF) + first_doc).astype(np.int32),  # [nnz_chunk]
         "tf": tf.astype(np.int32),  # [nnz_chunk]
         "len": lens.astype(np.int32),  # [docs_chunk]
     }
 
 
+_SPILLED = ("tok", "doc", "tf")
+
+
 def _tokenize_pass(records, n_docs, params, work: Path, chunk_docs: int):
-    """Pass 1: tokenize and spill triples; returns (tokenizer, doc lengths, chunk files)."""
+    """Pass 1: tokenize and spill each chunk's triples, sorted by token, as ``.npy`` files.
+
+    Returns (tokenizer, doc lengths, document frequencies, chunk file stems)."""
     from bm25s.tokenization import Tokenizer
 
     tokenizer = Tokenizer(
         stopwords=_stopword_list(params.stopwords), stemmer=_stemmer(params.stemmer)
     )
     doc_lens = np.zeros(n_docs, dtype=np.int32)
-    files = []
+    df = np.zeros(0, dtype=np.int64)
+    stems = []
     done = 0
     with tqdm(total=n_docs, desc="BM25 tokenize", unit="doc", unit_scale=True) as bar:
         for chunk in _chunks(records, chunk_docs):
@@ -112,46 +123,80 @@ def _tokenize_pass(records, n_docs, params, work: Path, chunk_docs: int):
             )
             triples = _chunk_triples(ids, done)
             doc_lens[done : done + len(chunk)] = triples.pop("len")
-            files.append(work / f"chunk-{len(files):05d}.npz")
-            np.savez(files[-1], **triples)
+            counts = np.bincount(triples["tok"], minlength=len(df))
+            df = np.concatenate([df, np.zeros(len(counts) - len(df), np.int64)]) + counts
+            stems.append(work / f"chunk-{len(stems):05d}")
+            for name in _SPILLED:
+                np.save(f"{stems[-1]}.{name}.npy", triples[name])
             done += len(chunk)
             bar.update(len(chunk))
     if done != n_docs:
         raise RuntimeError(f"the corpus yielded {done} documents, expected {n_docs}")
-    return tokenizer, doc_lens, files
+    return tokenizer, doc_lens, df, stems
 
 
-def _scatter_pass(files, doc_lens, n_vocab, params, out: Path):
-    """Pass 2: score the triples and write them column-sorted (CSC over tokens)."""
-    df = np.zeros(n_vocab, dtype=np.int64)
-    for f in files:
-        df += np.bincount(np.load(f)["tok"], minlength=n_vocab)
-    n_docs = len(doc_lens)
+def _bands(indptr: np.ndarray, band_nnz: int) -> list[tuple[int, int]]:
+    """Consecutive token ranges ``[t0, t1)`` holding about ``band_nnz`` entries each."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    n_vocab = len(indptr) - 1
+    bands, t0 = [], 0
+    while t0 < n_vocab:
+        t1 = int(np.searchsorted(indptr, indptr[t0] + band_nnz, side="right")) - 1
+        t1 = min(max(t1, t0 + 1), n_vocab)  # at least one token, even a longer one
+        bands.append((t0, t1))
+        t0 = t1
+    return bands
+
+
+def _scatter_pass(stems, doc_lens, df, params, out: Path, band_nnz: int):
+    """Pass 2: score the triples and write them column-sorted (CSC over tokens), one band
+    of tokens at a time: each band is assembled in memory from every chunk's slice and
+    written once, in order. Also returns each token's highest score (its column maximum),
+    the upper bound the retriever prunes with."""
+    n_vocab, n_docs = len(df), len(doc_lens)
     idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5)).astype(np.float32)  # Lucene idf
     avg_len = float(doc_lens.mean()) if n_docs else 1.0
     nnz = int(df.sum())
     indptr = np.zeros(n_vocab + 1, dtype=np.int64 if nnz >= 2**31 else np.int32)
     np.cumsum(df, out=indptr[1:])
-    data = np.lib.format.open_memmap(out / "data.csc.index.npy", "w+", np.float32, (nnz,))
-    indices = np.lib.format.open_memmap(out / "indices.csc.index.npy", "w+", np.int32, (nnz,))
-    cursor = indptr[:-1].astype(np.int64)  # next free slot of each token's column
-    for f in tqdm(files, desc="BM25 score", unit="chunk"):
-        t = np.load(f)
-        doc, tok, tf = t["doc"], t["tok"], t["tf"].astype(np.float64)
-        norm = params.k1 * ((1 - params.b) + params.b * doc_lens[doc] / avg_len)
-        score = idf[tok] * (tf / (norm + tf))  # bm25s' Lucene tf component times idf
-        order = np.argsort(tok, kind="stable")  # keeps doc order inside each column
-        tok_sorted = tok[order]
-        counts = np.bincount(tok_sorted, minlength=n_vocab)
-        group_start = np.cumsum(counts) - counts  # first position of each token in the chunk
-        rank = np.arange(len(order)) - group_start[tok_sorted]
-        pos = cursor[tok_sorted] + rank
-        data[pos] = score[order]
-        indices[pos] = doc[order]
-        cursor += counts
-    data.flush()
-    indices.flush()
-    return indptr, nnz
+    header = {}
+    for name, dtype in (("data", np.float32), ("indices", np.int32)):
+        path = out / f"{name}.csc.index.npy"
+        header[name] = (path, np.lib.format.open_memmap(path, "w+", dtype, (nnz,)).offset)
+    bounds = np.zeros(n_vocab, dtype=np.float32)
+    bands = _bands(indptr, band_nnz)
+    for t0, t1 in tqdm(bands, desc="BM25 score", unit="band"):
+        lo_out, hi_out = int(indptr[t0]), int(indptr[t1])
+        band_data = np.empty(hi_out - lo_out, dtype=np.float32)
+        band_docs = np.empty(hi_out - lo_out, dtype=np.int32)
+        cursor = indptr[t0:t1].astype(np.int64) - lo_out  # next free slot of each column
+        for stem in stems:  # chunks in document order: each column stays sorted by doc
+            lo, hi = np.searchsorted(np.load(f"{stem}.tok.npy", mmap_mode="r"), [t0, t1])
+            tok = _read(f"{stem}.tok.npy", lo, hi) - t0
+            doc = _read(f"{stem}.doc.npy", lo, hi)
+            tf = _read(f"{stem}.tf.npy", lo, hi).astype(np.float64)
+            norm = params.k1 * ((1 - params.b) + params.b * doc_lens[doc] / avg_len)
+            counts = np.bincount(tok, minlength=t1 - t0)
+            pos = cursor[tok] + (np.arange(len(tok)) - (np.cumsum(counts) - counts)[tok])
+            band_data[pos] = idf[tok + t0] * (tf / (norm + tf))  # Lucene tf part times idf
+            band_docs[pos] = doc
+            cursor += counts
+        starts = indptr[t0:t1] - lo_out
+        filled = np.flatnonzero(df[t0:t1])
+        if len(filled):
+            bounds[t0 + filled] = np.maximum.reduceat(band_data, starts[filled])
+        for name, band in (("data", band_data), ("indices", band_docs)):
+            path, offset = header[name]
+            with open(path, "r+b") as f:
+                f.seek(offset + lo_out * band.itemsize)
+                band.tofile(f)
+    return indptr, nnz, bounds
+
+
+def _read(path: str, lo: int, hi: int) -> np.ndarray:
+    """A copy of ``[lo, hi)`` of a saved array; the mapping is dropped at once, so pages read
+    once do not stay in this process' resident memory."""
+    return np.array(np.load(path, mmap_mode="r")[lo:hi])
 
 
 def build_bm25(
@@ -160,6 +205,7 @@ def build_bm25(
     out: Path,
     params: BM25Params,
     chunk_docs: int = 100_000,
+    band_nnz: int = 1 << 27,
 ) -> dict:
     """Build a bm25s index of ``n_docs`` streamed documents into directory ``out``.
 
@@ -173,11 +219,13 @@ def build_bm25(
     shutil.rmtree(partial, ignore_errors=True)
     work = partial / "spill"
     work.mkdir(parents=True)
-    tokenizer, doc_lens, files = _tokenize_pass(records, n_docs, params, work, chunk_docs)
+    tokenizer, doc_lens, df, stems = _tokenize_pass(records, n_docs, params, work, chunk_docs)
     vocab = tokenizer.get_vocab_dict()
-    indptr, nnz = _scatter_pass(files, doc_lens, len(vocab), params, partial)
+    df = np.concatenate([df, np.zeros(max(0, len(vocab) - len(df)), np.int64)])
+    indptr, nnz, bounds = _scatter_pass(stems, doc_lens, df, params, partial, band_nnz)
     shutil.rmtree(work)
     np.save(partial / "indptr.csc.index.npy", indptr)
+    np.save(partial / BOUNDS_FILE, bounds)
     model = bm25s.BM25(k1=params.k1, b=params.b, method="lucene")
     model.vocab_dict = vocab
     model.scores = {"num_docs": n_docs}
@@ -227,15 +275,19 @@ class _QueryTokenizer:
 
 
 class BM25Retriever(StoreBackedRetriever):
-    """A loaded bm25s index plus the doc store that turns positions into documents."""
+    """A loaded bm25s index plus the doc store that turns positions into documents.
+
+    The score arrays stay memory-mapped; searches run the exact MaxScore kernel of
+    :mod:`research.retrieval.maxscore` over them (compiled by numba when the ``fast`` extra is
+    installed), which reads only the postings a query's top ``k`` needs.
+    """
 
     def __init__(self, index_dir: Path, store: DocStore, threads: int = 1):
         import bm25s
 
         index_dir = Path(index_dir)
         params = BM25Params(**json.loads((index_dir / "research_bm25.json").read_text()))
-        backend = "numba" if _numba_available() else "numpy"
-        self._bm25 = bm25s.BM25.load(index_dir, mmap=True, backend=backend)
+        self._bm25 = bm25s.BM25.load(index_dir, mmap=True)
         self._tokenize = _QueryTokenizer(self._bm25.vocab_dict, params)
         self._store = store
         self._threads = threads
@@ -244,55 +296,30 @@ class BM25Retriever(StoreBackedRetriever):
                 f"BM25 index in {index_dir} has {self._bm25.scores['num_docs']} documents but "
                 f"the corpus {store.path} has {len(store)}: rebuild with `research index build`"
             )
+        self._data = self._bm25.scores["data"]  # [nnz] float32, memory-mapped
+        self._indices = self._bm25.scores["indices"]  # [nnz] int32 doc positions, mapped
+        self._indptr = np.array(self._bm25.scores["indptr"], dtype=np.int64)  # [vocab + 1]
+        bounds_file = index_dir / BOUNDS_FILE
+        if bounds_file.is_file():
+            self._bounds = np.load(bounds_file)  # [vocab] float32
+        else:  # an index built before the bounds were saved: one pass over its scores
+            logger.info("computing the token score bounds of %s (once per start)", index_dir)
+            self._bounds = column_maxima(self._data, self._indptr)
 
     def batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         """Best first; equal scores in document order, so the top ``k`` of a query is always
         the start of its top ``k + n``. A query with no known term gets no hits."""
         token_ids = [self._tokenize(q) for q in queries]
-        todo = [i for i, ids in enumerate(token_ids) if ids]  # no known term: no hit
-        results: list[list[Hit]] = [[] for _ in queries]
         k = min(k, self.num_docs)
-        if not todo or k < 1:
-            return results
-        # one extra: a tie across the k-th place is seen and resolved in _ordered
-        docs, scores = self._bm25.retrieve(
-            [token_ids[i] for i in todo], k=min(k + 1, self.num_docs), show_progress=False,
-            n_threads=self._threads,
-        )  # [Q, k + 1] each, best first, ties in no fixed order
-        for row, i in enumerate(todo):
-            order, top = self._ordered(token_ids[i], docs[row], scores[row], k)
-            results[i] = [Hit(*self._store.get(int(d)), float(s))
-                          for d, s in zip(order, top, strict=True) if s > 0]
-        return results
-
-    def _ordered(self, ids: list[int], docs: np.ndarray, scores: np.ndarray, k: int):
-        """The top ``k`` (doc positions, scores) by score, then document order.
-
-        bm25s' top ``k + 1`` holds the right scores but picks arbitrarily among documents
-        tied at the k-th score. When the (k+1)-th score is lower, the first k are exactly
-        the documents scoring at least the k-th: only their order needs fixing. Otherwise
-        every document's score is computed (bm25s' own sum, so equal to the bit) and the
-        tied ones are taken in document order.
-        """
-        if len(scores) > k and scores[k] == scores[k - 1] and scores[k - 1] > 0:
-            full = self._bm25.get_scores_from_ids(ids)  # [num_docs]
-            threshold = np.partition(full, len(full) - k)[len(full) - k]  # the k-th best
-            docs = np.flatnonzero(full >= threshold)  # ascending document order
-            scores = full[docs]
-        else:
-            docs, scores = docs[:k], scores[:k]
-        order = np.lexsort((docs, -scores))[:k]  # score descending, then document order
-        return docs[order], scores[order]
+        if k < 1:
+            return [[] for _ in queries]
+        found = search_many(self._data, self._indices, self._indptr, self._bounds, token_ids, k,
+                            threads=self._threads)
+        return [[Hit(*self._store.get(int(d)), float(s)) for d, s in zip(docs, scores, strict=True)]
+                for docs, scores in found]
 
     def warm_up(self) -> None:
-        """One search, so that numba compiles bm25s' kernels now rather than on the first
-        request (6-7 s)."""
-        self._bm25.retrieve([[0]], k=1, show_progress=False, n_threads=self._threads)
-
-
-def _numba_available() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        """One search, so that numba loads or compiles the kernels now rather than on the
+        first request."""
+        search_many(self._data, self._indices, self._indptr, self._bounds, [[0], [0]], 1,
+                    threads=self._threads)

@@ -209,7 +209,7 @@ def open_docstore(out: Path, manifest: Manifest) -> DocStore:
             f"or {_rebuild_hint(out)}"
         )
     try:
-        offsets = np.load(out / "offsets.npy")
+        offsets = np.load(out / "offsets.npy", mmap_mode="r")  # [n_docs + 1] int64
         store = DocStore(path, offsets)
     except (OSError, ValueError) as e:
         raise IndexLoadError(f"index {out}: {e}") from None

@@ -54,7 +54,7 @@ class RetrieverConfig:
                 "batch_size, fp16, ...); default the packaged MiniLM", "choices": None})
     gpu_ids: list[int] = field(default_factory=list, metadata={
         "help": "dense: one replica per listed GPU (e.g. [0, 1])", "choices": None})
-    threads_per_query: int = _f(1, "bm25s threads inside one batch request")
+    threads_per_query: int = _f(1, "BM25 search threads inside one batch request")
 
 
 @dataclass
