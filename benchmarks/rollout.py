@@ -109,6 +109,10 @@ def main() -> int:
                     help="worked example in the base prompt, so that small models search")
     ap.add_argument("--max-response-tokens", type=int, default=512)
     ap.add_argument("--max-turns", type=int, default=3)
+    ap.add_argument("--top-k", type=int, default=None,
+                    help="documents per search (default: the rollout's, rollout.top_k)")
+    ap.add_argument("--max-result-tokens", type=int, default=None,
+                    help="cap on one inserted result's document tokens (rollout.max_result_tokens)")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=0)
@@ -127,8 +131,10 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     cfg = work / "rollout-serving.yaml"
     cfg.write_text("retriever:\n  embedded: squad-open-mini\n")
+    extra = {"top_k": args.top_k} if args.top_k else {}
     config = RolloutSettings(max_response_tokens=args.max_response_tokens,
-                             max_turns=args.max_turns, temperature=1.0, seed=args.seed)
+                             max_turns=args.max_turns, temperature=1.0, seed=args.seed,
+                             max_result_tokens=args.max_result_tokens, **extra)
     with running_service(cfg, work / "rollout-service.log") as service, \
             SearchClient(service.url) as client:
         gen = HFGenerator(model, tok)
@@ -157,6 +163,7 @@ def main() -> int:
         "meta": {"model": args.model, "prompts": args.prompts, "threads": args.threads,
                  "dtype": args.dtype, "template": args.template, "cpu_count": os.cpu_count(),
                  "max_response_tokens": args.max_response_tokens, "max_turns": args.max_turns,
+                 "top_k": config.top_k, "max_result_tokens": config.max_result_tokens,
                  "load_average_at_start": load,
                  "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)},
         **sides,
