@@ -153,3 +153,28 @@ def test_an_index_without_saved_bounds_still_loads_and_answers_the_same(tmp_path
     before = load_retriever(tmp_path / "idx").batch_search(queries, 7)
     (tmp_path / "idx" / "bm25" / BOUNDS_FILE).unlink()
     assert load_retriever(tmp_path / "idx").batch_search(queries, 7) == before
+
+
+def test_seek_finds_the_first_position_at_or_after_a_document():
+    rng = np.random.default_rng(5)
+    indices = np.unique(rng.integers(0, 5000, size=700)).astype(np.int32)
+    for _ in range(2000):
+        lo = int(rng.integers(0, len(indices) + 1))
+        hi = int(rng.integers(lo, len(indices) + 1))
+        doc = int(rng.integers(-5, 5010))
+        expected = lo + int(np.searchsorted(indices[lo:hi], doc))
+        assert maxscore._seek(indices, lo, hi, doc) == expected, (lo, hi, doc)
+
+
+def test_warm_up_advises_the_kernel_to_read_the_mapped_score_arrays(tmp_path):
+    from research.retrieval.bm25 import advise_willneed
+
+    corpus = write_corpus(tmp_path / "c.jsonl", 500, seed=6)
+    build_index(corpus, tmp_path / "idx", "bm25")
+    retriever = load_retriever(tmp_path / "idx")
+    files = [tmp_path / "idx" / "bm25" / f"{n}.csc.index.npy" for n in ("data", "indices")]
+    assert advise_willneed([retriever._data, retriever._indices]) == sum(
+        f.stat().st_size for f in files)  # both whole files (header included) are advised
+    assert advise_willneed([np.zeros(3)]) == 0  # not mapped: nothing to advise
+    retriever.warm_up()
+    assert retriever.search("river castle", 3)

@@ -319,7 +319,29 @@ class BM25Retriever(StoreBackedRetriever):
                 for docs, scores in found]
 
     def warm_up(self) -> None:
-        """One search, so that numba loads or compiles the kernels now rather than on the
-        first request."""
+        """Ask the OS to read the score arrays into its page cache in the background (see
+        :func:`advise_willneed`), and run one search, so that numba loads or compiles the
+        kernels now rather than on the first request."""
+        advise_willneed([self._data, self._indices])
         search_many(self._data, self._indices, self._indptr, self._bounds, [[0], [0]], 1,
                     threads=self._threads)
+
+
+def advise_willneed(arrays) -> int:
+    """``madvise(MADV_WILLNEED)`` on memory-mapped arrays; returns the bytes advised.
+
+    The kernel then reads the files ahead in the background, sequentially, instead of one
+    page per search when a query first touches it (a 4 KB random read costs milliseconds on a
+    network disk; a 21M-passage index is 13 GB). The pages go to the shared page cache: they
+    count in this process' resident memory only once a search reads them, and stay clean and
+    reclaimable under memory pressure. A no-op where ``madvise`` is unavailable.
+    """
+    import mmap
+
+    advised = 0
+    for a in arrays:
+        m = getattr(a, "_mmap", None)
+        if m is not None and hasattr(m, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
+            m.madvise(mmap.MADV_WILLNEED)
+            advised += len(m)
+    return advised

@@ -10,7 +10,7 @@ Flood's MaxScore):
   upper bound of what it adds to any document;
 - once ``k`` documents are held, the terms whose bounds together cannot lift a document above
   the ``k``-th score are *non-essential*: a document is only considered when an essential
-  term contains it, and the non-essential lists are only probed (binary search) for those
+  term contains it, and the non-essential lists are only probed (galloping search) for those
   documents, and not at all when the bounds already rule the document out.
 
 The result is exact, not approximate: the same documents and the same ``float32`` scores as
@@ -44,8 +44,20 @@ def _jit(fn):
 
 
 @_jit
-def _lower_bound(indices, lo, hi, doc):
-    """First position in ``indices[lo:hi]`` (sorted) holding a value >= ``doc``."""
+def _seek(indices, lo, hi, doc):
+    """First position in ``indices[lo:hi]`` (sorted) holding a value >= ``doc``.
+
+    Galloping from ``lo`` (steps 1, 2, 4, ...), then a binary search inside the last step:
+    a list's cursor only moves forward, usually not far, so the positions read stay close
+    to the cursor (the same memory pages) instead of jumping across the whole list."""
+    if lo >= hi or indices[lo] >= doc:
+        return lo
+    step = 1
+    while lo + step < hi and indices[lo + step] < doc:
+        lo += step
+        step <<= 1
+    hi = min(hi, lo + step + 1)
+    lo += 1  # indices[lo] < doc is known
     while lo < hi:
         mid = (lo + hi) >> 1
         if indices[mid] < doc:
@@ -103,7 +115,7 @@ def _top_k(data, indices, indptr, bounds, terms, k, out_docs, out_scores):
             while not ruled_out and j >= 0:  # probe non-essential terms, largest bound first
                 i = order[j]
                 rest -= ub[i]
-                p = _lower_bound(indices, cur[i], end[i], doc)
+                p = _seek(indices, cur[i], end[i], doc)
                 cur[i] = p
                 if p < end[i] and indices[p] == doc:
                     contrib[i] = data[p]
