@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 from pathlib import Path
 
@@ -85,11 +86,26 @@ def test_agent_loop_ends_an_aborted_generation(tiny):
     assert not out.extra_fields["ended_with_eos"] and out.num_turns == 2
 
 
-def test_agent_loop_refuses_a_prompt_over_the_budget(tiny):
+def test_agent_loop_skips_a_prompt_over_the_budget(tiny, caplog):
+    """Not an error (on the legacy trainer one fails the step): one masked EOS, nothing
+    generated, the reason in the extra fields and a warning with the length and the limit."""
+    import logging
+
     _, tok = tiny
-    with pytest.raises(ValueError, match="over data.max_prompt_length=16"):
-        run_loop(lambda: agent_loop(tok, ScriptedServer(tok, ["x"]), "http://127.0.0.1:9",
-                                    prompt_length=16), "Q?")
+    server = ScriptedServer(tok, ["x"])
+    with caplog.at_level(logging.WARNING, logger="research.trainers.verl_agent"):
+        out = run_loop(lambda: agent_loop(tok, server, "http://127.0.0.1:9", prompt_length=16),
+                       "Q?", global_steps=3)
+    assert server.requests == []
+    assert (out.response_ids, out.response_mask, out.response_logprobs) == (
+        [tok.eos_token_id], [0], [0.0])
+    assert len(out.prompt_ids) == 16 and out.num_turns == 1
+    extra = out.extra_fields
+    assert extra["finish_reason"] == "prompt_too_long"
+    assert not extra["ended_with_eos"] and extra["num_searches"] == 0
+    assert (extra["min_global_steps"], extra["max_global_steps"]) == (3, 3)  # the v1 tags
+    [record] = [r for r in caplog.records if r.name == "research.trainers.verl_agent"]
+    assert re.search(r"has \d+ tokens, over data.max_prompt_length=16", record.getMessage())
 
 
 def agent_loop(tokenizer, server, search_url, response_length=256, model_path="/none",
@@ -107,11 +123,11 @@ def agent_loop(tokenizer, server, search_url, response_length=256, model_path="/
                              name="research_agent", tools=None, **settings)
 
 
-def run_loop(loop_factory, question):
+def run_loop(loop_factory, question, **kwargs):
     async def go():
         loop = loop_factory()
         return await loop.run({"temperature": 1.0, "top_p": 1.0, "logprobs": True},
-                              question=question, raw_prompt=question)
+                              question=question, raw_prompt=question, **kwargs)
     return asyncio.run(go())
 
 
@@ -312,17 +328,20 @@ class LocalRewardWorker:
 # --- verl's agent-loop workers, on both trainer paths ---------------------------------------
 # The same two questions through the legacy trainer's AgentLoopWorker (trainer.use_v1: false)
 # and the default v1 trainer's AgentLoopWorkerTQ (TransferQueue): one searches once and
-# answers; one answers and rambles on past the response budget (no EOS: over length).
+# answers; one answers and rambles on past the response budget (no EOS: over length). A third,
+# LONG, has a prompt over the prompt budget: not rolled out, and the step goes on.
 
 BUDGET = 256  # rollout.max_response_tokens
+LONG = "What is " + "long " * 600 + "?"  # over cluster.max_prompt_tokens (512)
 ANSWER = "<think> t </think> <answer> \\boxed{alpha} </answer>"
 SCRIPTS = {token(3): [f"<search> {token(3)} </search>", ANSWER],
            token(4): [ANSWER + " more" * BUDGET]}
 
 
-def worker_config(tok, tiny_path, service_url, tmp_path, *hydra: str):
-    """The launcher's verl config for the two questions (``hydra``: further verl keys) and
-    verl's RLHFDataset over their rows parquet."""
+def worker_config(tok, tiny_path, service_url, tmp_path, *hydra: str,
+                  more: tuple[str, ...] = ()):
+    """The launcher's verl config for the two questions and the questions ``more``
+    (``hydra``: further verl keys) and verl's RLHFDataset over their rows parquet."""
     import yaml
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
@@ -330,8 +349,9 @@ def worker_config(tok, tiny_path, service_url, tmp_path, *hydra: str):
     from research.trainers.verl_launch import agent_loop_entries, overrides
 
     rows = tmp_path / "train.parquet"
-    write_rows([make_row(f"What is {key}?", ["alpha"], id=str(i), data_source="t", index=i)
-                for i, key in enumerate(SCRIPTS)], rows)
+    questions = [f"What is {key}?" for key in SCRIPTS] + list(more)
+    write_rows([make_row(q, ["alpha"], id=str(i), data_source="t", index=i)
+                for i, q in enumerate(questions)], rows)
     config = load_config("original", ["data.dev=null", "run.eval_steps=0", "rollout.top_k=1",
                                       f"rollout.max_response_tokens={BUDGET}",
                                       "grpo.num_generations=2"], engine="verl")
@@ -378,16 +398,24 @@ def test_legacy_trainers_agent_loop_worker_takes_the_loops_output(
     from verl.utils.dataset.rl_dataset import collate_fn
 
     _, tok = tiny
-    cfg, data = worker_config(tok, tiny_path, service_url, tmp_path, "trainer.use_v1=false")
+    cfg, data = worker_config(tok, tiny_path, service_url, tmp_path, "trainer.use_v1=false",
+                              more=(LONG,))
     worker = AgentLoopWorker(cfg, ScriptedServer(tok, SCRIPTS), reward_loop_worker_handles=[
         LocalRewardWorker(cfg, tok)])
     batch = DataProto.from_single_dict(collate_fn([data[i] for i in range(len(data))]))
     batch.meta_info["global_steps"] = 1
     out = asyncio.run(worker.generate_sequences(batch))
-    assert out.batch["responses"].shape == (2, BUDGET)
+    assert out.batch["responses"].shape == (3, BUDGET)
     width, extra = out.batch["prompts"].shape[1], out.non_tensor_batch
+    [long] = [i for i in range(len(out)) if extra["raw_prompt"][i] == LONG]
+    # the over-long prompt: one masked token, reward 0 and the reason, the step goes on
+    assert int(out.batch["attention_mask"][long, width:].sum()) == 1
+    assert out.batch["response_mask"][long].sum() == 0 and out.batch["rm_scores"][long].sum() == 0
+    assert extra["finish_reason"][long] == "prompt_too_long"
+    assert list(extra["prompt_too_long"]) == [float(i == long) for i in range(len(out))]
+    assert "prompt_too_long" in out.meta_info["reward_extra_keys"]
     found = []
-    for i in range(len(out)):
+    for i in sorted(set(range(len(out))) - {long}):
         n = int(out.batch["attention_mask"][i, width:].sum())  # the response, unpadded
         assert out.batch["response_mask"][i, n:].sum() == 0  # padding is masked
         found.append({
@@ -427,7 +455,8 @@ def test_v1_trainers_agent_loop_worker_puts_the_loops_output_in_transfer_queue(
     cfg, data = worker_config(tok, tiny_path, service_url, tmp_path,
                               "actor_rollout_ref.rollout.agent.num_workers=1",
                               # verl's default is 8 storage actors of one CPU each
-                              "transfer_queue.backend.SimpleStorage.num_data_storage_units=1")
+                              "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+                              more=(LONG,))
     assert cfg.trainer.use_v1 and cfg.trainer.v1.trainer_mode == "sync"
     this = sys.modules[__name__]  # the scripted server and reward worker go to the actor
     cloudpickle.register_pickle_by_value(this)
@@ -466,23 +495,33 @@ def test_v1_trainers_agent_loop_worker_puts_the_loops_output_in_transfer_queue(
         cloudpickle.unregister_pickle_by_value(this)
     assert sorted(k.rsplit("_", 2)[0] for k in meta.keys) == sorted(uids * 2)  # n = 2 each
     extra, questions, turns = (list(got[k]) for k in ("extra_fields", "question", "num_turns"))
+    long = [i for i, q in enumerate(questions) if q == LONG]
+    for i in long:  # over-long: one masked token, reward 0, the v1 trainer's step tags
+        assert got["responses"][i].tolist() == [tok.eos_token_id]
+        assert got["loss_mask"][i].tolist() == [0] and got["rm_scores"][i].tolist() == [0.0]
+        assert extra[i]["reward_extra_info"]["prompt_too_long"] == 1.0
+        assert meta.tags[i]["min_global_steps"] == meta.tags[i]["max_global_steps"] == 1
+    keep = [i for i in range(len(meta.keys)) if i not in long]
+    assert len(long) == 2 and len(keep) == 4
     found = [{"question": questions[i], "response": got["responses"][i].tolist(),
               "mask": got["response_mask"][i].tolist(), "scores": got["rm_scores"][i].tolist(),
               "reward": extra[i]["reward_extra_info"], "loop": extra[i],
-              "num_turns": turns[i]} for i in range(len(meta.keys))]
+              "num_turns": turns[i]} for i in keep]
     check_trajectories(tok, found)
-    for i, t in enumerate(found):  # what verl's update reads beside the mask
+    for i, t in zip(keep, found, strict=True):  # what verl's update reads beside the mask
         assert got["loss_mask"][i].tolist() == t["mask"]
         assert len(got["rollout_log_probs"][i]) == len(t["response"])
         assert got["input_ids"][i].tolist() == got["prompts"][i].tolist() + t["response"]
         assert meta.tags[i]["response_len"] == len(t["response"])
         assert meta.tags[i]["min_global_steps"] is not None  # the v1 metrics need them
     # the validation metrics verl's v1 trainer logs from the reward's extra info
-    infos = {k: [e["reward_extra_info"][k] for e in extra] for k in ("format_ok", "searches")}
+    infos = {k: [e["reward_extra_info"][k] for e in extra]
+             for k in ("format_ok", "searches", "prompt_too_long")}
     metrics = process_validation_metrics(list(got["data_source"]),
                                          [k.rsplit("_", 2)[0] for k in meta.keys], infos)
-    assert metrics["t"]["format_ok"]["mean@2"] == 0.5
-    assert metrics["t"]["searches"]["mean@2"] == 0.5
+    assert metrics["t"]["format_ok"]["mean@2"] == pytest.approx(1 / 3)  # of three prompts
+    assert metrics["t"]["searches"]["mean@2"] == pytest.approx(1 / 3)
+    assert metrics["t"]["prompt_too_long"]["mean@2"] == pytest.approx(1 / 3)
 
 
 def wait_for_groups(tq, uids: list[str], timeout: float) -> dict[str, str]:

@@ -17,10 +17,13 @@ ANSWER = "<think> t </think> <answer> \\boxed{Paris} </answer>"
 def test_reward_entry_scores_with_the_projects_reward():
     import numpy as np
 
-    keys = {"score", "acc", "format_ok", "searches"}
+    keys = {"score", "acc", "format_ok", "searches", "prompt_too_long"}
     ok = compute_score("hotpotqa", ANSWER, np.array(["Paris", "paris city"]),
                        {"ended_with_eos": True, "num_searches": 2})
-    assert ok == {"score": 1.0, "acc": 1.0, "format_ok": 1.0, "searches": 2.0}
+    assert ok == {"score": 1.0, "acc": 1.0, "format_ok": 1.0, "searches": 2.0,
+                  "prompt_too_long": 0.0}
+    skipped = compute_score("hotpotqa", "", "Paris", {"finish_reason": "prompt_too_long"})
+    assert set(skipped) == keys and skipped["score"] == 0.0 and skipped["prompt_too_long"] == 1.0
     cut = compute_score("hotpotqa", ANSWER, "Paris", {"ended_with_eos": False})
     assert set(cut) == keys and cut["score"] == 0.0 and cut["format_ok"] == 0.0
     wrong = compute_score("hotpotqa", ANSWER, ["Lyon"], {"ended_with_eos": True},

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,8 @@ from research.retrieval.client import SearchClient
 from research.rollout.engine import RolloutState, Trajectory, search_queries
 from research.rollout.generation import generation_from_tokens, model_eos_ids
 from research.rollout.settings import from_dict as settings_from_dict
+
+log = logging.getLogger(__name__)
 
 # One client and one bounded pool per worker process and service (agent loops are built per
 # sample; these are shared by every sample of the process).
@@ -88,6 +91,15 @@ class ReSearchAgentLoop(AgentLoopBase):
     mapping (the ``rollout:`` section the launcher wrote); the response budget is verl's
     ``response_length`` (the launcher sets it from ``rollout.max_response_tokens``), and
     the sampling is verl's (set from the same section).
+
+    A generation verl's server aborted (``stop_reason == "aborted"``) ends the trajectory
+    there (``aborted`` in the extra fields) and it goes to the update like any other: reward
+    0 (no EOS), its generated tokens in the loss, counted in its group's mean and std. verl
+    0.9.1 drops nothing from an update per sample: the v1 trainer's ReplayBuffer drops whole
+    prompt groups (DAPO's ``algorithm.filter_groups``; stale groups when asynchronous), and an
+    agent loop that raises marks its group failed on the v1 path (kept by default, the missing
+    trajectories padded) and fails the step on the legacy one. Dropping the group would lose
+    its finished trajectories too, so the loop does neither.
     """
 
     def __init__(self, *args, search_url: str, rollout: dict | None = None,
@@ -103,16 +115,16 @@ class ReSearchAgentLoop(AgentLoopBase):
         self.searcher = search_client(search_url, search_timeout, search_retries)
         self.pool = search_pool(max_concurrent_searches)
         self.prompt_length = int(self.rollout_config.prompt_length)
-        self.eos_token_ids = frozenset(model_eos_ids(self.config.actor_rollout_ref.model.path,
-                                                     self.tokenizer))
+        eos_ids = model_eos_ids(self.config.actor_rollout_ref.model.path, self.tokenizer)
+        self.eos_token_ids = frozenset(eos_ids)
+        self.end_id = (eos_ids[0] if self.tokenizer.eos_token_id is None
+                       else self.tokenizer.eos_token_id)  # the response of a skipped prompt
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         question = question_of(kwargs)
         prompt_ids = self.settings.encode_prompt(self.tokenizer, question)
         if len(prompt_ids) > self.prompt_length:
-            raise ValueError(f"the prompt of {question[:80]!r} has {len(prompt_ids)} tokens, "
-                             f"over data.max_prompt_length={self.prompt_length}: raise "
-                             "cluster.max_prompt_tokens or drop the question")
+            return self.prompt_too_long(question, prompt_ids, kwargs.get("global_steps"))
         state, t = self.state, Trajectory(index=0, prompt_ids=prompt_ids)
         request_id = uuid.uuid4().hex  # one id per trajectory: its turns stay on one server
         clock = {"generate_sequences": 0.0, "tool_calls": 0.0}
@@ -145,6 +157,32 @@ class ReSearchAgentLoop(AgentLoopBase):
                           "ended_with_eos": t.ended_with_eos,
                           "aborted": t.finish_reason == "aborted",
                           "finish_reason": t.finish_reason, **tags})
+
+    def prompt_too_long(self, question: str, prompt_ids: list[int],
+                        global_steps: int | None) -> AgentLoopOutput:
+        """The trajectory of a prompt over ``data.max_prompt_length``, instead of an error
+        (on the legacy trainer one error fails the whole step): nothing generated, one EOS
+        as the response (verl puts the reward on the last response token) with mask 0, so
+        none of it reaches the loss, and ``finish_reason="prompt_too_long"`` (the reward gives
+        0 and counts it in its own ``prompt_too_long``). The prompt keeps its last
+        ``prompt_length`` tokens, as verl's own loops cut theirs, to fit verl's padded width.
+
+        The launcher drops such prompts while it prepares the rows (``drop_long_prompts``);
+        one gets here when ``data.max_prompt_length`` is lowered through ``cluster.verl`` or
+        verl reads a parquet the launcher did not prepare. The weight-version tags are the
+        dataloader's step, as verl's rollout skip tags the trajectories it replays (the v1
+        trainer reads them; the legacy one passes no step)."""
+        log.warning("the prompt of %r has %d tokens, over data.max_prompt_length=%d: not "
+                    "rolled out, reward 0 (prompt_too_long)", question[:80], len(prompt_ids),
+                    self.prompt_length)
+        tags = {} if global_steps is None else {"min_global_steps": int(global_steps),
+                                                "max_global_steps": int(global_steps)}
+        return AgentLoopOutput(
+            prompt_ids=prompt_ids[-self.prompt_length:], response_ids=[self.end_id],
+            response_mask=[0], response_logprobs=[0.0],
+            metrics={"generate_sequences": 0.0, "tool_calls": 0.0}, num_turns=1,
+            extra_fields={"num_searches": 0, "num_search_failures": 0, "ended_with_eos": False,
+                          "aborted": False, "finish_reason": "prompt_too_long", **tags})
 
 
 def weight_versions(server_fields: list[dict]) -> dict[str, int]:

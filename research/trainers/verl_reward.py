@@ -7,7 +7,9 @@ response decoded without special tokens (the EOS is gone), so whether the respon
 EOS comes from the agent loop's ``extra_fields`` (merged into ``extra_info``). The result is a
 dict of numbers with the same keys for every sample (verl logs them at validation and keeps
 them in its rollout dumps): ``score``, ``acc``
-(the answer was correct), ``format_ok`` (it passed the format gates), ``searches``.
+(the answer was correct), ``format_ok`` (it passed the format gates), ``searches``,
+``prompt_too_long`` (1: the agent loop did not roll the prompt out, being over
+``data.max_prompt_length``: its ``finish_reason``; score 0).
 ``reward_kwargs.reward_name`` picks the reward (``v1`` by default, or ``f1``).
 
 This module imports nothing from verl; the tests call it directly.
@@ -35,6 +37,9 @@ def compute_score(data_source: str | None = None, solution_str: str = "",
     (1.0, 1.0, 1.0, 1.0)
     """
     info = dict(extra_info or {})
+    if info.get("finish_reason") == "prompt_too_long":  # not rolled out (verl_agent)
+        return {"score": 0.0, "acc": 0.0, "format_ok": 0.0, "searches": 0.0,
+                "prompt_too_long": 1.0}
     # the research_agent loop always says; a row rolled out by another loop counts as not
     # ended (reward 0) rather than stopping verl's reward worker
     ended = bool(info.get("ended_with_eos", False))
@@ -43,4 +48,4 @@ def compute_score(data_source: str | None = None, solution_str: str = "",
     return {"score": float(result.score),
             "acc": float(result.reason == "correct"),
             "format_ok": float(not result.reason.startswith(FORMAT_FAILURES)),
-            "searches": float(info.get("num_searches", 0) or 0)}
+            "searches": float(info.get("num_searches", 0) or 0), "prompt_too_long": 0.0}
