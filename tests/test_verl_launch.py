@@ -161,3 +161,18 @@ def test_rows_keep_only_the_asked_question_type(tmp_path):
     assert 0 < kept < total  # the bridge questions are left out
     with pytest.raises(ConfigError, match="metadata.type"):
         rows_file(path, "train", None, tmp_path / "x.parquet", "one-hop")
+
+
+def test_online_on_several_nodes_says_every_node_needs_the_key(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from research.trainers.verl_launch import warn_wandb_key_on_every_node
+
+    monkeypatch.setenv("WANDB_API_KEY", "secret-key-123")
+    with caplog.at_level(logging.WARNING, logger="research.trainers.verl_launch"):
+        for settings in (("run.wandb=online",), ("cluster.nnodes=2",)):
+            warn_wandb_key_on_every_node(_config(tmp_path, *settings))
+        assert not caplog.records
+        warn_wandb_key_on_every_node(_config(tmp_path, "run.wandb=online", "cluster.nnodes=2"))
+    assert "WANDB_API_KEY must be exported on every node before its `ray start`" in caplog.text
+    assert "secret-key-123" not in caplog.text

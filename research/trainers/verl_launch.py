@@ -74,6 +74,17 @@ def wandb_env(config: TrainConfig, environ=os.environ) -> dict[str, str]:
             "WANDB_DIR": str(Path(config.run.output_dir).resolve())}
 
 
+def warn_wandb_key_on_every_node(config: TrainConfig) -> None:
+    """With ``online`` on several nodes, say that every node needs the key: verl logs to
+    wandb from its TaskRunner, a Ray actor that may run on any node with the environment of
+    that node's ``ray start``. Only the launching node's key is checked, and only its
+    presence (the key is never put in an override)."""
+    if config.run.wandb == "online" and config.cluster.nnodes > 1:
+        log.warning("run.wandb=online with cluster.nnodes=%d: WANDB_API_KEY must be exported "
+                    "on every node before its `ray start` (verl's wandb logger is a Ray actor "
+                    "on any node); only this node's is checked", config.cluster.nnodes)
+
+
 def runtime_env(config: TrainConfig) -> dict[str, str]:
     """``ray_kwargs.ray_init.runtime_env`` overrides: the wandb variables for every worker,
     and with several nodes the interpreter and the project's path (variables exported by
@@ -257,6 +268,7 @@ def prepare(config: TrainConfig, resume: bool = False) -> list[str]:
         raise ConfigError("the verl engine needs retrieval.search_url (--search_url): start "
                           "rag_serving/serving.py on each node (or one shared) first")
     wandb_env(config)  # refuse online without a key before anything is written
+    warn_wandb_key_on_every_node(config)
     out = Path(config.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = config.data
