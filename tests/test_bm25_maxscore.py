@@ -178,3 +178,15 @@ def test_warm_up_advises_the_kernel_to_read_the_mapped_score_arrays(tmp_path):
     assert advise_willneed([np.zeros(3)]) == 0  # not mapped: nothing to advise
     retriever.warm_up()
     assert retriever.search("river castle", 3)
+
+
+def test_prefetched_documents_read_the_same(tmp_path):
+    from research.retrieval.corpus import DocStore, line_offsets
+
+    corpus = write_corpus(tmp_path / "c.jsonl", 300, seed=8)
+    store = DocStore(corpus, line_offsets(corpus))
+    before = [store.get(i) for i in (0, 17, 299, 150)]
+    store.prefetch([0, 17, 299, 150])
+    assert [store.get(i) for i in (0, 17, 299, 150)] == before
+    assert before[2][0] == "doc-299"
+    store.close()

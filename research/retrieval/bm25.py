@@ -315,6 +315,7 @@ class BM25Retriever(StoreBackedRetriever):
             return [[] for _ in queries]
         found = search_many(self._data, self._indices, self._indptr, self._bounds, token_ids, k,
                             threads=self._threads)
+        self._store.prefetch([int(d) for docs, _ in found for d in docs])
         return [[Hit(*self._store.get(int(d)), float(s)) for d, s in zip(docs, scores, strict=True)]
                 for docs, scores in found]
 
