@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO
 
@@ -161,6 +162,167 @@ def test_rows_keep_only_the_asked_question_type(tmp_path):
     assert 0 < kept < total  # the bridge questions are left out
     with pytest.raises(ConfigError, match="metadata.type"):
         rows_file(path, "train", None, tmp_path / "x.parquet", "one-hop")
+
+
+# Every MAPPED key set to a value other than the `original` config's: the verl override
+# lines it must produce (with the dev set /d/dev.parquet)
+VERL_VALUES: dict[str, tuple[tuple[str, ...], set[str]]] = {
+    "model.dtype": (("model.dtype=float32",), {"actor_rollout_ref.rollout.dtype=float32"}),
+    "model.gradient_checkpointing": (("model.gradient_checkpointing=false",), {
+        "actor_rollout_ref.model.enable_gradient_checkpointing=false"}),
+    "model.lora_rank": (("model.lora_rank=16",), {
+        "actor_rollout_ref.model.lora_rank=16", "actor_rollout_ref.model.lora_alpha=32",
+        "actor_rollout_ref.model.target_modules=all-linear"}),
+    "model.lora_alpha": (("model.lora_rank=16", "model.lora_alpha=8"), {
+        "actor_rollout_ref.model.lora_alpha=8"}),
+    "data.train_limit": (("data.train_limit=100",), {"data.train_max_samples=100"}),
+    "data.dev_limit": (("data.dev_limit=7",), {"data.val_max_samples=7"}),
+    "rollout.max_response_tokens": (("rollout.max_response_tokens=1024",), {
+        "data.max_response_length=1024"}),
+    "rollout.temperature": (("rollout.temperature=0.7",), {
+        "actor_rollout_ref.rollout.temperature=0.7"}),
+    "rollout.top_p": (("rollout.top_p=0.9",), {"actor_rollout_ref.rollout.top_p=0.9"}),
+    "rollout.seed": (("rollout.seed=7",), {"actor_rollout_ref.rollout.seed=7"}),
+    "reward.name": (("reward.name=f1",), {
+        "+reward.custom_reward_function.reward_kwargs.reward_name=f1"}),
+    "grpo.prompts_per_step": (("grpo.prompts_per_step=64",), {
+        "data.train_batch_size=64", "actor_rollout_ref.actor.ppo_mini_batch_size=64"}),
+    "grpo.num_generations": (("grpo.num_generations=8",), {"actor_rollout_ref.rollout.n=8"}),
+    "grpo.per_device_batch": (("grpo.per_device_batch=4",), {
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4"}),
+    "grpo.learning_rate": (("grpo.learning_rate=3e-6",), {
+        "actor_rollout_ref.actor.optim.lr=3e-06"}),
+    "grpo.beta": (("grpo.beta=0.0",), {"actor_rollout_ref.actor.use_kl_loss=false",
+                                       "actor_rollout_ref.actor.kl_loss_coef=0.0"}),
+    "grpo.clip": (("grpo.clip=0.3",), {"actor_rollout_ref.actor.clip_ratio=0.3",
+                                       "actor_rollout_ref.actor.clip_ratio_low=0.3",
+                                       "actor_rollout_ref.actor.clip_ratio_high=0.3"}),
+    "grpo.entropy_coef": (("grpo.entropy_coef=0.0",), {
+        "actor_rollout_ref.actor.entropy_coeff=0.0"}),
+    "grpo.loss_type": (("grpo.loss_type=grpo",), {
+        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean"}),
+    "grpo.epochs": (("grpo.epochs=2",), {"trainer.total_epochs=2"}),
+    "grpo.vllm_tensor_parallel_size": (("grpo.vllm_tensor_parallel_size=4",), {
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=4"}),
+    "grpo.vllm_gpu_memory_utilization": (("grpo.vllm_gpu_memory_utilization=0.4",), {
+        "actor_rollout_ref.rollout.gpu_memory_utilization=0.4"}),
+    "run.output_dir": (("run.output_dir=/o/elsewhere",), {
+        "trainer.default_local_dir=/o/elsewhere", "trainer.experiment_name=elsewhere",
+        "+ray_kwargs.ray_init.runtime_env.env_vars.WANDB_DIR=/o/elsewhere"}),
+    "run.max_steps": (("run.max_steps=20",), {"trainer.total_training_steps=20"}),
+    "run.save_steps": (("run.save_steps=5",), {"trainer.save_freq=5"}),
+    "run.save_total_limit": (("run.save_total_limit=3",), {"trainer.max_actor_ckpt_to_keep=3"}),
+    "run.eval_steps": (("run.eval_steps=5", "data.dev=/d/dev.parquet"), {
+        "trainer.test_freq=5", "trainer.val_before_train=true"}),
+    "run.seed": (("run.seed=1",), {"data.seed=1"}),
+    "run.wandb": (("run.wandb=off",), {
+        "trainer.logger=[console]",
+        "+ray_kwargs.ray_init.runtime_env.env_vars.WANDB_MODE=disabled"}),
+    "run.wandb_project": (("run.wandb_project=p",), {"trainer.project_name=p"}),
+    "run.resume": (("run.resume=true",), {"trainer.resume_mode=auto"}),
+    "cluster.gpus_per_node": (("cluster.gpus_per_node=4",), {"trainer.n_gpus_per_node=4"}),
+    "cluster.nnodes": (("cluster.nnodes=2",), {
+        "trainer.nnodes=2", f"ray_kwargs.ray_init.runtime_env.py_executable={sys.executable}",
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.PYTHONPATH={REPO}"}),
+    "cluster.rollout_engine": (("cluster.rollout_engine=sglang",), {
+        "actor_rollout_ref.rollout.name=sglang"}),
+    "cluster.max_prompt_tokens": (("cluster.max_prompt_tokens=256",), {
+        "data.max_prompt_length=256"}),
+    "cluster.max_tokens_per_gpu": (("cluster.max_tokens_per_gpu=8704",), {
+        "actor_rollout_ref.actor.use_dynamic_bsz=true",
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=8704"}),
+    "cluster.verl": (("cluster.verl={trainer.use_v1: false}",), {"trainer.use_v1=false"}),
+}
+
+# keys the agent loop reads from agent_loops.yaml: the entry's field (rollout.*: the
+# rollout section) and the value set
+AGENT_VALUES: dict[str, tuple[str, object]] = {
+    "retrieval.search_url": ("search_url", "http://10.0.0.2:8000"),
+    "retrieval.timeout": ("search_timeout", 5.0),
+    "retrieval.retries": ("search_retries", 2),
+    "cluster.max_concurrent_searches": ("max_concurrent_searches", 8),
+    "rollout.template": ("template", "chat"),
+    "rollout.example": ("example", "one-search"),
+    "rollout.clean": ("clean", True),
+    "rollout.max_turns": ("max_turns", 3),
+    "rollout.top_k": ("top_k", 3),
+    "rollout.max_result_tokens": ("max_result_tokens", 200),
+    "rollout.stop_at_answer": ("stop_at_answer", True),
+    "rollout.on_max_turns": ("on_max_turns", "end"),
+    "rollout.mask_results": ("mask_results", False),
+}
+
+REFUSED_VALUES = {"grpo.bf16": "grpo.bf16=false", "rollout.search": "rollout.search=false"}
+# read while the run directory is prepared: test_prepare_reads_the_model_and_data_keys
+PREPARED = {"model.path", "data.train", "data.train_split", "data.train_type", "data.dev",
+            "data.dev_split", "data.dev_type"}
+
+
+def test_the_value_of_every_mapped_key_reaches_verl(tmp_path):
+    import pytest
+
+    from research.configtree import ConfigError
+    from research.trainers import verl_mapping
+    from research.trainers.verl_launch import agent_loop_entries
+
+    covered = set(VERL_VALUES) | set(AGENT_VALUES) | set(REFUSED_VALUES) | PREPARED
+    assert covered == set(verl_mapping.MAPPED)
+    default = set(_overrides(_config(tmp_path), "/d/dev.parquet"))
+    for key, (settings, expected) in VERL_VALUES.items():
+        lines = set(_overrides(_config(tmp_path, *settings), "/d/dev.parquet"))
+        assert expected <= lines, f"{key}: {sorted(expected - lines)}"
+        assert expected - default, f"{key}: {settings} changes nothing"
+    for key, (field, value) in AGENT_VALUES.items():
+        setting = f"{key}={'null' if value is None else str(value).lower()}"
+        config = _config(tmp_path, setting, *(("rollout.max_turns=2",)
+                                              if key == "rollout.on_max_turns" else ()))
+        [entry] = agent_loop_entries(config, config.retrieval.search_url)
+        got = entry["rollout"][field] if key.startswith("rollout.") else entry[field]
+        assert got == value, f"{key}: {got!r}"
+    for key, setting in REFUSED_VALUES.items():
+        with pytest.raises(ConfigError, match=key.split(".")[1]):
+            _config(tmp_path, setting)
+    # cluster.max_tokens_per_gpu=null: fixed micro-batches, no dynamic batching
+    fixed = set(_overrides(_config(tmp_path, "cluster.max_tokens_per_gpu=null")))
+    assert not any("use_dynamic_bsz" in line for line in fixed)
+
+
+def test_prepare_reads_the_model_and_data_keys(tmp_path, monkeypatch):
+    import transformers
+
+    import research.models.prepare
+    from research.trainers import verl_launch
+
+    read = []
+
+    def rows_file(source, split, limit, out, kind=None):
+        read.append((source, split, limit, kind))
+        return f"/rows/{Path(source).stem}-{split}.parquet"
+
+    monkeypatch.setattr(verl_launch, "rows_file", rows_file)
+    monkeypatch.setattr(verl_launch, "drop_long_prompts", lambda path, *args, **kw: path)
+    monkeypatch.setattr(research.models.prepare, "prepare_model",
+                        lambda name: Path("/models") / Path(name).name)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: None)
+    config = _config(tmp_path, "model.path=/m/qwen", "data.train=/q/a.jsonl",
+                     "data.train_split=extra", "data.train_type=one-hop", "data.dev=/q/b.jsonl",
+                     "data.dev_split=test", "data.dev_type=bridge", "data.dev_limit=7",
+                     "run.eval_steps=5")
+    lines = set(verl_launch.prepare(config))
+    assert read == [("/q/a.jsonl", "extra", None, "one-hop"), ("/q/b.jsonl", "test", 7, "bridge")]
+    assert {"actor_rollout_ref.model.path=/models/qwen", "data.train_files=/rows/a-extra.parquet",
+            "data.val_files=/rows/b-test.parquet"} <= lines
+
+
+def test_ignored_keys_are_logged(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="research.trainers.verl_mapping"):
+        _config(tmp_path)
+    assert ("grpo.use_vllm is not used by the verl engine: verl always rolls out on its own "
+            "servers (cluster.rollout_engine)") in caplog.text
 
 
 def test_online_on_several_nodes_says_every_node_needs_the_key(tmp_path, monkeypatch, caplog):
