@@ -34,6 +34,7 @@ Zipf-distributed words, about 100 per passage, like Wikipedia's 100-word passage
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -309,22 +310,32 @@ def child_lucene(spec: dict) -> dict:
     return {**out, "top_ids": top}
 
 
+def build_index_child(corpus: Path, index: Path, log: Path | None = None):
+    """``research index build --force`` in a child process: (wall s, CPU s, peak RSS MB).
+    Its log goes to ``log`` (captured when None); a failure raises with the log's end."""
+    t0, cpu0 = time.perf_counter(), _children_cpu_s()
+    with open(log, "w") if log else contextlib.nullcontext() as err:
+        build = subprocess.run(
+            [sys.executable, "-c", "import resource, sys\nfrom research.cli import main\n"
+             "rc = main(sys.argv[1:])\nprint('PEAK', resource.getrusage(resource.RUSAGE_SELF)"
+             ".ru_maxrss / 1024)\nsys.exit(rc)",
+             "index", "build", "--corpus", str(corpus), "--out", str(index), "--force"],
+            stdout=subprocess.PIPE, stderr=err or subprocess.PIPE, text=True,
+        )
+    if build.returncode != 0:
+        where = log.read_text()[-3000:] if log else build.stderr[-3000:]
+        raise RuntimeError(f"index build failed (rc {build.returncode}):\n{where}")
+    return (time.perf_counter() - t0, _children_cpu_s() - cpu0,
+            float(build.stdout.split("PEAK")[1]))
+
+
 def run_service(spec: dict) -> dict:
     from research.retrieval.client import SearchClient
     from research.serving.launch import running_service
 
     corpus, work, k = Path(spec["corpus"]), Path(spec["work"]), spec["k"]
     index = work / f"{corpus.stem}-bm25"
-    t0, cpu0 = time.perf_counter(), _children_cpu_s()
-    build = subprocess.run(
-        [sys.executable, "-c", "import resource, sys\nfrom research.cli import main\n"
-         "rc = main(sys.argv[1:])\nprint('PEAK', resource.getrusage(resource.RUSAGE_SELF)"
-         ".ru_maxrss / 1024)\nsys.exit(rc)",
-         "index", "build", "--corpus", str(corpus), "--out", str(index), "--force"],
-        capture_output=True, text=True, check=True,
-    )
-    build_s, build_cpu = time.perf_counter() - t0, _children_cpu_s() - cpu0
-    peak = float(build.stdout.split("PEAK")[1])
+    build_s, build_cpu, peak = build_index_child(corpus, index)
     cfg = work / "serving.yaml"
     cfg.write_text(f"retriever:\n  index_dir: {index}\n  threads_per_query: {spec['threads']}\n"
                    "server:\n  num_retriever: 1\n")

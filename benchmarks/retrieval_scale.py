@@ -34,15 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from retrieval import _pid_cpu_s, make_corpus, make_queries
+from retrieval import _pid_cpu_s, build_index_child, make_corpus, make_queries
 
 
 def _status_mb(pid: int) -> dict:
@@ -78,27 +76,12 @@ def stage_corpus(args, work: Path) -> dict:
 
 def stage_build(args, work: Path, corpus: Path) -> dict:
     index = work / f"index-{args.docs}"
-    t0, cpu0 = time.perf_counter(), _children_cpu()
-    cmd = [sys.executable, "-c", "import resource, sys\nfrom research.cli import main\n"
-           "rc = main(sys.argv[1:])\nprint('PEAK', resource.getrusage(resource.RUSAGE_SELF)"
-           ".ru_maxrss / 1024)\nsys.exit(rc)",
-           "index", "build", "--corpus", str(corpus), "--out", str(index), "--force"]
-    with open(work / "build.log", "w") as log:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"index build failed (rc {proc.returncode}); see {work / 'build.log'}")
+    seconds, cpu_s, peak = build_index_child(corpus, index, log=work / "build.log")
     manifest = json.loads((index / "manifest.json").read_text())
-    return {"index": str(index), "seconds": time.perf_counter() - t0,
-            "cpu_s": _children_cpu() - cpu0,
-            "peak_rss_mb": float(proc.stdout.split("PEAK")[1]),
+    return {"index": str(index), "seconds": seconds, "cpu_s": cpu_s, "peak_rss_mb": peak,
             "index_mb_on_disk": _du_mb(index / "bm25"),
             "offsets_mb_on_disk": (index / "offsets.npy").stat().st_size / 2**20,
             "stats": manifest["stats"], "doc_count": manifest["doc_count"]}
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _timed(fn, batches: list[list[str]], budget_s: float) -> dict:
