@@ -7,11 +7,12 @@ Every side uses the same Hugging Face backend, model, thread count and prompts
 0.5B model follows; the 135M one never searches, with or without it), against the real
 retrieval service on loopback:
 
-* ``search``: the project's rollout, all sequences of the batch generating together per turn,
-  each trajectory's KV cache kept from one turn to the next (only the inserted result block
-  is prefilled);
-* ``search_no_kept_cache``: the same, each turn prefilling the whole trajectory again
-  (``HFGenerator(keep_cache=False)``; the shared prompt prefix is still prefilled once);
+* ``search``: the project's rollout as the trainers run it: continuous batching across turns
+  (a trajectory that closes ``</search>`` gets its result and rejoins the running batch at
+  once, only the inserted block prefilled against its kept KV cache);
+* ``search_turn_by_turn``: the same rollout run turn by turn
+  (``HFGenerator(continuous=False)``): every turn's batch waits for its longest row before
+  any row gets its result, each trajectory's KV cache still kept across turns;
 * ``limit``: the work no rollout can avoid, for the very trajectories ``search`` produced:
   one batched prefill of every token a trajectory holds that the model did not sample (the
   prompt, its shared prefix once, and every inserted token), plus the batched decode of
@@ -20,8 +21,9 @@ retrieval service on loopback:
   trajectory again.
 
 Reported: seconds and sampled tokens per second of each side, searches per trajectory, tokens
-prefilled, and the ratios the project tracks: search / limit (target <= 1.15) and the speed-up
-over sequential in sampled tokens per second (target >= 5).
+prefilled, decode steps (forward passes of one token per row), and the ratios the project
+tracks: search / limit (target <= 1.15) and the speed-up over sequential in sampled tokens per
+second (target >= 5).
 """
 
 from __future__ import annotations
@@ -56,36 +58,42 @@ def _rollout(gen, client, tok, prompts, config):
     return out, time.perf_counter() - t0
 
 
+def _counting(gen):
+    """``gen`` with its decode steps counted in ``gen.steps``."""
+    gen.steps = 0
+
+    def step(n):
+        gen.steps += 1
+
+    gen.on_step = step
+    return gen
+
+
 def _limit(model, tok, trajectories, seed):
     """Seconds of the unavoidable work for ``trajectories``: one batched prefill of each
-    trajectory's prompt and inserted tokens (shared prefix once), plus the batched decode of
-    each one's sampled tokens (a plain generate of the same lengths: no stop string, no EOS,
-    no search), its prefill excluded. Returns (prefill s, decode s, tokens prefilled)."""
-    from transformers import DynamicCache
-
+    trajectory's prompt and inserted tokens (shared prefix once; a generate of one token),
+    plus the batched decode of each one's sampled tokens (a plain generate of the same
+    lengths: no stop string, no EOS, no search), its prefill excluded. Returns (prefill s,
+    decode s, tokens prefilled, decode steps)."""
     from research.rollout.backends.hf import HFGenerator
     from research.rollout.generation import SamplingParams
 
     gen = HFGenerator(model, tok)
     held = [t.prompt_ids + [i for i, ins in zip(t.response_ids, t.inserted, strict=True) if ins]
             for t in trajectories]
-    cache = DynamicCache(config=model.config)
-    device = next(model.parameters()).device
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        gen._prefill(held, {gen._cache_arg: cache, "use_cache": True}, device)
+    gen.generate(held, [SamplingParams(1, temperature=1.0, seed=seed)] * len(held))
     prefill_s = time.perf_counter() - t0
-    del cache
+    prefilled = gen.prefilled
 
     gen.eos_token_ids = frozenset({model.config.vocab_size})  # an id never sampled
-    first: list[float] = []
-    gen.on_step = lambda n: first.append(time.perf_counter()) if not first else None
+    marks: list[float] = []
+    gen.on_step = lambda n: marks.append(time.perf_counter())
     lengths = [max(1, sum(t.loss_mask)) for t in trajectories]
     params = [SamplingParams(n, temperature=1.0, seed=seed) for n in lengths]
-    t0 = time.perf_counter()
     gen.generate([t.prompt_ids for t in trajectories], params)
-    decode_s = time.perf_counter() - first[0]
-    return prefill_s, decode_s, gen.prefilled
+    decode_s = marks[-1] - marks[0]  # from the first token sampled (after the prefill) on
+    return prefill_s, decode_s, prefilled, len(marks) - 1
 
 
 def _side(trajectories, seconds, prefilled=None) -> dict:
@@ -140,25 +148,25 @@ def main() -> int:
         gen = HFGenerator(model, tok)
         _rollout(gen, client, tok, prompts[:2], config)  # warm-up: first-call costs
         sides = {}
-        for name, keep in (("search", True), ("search_no_kept_cache", False)):
-            gen = HFGenerator(model, tok, keep_cache=keep)
+        for name, continuous in (("search", True), ("search_turn_by_turn", False)):
+            gen = _counting(HFGenerator(model, tok, continuous=continuous))
             torch.manual_seed(args.seed)
             out, dt = _rollout(gen, client, tok, prompts, config)
-            sides[name] = _side(out, dt, gen.prefilled)
+            sides[name] = {**_side(out, dt, gen.prefilled), "decode_steps": gen.steps}
             if name == "search":
                 batch = out
-        prefill_s, decode_s, prefilled = _limit(model, tok, batch, args.seed)
+        prefill_s, decode_s, prefilled, steps = _limit(model, tok, batch, args.seed)
         sides["limit"] = {**_side(batch, prefill_s + decode_s, prefilled),
                           "prefill_seconds": round(prefill_s, 2),
-                          "decode_seconds": round(decode_s, 2)}
-        gen = HFGenerator(model, tok, keep_cache=False)
+                          "decode_seconds": round(decode_s, 2), "decode_steps": steps}
+        gen = _counting(HFGenerator(model, tok, keep_cache=False, continuous=False))
         torch.manual_seed(args.seed)
         seq, t_seq = [], 0.0
         for p in prompts:
             (t,), dt = _rollout(gen, client, tok, [p], config)
             seq.append(t)
             t_seq += dt
-        sides["sequential"] = _side(seq, t_seq, gen.prefilled)
+        sides["sequential"] = {**_side(seq, t_seq, gen.prefilled), "decode_steps": gen.steps}
     result = {
         "meta": {"model": args.model, "prompts": args.prompts, "threads": args.threads,
                  "dtype": args.dtype, "template": args.template, "cpu_count": os.cpu_count(),
@@ -170,8 +178,8 @@ def main() -> int:
         "ratios": {
             "search / limit (seconds, same trajectories)":
                 sides["search"]["seconds"] / sides["limit"]["seconds"],
-            "search without kept cache / search (seconds)":
-                sides["search_no_kept_cache"]["seconds"] / sides["search"]["seconds"],
+            "turn by turn / search (seconds)":
+                sides["search_turn_by_turn"]["seconds"] / sides["search"]["seconds"],
             "speed-up vs sequential (sampled tok/s)":
                 sides["search"]["sampled_tok_per_s"] / sides["sequential"]["sampled_tok_per_s"],
         },

@@ -278,3 +278,199 @@ def test_cache_is_kept_only_inside_turns_and_only_for_extending_prompts(tiny):
         assert gen._kept == []  # the unused cache was dropped with the call
     alone = HFGenerator(model, tok).generate([other], [SamplingParams(6, temperature=0)])[0]
     assert out.token_ids == alone.token_ids
+
+
+# --- continuous batching across turns ---------------------------------------------------------
+
+
+def no_repeat(input_ids, scores):
+    """A logits processor that bans each row's last four tokens (the tiny random model
+    repeats one token forever otherwise); it reads only the row, as every mode must allow."""
+    return scores.scatter(1, input_ids[:, -4:], float("-inf"))
+
+
+def test_continuous_turns_continue_exactly_like_a_fresh_prefill(tiny):
+    """Three sequences whose turns end at different steps (each stops at text its own greedy
+    run completes at a different token): each one's next turn (what it holds plus an
+    inserted block) joins the running batch while the others are still decoding, prefills
+    only its last sampled token and the block, and gives the tokens (greedy) and log-probs of
+    a fresh prefill of the whole sequence."""
+    model, tok = tiny
+    fresh = HFGenerator(model, tok, logits_processors=[no_repeat])
+    inserted = tok.encode(" <result>\nParis is the capital of France.\n</result>",
+                          add_special_tokens=False)
+    seqs = prompts(tok, ["The capital of France is", "Question: who wrote Hamlet? Answer:",
+                         "Once upon a time"])
+
+    probing = []
+
+    def stop_after(seq, n):  # text the greedy continuation of seq first completes at token n
+        probing.append(True)
+        free = fresh.generate([seq], [SamplingParams(16, temperature=0)])[0]
+        for m in range(n, 17):  # (the first n at which the text is new, to be exact)
+            stop = (tok.decode(free.token_ids[m - 2:m]),)
+            g = fresh.generate([seq], [SamplingParams(16, temperature=0, stop=stop)])[0]
+            if len(g.token_ids) == m:
+                probing.pop()
+                return stop
+        raise AssertionError("no stop text found")  # pragma: no cover
+
+    holds = {i: list(s) for i, s in enumerate(seqs)}
+    turn = dict.fromkeys(holds, 0)
+    params = {i: SamplingParams(16, temperature=0, stop=stop_after(s, 3 + 4 * i))
+              for i, s in enumerate(seqs)}
+    first = dict(params)
+    events, got = [], []
+
+    def next_turn(done):
+        out = []
+        for i, g in done:
+            events.append(("ended", i, turn[i]))
+            got.append((list(holds[i]), params[i], g))
+            turn[i] += 1
+            if turn[i] == 3 or g.finish_reason != "stop":
+                out.append(None)
+                continue
+            holds[i] += g.token_ids + inserted
+            params[i] = SamplingParams(16, temperature=0, stop=stop_after(holds[i], 3)
+                                       if turn[i] < 2 else ())
+            out.append((holds[i], params[i]))
+        return out
+
+    gen = HFGenerator(model, tok, logits_processors=[no_repeat])
+    def record(module, args, kwargs, out):
+        if not probing:  # the reference generations inside next_turn are not counted
+            events.append(("forward", tuple(kwargs["input_ids"].shape)))
+
+    hook = model.register_forward_hook(record, with_kwargs=True)
+    try:
+        gen.generate_continuous(seqs, [first[i] for i in range(3)], next_turn)
+    finally:
+        hook.remove()
+    assert len(got) == 9  # three turns of each sequence
+    for seq, p, g in got:
+        ref = fresh.generate([seq], [p])[0]
+        assert g.token_ids == ref.token_ids and g.finish_reason == ref.finish_reason
+        torch.testing.assert_close(torch.tensor(g.logprobs), torch.tensor(ref.logprobs),
+                                   atol=2e-4, rtol=1e-4)
+    # sequence 0 ended its first turn and rejoined (one row prefilling its last sampled
+    # token and the block) before sequence 2 ended its first turn
+    rejoin = events.index(("forward", (1, len(inserted) + 1)))
+    assert events.index(("ended", 0, 0)) < rejoin < events.index(("ended", 2, 0))
+    assert gen.prefilled == sum(map(len, seqs)) + 6 * (len(inserted) + 1)
+
+
+def test_continuous_with_max_batch_admits_waiting_prompts_as_rows_finish(tiny):
+    """At most ``max_batch`` rows decode at once; a waiting prompt joins as soon as a row
+    finishes, and every output equals the sequence generated alone."""
+    model, tok = tiny
+    ps = prompts(tok, ["one", "two words", "three words here", "four", "five and more"])
+    budgets = [3, 9, 5, 7, 4]
+    params = [SamplingParams(n, temperature=0) for n in budgets]
+    outs = {}
+    sizes, hook = _forward_sizes(model)
+    try:
+        HFGenerator(model, tok, max_batch=2).generate_continuous(
+            ps, params, lambda done: [outs.__setitem__(i, g) for i, g in done] and
+            [None] * len(done))
+    finally:
+        hook.remove()
+    assert max(b for b, _ in sizes) == 2
+    assert sum(1 for b, w in sizes if w == 1) < sum(budgets) - len(ps)  # rows decoded together
+    for p, q, i in zip(ps, params, range(5), strict=True):
+        alone = HFGenerator(model, tok).generate([p], [q])[0]
+        assert outs[i].token_ids == alone.token_ids and len(alone.token_ids) == budgets[i]
+
+
+def test_continuous_next_turn_that_does_not_extend_is_prefilled_whole(tiny):
+    """A next turn that rewrites what the sequence holds cannot use its cache: it is
+    prefilled whole, with the result of a fresh generation."""
+    model, tok = tiny
+    p = prompts(tok, ["Once upon a time"])[0]
+    free = HFGenerator(model, tok).generate([p], [SamplingParams(12, temperature=0)])[0]
+    stop = (tok.decode(free.token_ids[4:6]),)
+    other = p + [free.token_ids[0] + 1]
+    got = []
+
+    def next_turn(done):
+        got.extend(g for _, g in done)
+        return [(other, SamplingParams(6, temperature=0))] if len(got) == 1 else [None]
+
+    gen = HFGenerator(model, tok)
+    gen.generate_continuous([p], [SamplingParams(12, temperature=0, stop=stop)], next_turn)
+    assert got[0].finish_reason == "stop" and gen.prefilled == len(p) + len(other)
+    alone = HFGenerator(model, tok).generate([other], [SamplingParams(6, temperature=0)])[0]
+    assert got[1].token_ids == alone.token_ids
+
+
+class ForcePlan:
+    """A logits processor that makes each row write its own search, then (after the result
+    the rollout inserts) its own answer, then EOS; it reads only the row's tokens, so it forces
+    the same text whether rows run turn by turn or continuously."""
+
+    def __init__(self, tokenizer, prompts, searches, answers):
+        enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        self.prompts = [list(p) for p in prompts]
+        self.plans = [(enc(s), enc(a)) for s, a in zip(searches, answers, strict=True)]
+        self.end = enc(f"\n{protocol.RESULT_END}")
+        self.pad, self.eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+
+    def _next(self, row: list[int]) -> int:
+        i = next(k for k, p in enumerate(self.prompts) if any(
+            row[s:s + len(p)] == p for s in range(len(row) - len(p) + 1)))
+        start = next(s for s in range(len(row)) if row[s:s + len(self.prompts[i])]
+                     == self.prompts[i]) + len(self.prompts[i])
+        response = row[start:]
+        search, answer = self.plans[i]
+        if len(response) < len(search):
+            return search[len(response)]
+        n = len(self.end)
+        ends = [e for e in range(n, len(response) + 1) if response[e - n:e] == self.end]
+        k = len(response) - ends[-1] if ends else len(answer)
+        return answer[k] if k < len(answer) else self.eos
+
+    def __call__(self, input_ids, scores):
+        out = torch.full_like(scores, -1e9)
+        for r, row in enumerate(input_ids.tolist()):
+            out[r, self._next(row)] = 0.0
+        return out
+
+
+def test_continuous_rollouts_equal_turn_by_turn_ones_with_fewer_decode_steps(tiny,
+                                                                            service_url):
+    """Against the real service: rows whose searches differ in length give the same
+    trajectories (tokens, masks, log-probs, turns) continuously as turn by turn, and the
+    continuous run decodes fewer steps, since no row waits for the longest of its turn."""
+    from conftest import token
+
+    model, tok = tiny
+    ps = prompts(tok, ["Question: what is doc 31?", "Question: tell me about doc 7 please?",
+                       "Question: doc 12?"])
+    searches = [f"<think> a </think> <search> {token(31)} </search>",
+                f"<think> this one thinks for much longer before it searches </think> "
+                f"<search> {token(7)} </search>",
+                f"<think> b </think> <search> {token(12)} </search>"]
+    answers = [" <answer> \\boxed{x} </answer>",
+               " <answer> \\boxed{y} </answer>",
+               " <think> now a long answer after the result </think> <answer> \\boxed{z} "
+               "</answer>"]
+    settings = RolloutSettings(max_response_tokens=1024, top_k=1, temperature=0)
+    runs = {}
+    for continuous in (False, True):
+        force = ForcePlan(tok, ps, searches, answers)
+        gen = HFGenerator(model, tok, logits_processors=[force], continuous=continuous)
+        sizes, hook = _forward_sizes(model)
+        try:
+            with SearchClient(service_url) as client:
+                runs[continuous] = run_rollouts(ps, gen, client, tok, settings)
+        finally:
+            hook.remove()
+        runs[continuous, "steps"] = sum(1 for _, w in sizes if w == 1)
+    for a, b in zip(runs[False], runs[True], strict=True):
+        assert a.finish_reason == b.finish_reason == "eos" and b.num_searches == 1
+        assert a.response_ids == b.response_ids and a.loss_mask == b.loss_mask
+        assert [t.doc_ids for t in a.turns] == [t.doc_ids for t in b.turns]
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs),
+                                   atol=2e-4, rtol=1e-4)
+    assert runs[True][1].turns[0].doc_ids == ["doc-7"]
+    assert runs[True, "steps"] < runs[False, "steps"]

@@ -290,18 +290,28 @@ def run_rollouts(
 ) -> list[Trajectory]:
     """Roll out every prompt (token ids) to the end; one :class:`Trajectory` each, in order.
 
-    Each turn, every active trajectory generates in one ``generate`` call and every query
-    of the turn goes in one search (``searcher`` may be None only when nothing can search:
-    the closed-book control). ``progress`` (a
-    :class:`~research.rollout.progress.RolloutProgress`) hears every turn, and every decode
-    step of a backend that reports them; ``on_finish`` gets each trajectory as soon as it
-    ends (its text decoded), while the others go on. A backend with ``turns()`` (the
-    Hugging Face one) keeps each trajectory's KV cache from one turn to the next inside it,
-    so a turn prefills only the inserted result block; vLLM's prefix caching does the same
-    for its servers.
+    A backend with ``generate_continuous`` (the Hugging Face one, unless built with
+    ``continuous=False``) batches continuously across turns: the trajectories that close a
+    ``</search>`` at the same decode step share one search, get their result blocks
+    prefilled and rejoin the running batch while the others go on decoding, each keeping its
+    KV cache. Any other backend runs turn by turn: every active trajectory generates in one
+    ``generate`` call, every query of the turn goes in one search, and the next turn starts
+    when the turn's longest generation ends; inside a backend's ``turns()`` (the Hugging
+    Face one's) each trajectory keeps its KV cache from one turn to the next, and vLLM's
+    prefix caching does the same for its servers.
+
+    ``searcher`` may be None only when nothing can search (the closed-book control).
+    ``progress`` (a :class:`~research.rollout.progress.RolloutProgress`) hears every turn
+    (continuously: every time trajectories end a turn, with the deepest turn reached), and
+    every decode step of a backend that reports them; ``on_finish`` gets each trajectory as
+    soon as it ends (its text decoded), while the others go on.
     """
     state = RolloutState(settings or RolloutSettings(), tokenizer)
     trajectories = [Trajectory(index=i, prompt_ids=list(p)) for i, p in enumerate(prompts)]
+    if getattr(generator, "continuous", False):
+        with _reporting(generator, progress):
+            _run_continuous(trajectories, generator, searcher, state, progress, on_finish)
+        return trajectories
     turns = getattr(generator, "turns", None)  # a backend that keeps KV caches across turns
     with _reporting(generator, progress), (turns() if turns else contextlib.nullcontext()):
         turn = 0
@@ -310,21 +320,44 @@ def run_rollouts(
             requests = [state.request(t) for t in active]
             outputs = generator.generate([r.token_ids for r in requests],
                                          [r.params for r in requests])
-            searching = [(t, q) for t, g in zip(active, outputs, strict=True)
-                         if (q := state.absorb(t, g)) is not None]
-            if searching:
-                outcomes = search_queries(searcher, [q for _, q in searching],
-                                          state.settings.top_k)
-                for t, query in searching:
-                    state.insert(t, query, outcomes[query])
-            for t in active:
-                if t.finish_reason is not None:
-                    state.finish(t)
-                    if on_finish is not None:
-                        on_finish(t)
+            _end_turn(state, list(zip(active, outputs, strict=True)), searcher, on_finish)
             if progress is not None:
                 progress.update(trajectories, turn)
     return trajectories
+
+
+def _end_turn(state: RolloutState, ended: Sequence[tuple[Trajectory, Generation]],
+              searcher: BatchSearcher | None,
+              on_finish: Callable[[Trajectory], None] | None) -> None:
+    """Absorb what the trajectories ``ended`` generated; the queries among them go in one
+    search and get their results inserted; each trajectory that is done is finished."""
+    searching = [(t, q) for t, g in ended if (q := state.absorb(t, g)) is not None]
+    if searching:
+        outcomes = search_queries(searcher, [q for _, q in searching], state.settings.top_k)
+        for t, query in searching:
+            state.insert(t, query, outcomes[query])
+    for t, _ in ended:
+        if t.finish_reason is not None:
+            state.finish(t)
+            if on_finish is not None:
+                on_finish(t)
+
+
+def _run_continuous(trajectories: list[Trajectory], generator, searcher, state: RolloutState,
+                    progress, on_finish) -> None:
+    """Drive a continuously batching backend: every time trajectories end a turn, their
+    turn ends here and their next requests go straight back into the running batch."""
+    def next_turn(done):
+        ended = [(trajectories[i], g) for i, g in done]
+        _end_turn(state, ended, searcher, on_finish)
+        if progress is not None:
+            progress.update(trajectories, max(len(t.turns) for t in trajectories))
+        return [None if t.finish_reason is not None else state.request(t)
+                for t, _ in ended]
+
+    first = [state.request(t) for t in trajectories]
+    generator.generate_continuous([r.token_ids for r in first], [r.params for r in first],
+                                  next_turn)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -74,6 +74,14 @@ class Generator(Protocol):
                  ) -> list[Generation]:
         """Continue each ``prompts[i]`` with ``params[i]`` (budgets may differ per sequence)."""
         ...
+
+
+# What a continuously batching backend asks when sequences end: it passes ``[(index,
+# Generation)]`` of every sequence that ended at one decode step and gets back, for each, None
+# (done) or ``(token_ids, params)``: that sequence's next turn (the Hugging Face backend's
+# ``generate_continuous``).
+NextTurn = Callable[[list[tuple[int, "Generation"]]],
+                    list["tuple[Sequence[int], SamplingParams] | None"]]
 
 
 def check_batch(prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]) -> bool:
