@@ -366,3 +366,42 @@ def test_full_rollout_through_the_http_backend(tiny, gen):
     assert protocol.extract_answer(t.text) == "Paris"
     inserted = tok.decode([i for i, m in zip(t.response_ids, t.loss_mask, strict=True) if not m])
     assert inserted.startswith(f" {protocol.RESULT_START}\n\"Title 0\"")
+
+
+def test_each_trajectorys_next_turn_is_sent_without_waiting_for_the_others(tiny):
+    """Continuously: trajectory 0 searches and sends its answer turn while trajectory 1's
+    first request is still being served (that request waits until it sees the answer turn
+    arrive; turn by turn it would wait for ever, so a timeout fails the test instead)."""
+    tok = tiny[1]
+    enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    search = [enc("<think> a </think> <search> alpha </search>"),
+              enc("<think> b </think> <search> beta </search>")]
+    answer = enc(" <answer> \\boxed{x} </answer>") + [tok.eos_token_id]
+    second_turn_sent = threading.Event()
+    order = []
+
+    def post(payload):
+        prompt = payload["prompt"]
+        row, turn = prompt[0] - 100, int(len(prompt) > 2)
+        order.append((row, turn))
+        if turn:
+            second_turn_sent.set()
+            ids, reason, stop = answer, "stop", None
+        else:
+            if row == 1:
+                assert second_turn_sent.wait(10), "trajectory 0's next turn was not sent"
+            ids, reason, stop = search[row], "stop", "</search>"
+        return {"choices": [choice(text=tok.decode(ids), finish_reason=reason, stop_reason=stop,
+                                   token_ids=ids, logprobs=logprobs_of(
+                                       [f"token_id:{i}" for i in ids], [-0.5] * len(ids)))]}
+
+    gen = OpenAIGenerator("http://127.0.0.1:9", "scripted", tok, eos_token_ids=[tok.eos_token_id])
+    gen._post = post
+    searcher = ScriptedSearcher()
+    out = run_rollouts([[100, 7], [101, 7]], gen, searcher, tok,
+                       RolloutSettings(max_response_tokens=256, top_k=1, temperature=0))
+    gen.close()
+    assert order.index((0, 1)) < order.index((1, 1)) and searcher.queries == ["alpha", "beta"]
+    for t, query in zip(out, ("alpha", "beta"), strict=True):
+        assert t.finish_reason == "eos" and [turn.query for turn in t.turns] == [query]
+        assert t.response_ids[-len(answer):] == answer and t.logprobs[-1] == -0.5

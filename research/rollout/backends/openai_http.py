@@ -1,7 +1,9 @@
 """OpenAI-compatible HTTP backend: ``/v1/completions`` of vLLM, SGLang or
 ``research.models.server``, with token-id prompts and token-id results.
 
-One request per sequence, sent concurrently from a bounded thread pool. Every request has a
+One request per sequence, sent concurrently from a bounded thread pool; in a rollout
+(:meth:`OpenAIGenerator.generate_continuous`) each sequence's next turn is sent as soon as its
+search is done, without waiting for the rest of the turn. Every request has a
 timeout; connection errors, timeouts and 5xx answers are retried with exponential backoff; a
 4xx answer raises :class:`GenerationRequestError` at once with the server's message, and the
 last failed attempt raises :class:`GenerationError`. An API key is read only from the
@@ -54,11 +56,17 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from research.errors import ConfigError
 from research.http import JsonPoster, RequestFailed, RequestRejected
-from research.rollout.generation import Generation, SamplingParams, check_batch, model_eos_ids
+from research.rollout.generation import (
+    Generation,
+    NextTurn,
+    SamplingParams,
+    check_batch,
+    model_eos_ids,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +257,36 @@ class OpenAIGenerator:
                 return [f.result() for f in futures]
             except BaseException:
                 for f in futures:
+                    f.cancel()
+                raise
+
+    continuous = True  # run_rollouts drives generate_continuous
+
+    def generate_continuous(self, prompts: Sequence[Sequence[int]],
+                            params: Sequence[SamplingParams], next_turn: NextTurn) -> None:
+        """Every sequence's turns without a barrier between them: whenever requests
+        complete, ``next_turn`` hears all that completed (their searches go together) and
+        each next turn is sent at once, while the other requests are still being served; the
+        server batches what is in flight (vLLM and SGLang continuously, with their prefix
+        caches keeping what a sequence held). At most ``max_concurrency`` requests are in
+        flight; a request that fails after its retries raises, as in :meth:`generate`."""
+        if not check_batch(prompts, params):
+            return
+        workers = min(self.max_concurrency, len(prompts))
+        with ThreadPoolExecutor(workers, thread_name_prefix="openai-gen") as pool:
+            running = {pool.submit(self._one, prompt, p, i): i
+                       for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))}
+            try:
+                while running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    ended = sorted(((running.pop(f), f.result()) for f in done),
+                                   key=lambda e: e[0])
+                    nexts = next_turn(ended)
+                    for (i, _), nxt in zip(ended, nexts, strict=True):
+                        if nxt is not None:
+                            running[pool.submit(self._one, nxt[0], nxt[1], i)] = i
+            except BaseException:
+                for f in running:
                     f.cancel()
                 raise
 
