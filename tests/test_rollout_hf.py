@@ -416,10 +416,8 @@ class ForcePlan:
         self.pad, self.eos = tokenizer.pad_token_id, tokenizer.eos_token_id
 
     def _next(self, row: list[int]) -> int:
-        i = next(k for k, p in enumerate(self.prompts) if any(
-            row[s:s + len(p)] == p for s in range(len(row) - len(p) + 1)))
-        start = next(s for s in range(len(row)) if row[s:s + len(self.prompts[i])]
-                     == self.prompts[i]) + len(self.prompts[i])
+        i, start = next((k, s + len(p)) for k, p in enumerate(self.prompts)
+                        for s in range(len(row) - len(p) + 1) if row[s:s + len(p)] == p)
         response = row[start:]
         search, answer = self.plans[i]
         if len(response) < len(search):

@@ -290,15 +290,17 @@ def run_rollouts(
 ) -> list[Trajectory]:
     """Roll out every prompt (token ids) to the end; one :class:`Trajectory` each, in order.
 
-    A backend with ``generate_continuous`` (the Hugging Face one, unless built with
-    ``continuous=False``) batches continuously across turns: the trajectories that close a
-    ``</search>`` at the same decode step share one search, get their result blocks
-    prefilled and rejoin the running batch while the others go on decoding, each keeping its
-    KV cache. Any other backend runs turn by turn: every active trajectory generates in one
-    ``generate`` call, every query of the turn goes in one search, and the next turn starts
-    when the turn's longest generation ends; inside a backend's ``turns()`` (the Hugging
-    Face one's) each trajectory keeps its KV cache from one turn to the next, and vLLM's
-    prefix caching does the same for its servers.
+    A backend whose ``continuous`` is true runs ``generate_continuous``: the Hugging Face
+    one (unless built with ``continuous=False``) batches continuously across turns, the
+    trajectories that close a ``</search>`` at the same decode step sharing one search,
+    getting their result blocks prefilled and rejoining the running batch while the others
+    go on decoding, each keeping its KV cache; the OpenAI-compatible one sends each
+    trajectory's next turn as soon as its search is done. Any other backend runs turn by
+    turn: every active trajectory generates in one ``generate`` call, every query of the
+    turn goes in one search, and the next turn starts when the turn's longest generation
+    ends; inside a backend's ``turns()`` (the Hugging Face one's) each trajectory keeps its
+    KV cache from one turn to the next, and vLLM's prefix caching does the same for its
+    servers.
 
     ``searcher`` may be None only when nothing can search (the closed-book control).
     ``progress`` (a :class:`~research.rollout.progress.RolloutProgress`) hears every turn

@@ -76,12 +76,25 @@ class Generator(Protocol):
         ...
 
 
-# What a continuously batching backend asks when sequences end: it passes ``[(index,
-# Generation)]`` of every sequence that ended at one decode step and gets back, for each, None
-# (done) or ``(token_ids, params)``: that sequence's next turn (the Hugging Face backend's
-# ``generate_continuous``).
+# What a continuously batching backend (a ``generate_continuous``: the Hugging Face and the
+# OpenAI-compatible ones) asks when sequences end: it passes ``[(index, Generation)]`` of every
+# sequence that ended together (at one decode step, or requests that completed together) and
+# gets back, for each, None (done) or ``(token_ids, params)``: that sequence's next turn.
 NextTurn = Callable[[list[tuple[int, "Generation"]]],
                     list["tuple[Sequence[int], SamplingParams] | None"]]
+
+
+class FirstTurns:
+    """A :data:`NextTurn` that ends every sequence after its first generation and keeps it:
+    ``generations[i]`` (what a plain ``generate`` returns, from a continuous decode loop)."""
+
+    def __init__(self, n: int):
+        self.generations: list[Generation | None] = [None] * n
+
+    def __call__(self, done: list[tuple[int, Generation]]) -> list[None]:
+        for i, g in done:
+            self.generations[i] = g
+        return [None] * len(done)
 
 
 def check_batch(prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]) -> bool:

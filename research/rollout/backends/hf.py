@@ -42,6 +42,7 @@ from typing import NamedTuple
 import torch
 
 from research.rollout.generation import (
+    FirstTurns,
     Generation,
     NextTurn,
     SamplingParams,
@@ -70,10 +71,10 @@ def sampling_logprobs(logits: torch.Tensor, temperature: float, top_p: float) ->
 class _Row:
     """Decoding state of one sequence."""
 
-    __slots__ = ("index", "params", "tokens", "logprobs", "finish", "stop")
+    __slots__ = ("params", "tokens", "logprobs", "finish", "stop")
 
-    def __init__(self, index: int, params: SamplingParams):
-        self.index, self.params = index, params
+    def __init__(self, params: SamplingParams):
+        self.params = params
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.finish: str | None = None
@@ -90,6 +91,11 @@ class _Kept:
 
     ids: tuple[int, ...]
     layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def extended_by(self, ids: Sequence[int]) -> bool:
+        """Whether ``ids`` are these tokens and at least one more."""
+        n = len(self.ids)
+        return len(ids) > n and tuple(ids[:n]) == self.ids
 
 
 def _plain_layers(cache) -> bool:
@@ -171,17 +177,11 @@ class HFGenerator:
         pool, keeping = self._kept or [], self._kept is not None
         if keeping:
             self._kept = []  # this call's stops; what it does not take from ``pool`` is dropped
-        out: list[Generation | None] = [None] * len(prompts)
-
-        def collect(done):
-            for i, g in done:
-                out[i] = g
-            return [None] * len(done)
-
+        collect = FirstTurns(len(prompts))
         entries = [_Entry(i, list(p), q, self._take(pool, p) if pool else None)
                    for i, (p, q) in enumerate(zip(prompts, params, strict=True))]
         self._decode(entries, collect)
-        return out
+        return collect.generations
 
     def generate_continuous(self, prompts: Sequence[Sequence[int]],
                             params: Sequence[SamplingParams], next_turn: NextTurn) -> None:
@@ -204,9 +204,7 @@ class HFGenerator:
         """Remove and return the longest kept sequence that ``prompt`` strictly extends."""
         best = None
         for j, kept in enumerate(pool):
-            n = len(kept.ids)
-            if n < len(prompt) and (best is None or n > len(pool[best].ids)) \
-                    and tuple(prompt[:n]) == kept.ids:
+            if (best is None or len(kept.ids) > len(pool[best].ids)) and kept.extended_by(prompt):
                 best = j
         return None if best is None else pool.pop(best)
 
@@ -258,8 +256,7 @@ class HFGenerator:
         self.prefilled += shared + sum(len(p) - shared for p in prompts)
         prefix_ids = torch.tensor([prompts[0][:shared]] * len(prompts), dtype=torch.long,
                                   device=device).reshape(len(prompts), shared)
-        rows = [_Live(e.index, _Row(e.index, e.params), list(e.ids)) for e in entries]
-        return _Batch(rows, cache, mask, torch.cat([prefix_ids, ids], dim=1),
+        return _Batch(_lives(entries), cache, mask, torch.cat([prefix_ids, ids], dim=1),
                       positions[:, -1] + 1), logits
 
     def _continue(self, entries: list[_Entry], device) -> tuple[_Batch, torch.Tensor]:
@@ -298,8 +295,7 @@ class HFGenerator:
                             position_ids=positions, **{self._cache_arg: cache},
                             use_cache=True, **self._last_logits).logits[:, -1]
         self.prefilled += sum(len(n) for n in news)
-        lives = [_Live(e.index, _Row(e.index, e.params), list(e.ids)) for e in entries]
-        return _Batch(lives, cache, mask, ids, positions[:, -1] + 1), logits
+        return _Batch(_lives(entries), cache, mask, ids, positions[:, -1] + 1), logits
 
     def _new_cache(self):
         from transformers import DynamicCache
@@ -413,12 +409,12 @@ class HFGenerator:
             ids, params = list(nxt[0]), nxt[1]
             if (params.temperature, params.top_p) != mode:
                 raise ValueError("every turn of a batch must share temperature and top_p")
-            if kept is not None and not (len(ids) > len(kept.ids)
-                                         and tuple(ids[:len(kept.ids)]) == kept.ids):
+            if kept is not None and not kept.extended_by(ids):
                 kept = None  # not an extension of what the row holds: prefilled whole
             again.append(_Entry(live.index, ids, params, kept))
         waiting.extendleft(reversed(again))
-        return batch.select([j for j in range(len(batch.rows)) if j not in set(ended)])
+        gone = set(ended)
+        return batch.select([j for j in range(len(batch.rows)) if j not in gone])
 
 
 class _Entry(NamedTuple):
@@ -439,6 +435,11 @@ class _Live:
     index: int
     row: _Row
     held: list[int]
+
+
+def _lives(entries: list[_Entry]) -> list[_Live]:
+    """The rows of entries just prefilled: a new generation each, holding all their ids."""
+    return [_Live(e.index, _Row(e.params), list(e.ids)) for e in entries]
 
 
 class _Batch:

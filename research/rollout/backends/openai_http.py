@@ -61,6 +61,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from research.errors import ConfigError
 from research.http import JsonPoster, RequestFailed, RequestRejected
 from research.rollout.generation import (
+    FirstTurns,
     Generation,
     NextTurn,
     SamplingParams,
@@ -247,18 +248,9 @@ class OpenAIGenerator:
 
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]
                  ) -> list[Generation]:
-        if not check_batch(prompts, params):
-            return []
-        workers = min(self.max_concurrency, len(prompts))
-        with ThreadPoolExecutor(workers, thread_name_prefix="openai-gen") as pool:
-            futures = [pool.submit(self._one, prompt, p, i)
-                       for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))]
-            try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        collect = FirstTurns(len(prompts))
+        self.generate_continuous(prompts, params, collect)
+        return collect.generations
 
     continuous = True  # run_rollouts drives generate_continuous
 
