@@ -184,7 +184,8 @@ def main() -> int:
         sides["sequential"] = {**_side(seq, t_seq, gen.prefilled), "decode_steps": gen.steps}
     result = {
         "meta": {"model": args.model, "prompts": args.prompts, "threads": args.threads,
-                 "dtype": args.dtype, "template": args.template, "cpu_count": os.cpu_count(),
+                 "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                 "template": args.template, "cpu_count": os.cpu_count(),
                  "max_response_tokens": args.max_response_tokens, "max_turns": args.max_turns,
                  "top_k": config.top_k, "max_result_tokens": config.max_result_tokens,
                  "load_average_at_start": load, "cpu": _cpu(),

@@ -322,3 +322,17 @@ def test_prepare_qwen_matches_qwen25_tokenizer_and_ties_embeddings():
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]) == [151645, 151643]
     assert "<|im_start|>" in tokenizer.chat_template
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_a_bfloat16_model_loads_as_float32_on_a_cpu_without_bf16_support(tiny_path, monkeypatch,
+                                                                         caplog, supported):
+    import torch
+
+    from research.models import loading
+
+    monkeypatch.setattr(loading, "cpu_runs_bf16", lambda: supported)
+    with caplog.at_level("WARNING", logger="research.models.loading"):
+        model, _ = loading.load_model(str(tiny_path), "bfloat16")
+    assert next(model.parameters()).dtype == (torch.bfloat16 if supported else torch.float32)
+    assert ("the model dtype asks for bf16" in caplog.text) is not supported

@@ -159,3 +159,21 @@ def test_trl_only_keys_are_refused_under_verl(override):
 def test_verl_refusals_name_the_fix(overrides, fix):
     with pytest.raises(ConfigError, match=fix):
         load_config("original", overrides, engine="verl")
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_grpo_bf16_on_a_cpu_without_bf16_support_computes_in_fp32(monkeypatch, caplog,
+                                                                  supported):
+    """grpo.bf16 on a CPU: kept where the CPU runs bf16, else fp32 with a warning that names
+    the setting (bf16 matmuls there run hundreds of times slower)."""
+    pytest.importorskip("trl")
+    from research.models import loading
+    from research.trainers.trl_engine import grpo_config
+
+    monkeypatch.setattr(loading, "cpu_runs_bf16", lambda: supported)
+    config = load_config("quickstart", ["run.output_dir=/tmp/unused"])
+    assert config.grpo.bf16
+    with caplog.at_level("WARNING", logger="research.models.loading"):
+        c = grpo_config(config, use_cpu=True)
+    assert c.bf16 is supported
+    assert ("grpo.bf16 asks for bf16" in caplog.text) is not supported

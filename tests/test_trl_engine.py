@@ -234,10 +234,16 @@ def test_forced_searches_are_masked_and_carry_no_gradient(tiny_path, questions, 
     assert all(m["groups_with_spread"] == 1.0 for m in steps)  # each group: right and wrong
 
 
-def test_closed_book_control_trains_without_search_or_service(tiny_path, questions, tmp_path):
+def test_closed_book_control_trains_without_search_or_service(tiny_path, questions, tmp_path,
+                                                               monkeypatch):
     """rollout.search=false: the closed-book prompt, a search request ends the response (no
-    retrieval: the service URL is dead), and bf16 mixed precision runs on CPU."""
+    retrieval: the service URL is dead), and bf16 mixed precision runs on CPU (taken to have
+    bf16 support, so that the bf16 path runs on any CPU)."""
     from transformers import AutoTokenizer
+
+    from research.models import loading
+
+    monkeypatch.setattr(loading, "cpu_runs_bf16", lambda: True)
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_path)
     dead = "http://127.0.0.1:9"  # nothing listens on the discard port

@@ -99,7 +99,8 @@ class GRPOSection:
                         "micro-batch (the first version's verl)", ("dapo", "bnpo", "grpo"))
     epochs: int = _f(10, "passes over the training questions (when run.max_steps is -1)")
     bf16: bool = _f(False, "bf16 mixed precision: fp32 weights, bf16 matmuls in the update and "
-                    "the rollout (GPUs, and CPUs with bf16 support: about 2x faster here)")
+                    "the rollout (GPUs, and CPUs with bf16 support: about 2x faster there; a "
+                    "CPU without it computes in fp32, with a warning)")
     use_vllm: bool = _f(False, "roll out with TRL's colocated vLLM engine (GPU only)")
     vllm_tensor_parallel_size: int = _f(1, "vLLM tensor parallelism")
     vllm_gpu_memory_utilization: float = _f(0.6, "share of GPU memory vLLM may take")

@@ -88,6 +88,7 @@ def set_threads(config: TrainConfig) -> int:
 
 def grpo_config(config: TrainConfig, use_cpu: bool):
     """``trl.GRPOConfig``: the protocol's settings, then this config's values."""
+    from research.models.loading import cpu_bf16_or_fp32
     from research.trainers.trl_settings import (
         protocol_grpo_config,
         step_batch_kwargs,
@@ -104,7 +105,8 @@ def grpo_config(config: TrainConfig, use_cpu: bool):
         temperature=r.temperature, top_p=r.top_p, max_completion_length=r.max_response_tokens,
         max_steps=run.max_steps, save_steps=run.save_steps, save_total_limit=run.save_total_limit,
         logging_steps=run.logging_steps, seed=run.seed, report_to=report,
-        run_name=Path(run.output_dir).name, bf16=g.bf16, use_cpu=use_cpu,
+        run_name=Path(run.output_dir).name, use_cpu=use_cpu,
+        bf16=cpu_bf16_or_fp32(g.bf16, "grpo.bf16") if use_cpu else g.bf16,
         **{_checkpointing_arg(): config.model.gradient_checkpointing},
         model_init_kwargs={"dtype": config.model.dtype},
         use_vllm=g.use_vllm, vllm_mode="colocate",
