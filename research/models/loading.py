@@ -19,14 +19,14 @@ def cpu_runs_bf16() -> bool:
         return True
 
 
-def cpu_bf16_or_fp32(bf16: bool, setting: str) -> bool:
-    """``bf16`` for a computation on this CPU: False, with a warning naming ``setting``, when
-    bf16 was asked for and the CPU has no bf16 support."""
+def cpu_bf16_or_fp32(bf16: bool, setting: str, silence: str) -> bool:
+    """``bf16`` for a computation on this CPU: False, with a warning naming ``setting`` and
+    the change that silences it (``silence``), when bf16 was asked for and the CPU has no
+    bf16 support."""
     if bf16 and not cpu_runs_bf16():
         logger.warning("%s asks for bf16, but this CPU has no bf16 instructions (AVX-512 or "
                        "AMX), where bf16 matmuls run hundreds of times slower than fp32: "
-                       "computing in float32 instead (set %s to float32/false to silence "
-                       "this)", setting, setting)
+                       "computing in float32 instead (%s to silence this)", setting, silence)
         return False
     return bf16
 
@@ -40,7 +40,7 @@ def load_model(model: str, dtype: str = "float32"):
 
     from research.models.prepare import prepare_model
 
-    if dtype == "bfloat16" and not cpu_bf16_or_fp32(True, "the model dtype"):
+    if dtype == "bfloat16" and not cpu_bf16_or_fp32(True, "the model dtype", "load it as float32"):
         dtype = "float32"
     path = prepare_model(model)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -106,7 +106,7 @@ def grpo_config(config: TrainConfig, use_cpu: bool):
         max_steps=run.max_steps, save_steps=run.save_steps, save_total_limit=run.save_total_limit,
         logging_steps=run.logging_steps, seed=run.seed, report_to=report,
         run_name=Path(run.output_dir).name, use_cpu=use_cpu,
-        bf16=cpu_bf16_or_fp32(g.bf16, "grpo.bf16") if use_cpu else g.bf16,
+        bf16=cpu_bf16_or_fp32(g.bf16, "grpo.bf16", "set grpo.bf16=false") if use_cpu else g.bf16,
         **{_checkpointing_arg(): config.model.gradient_checkpointing},
         model_init_kwargs={"dtype": config.model.dtype},
         use_vllm=g.use_vllm, vllm_mode="colocate",
