@@ -106,6 +106,7 @@ def run_setting(name, config, model, tokenizer, client, items, samples, out_file
 
     import torch
 
+    from research.models.loading import cpu_bf16_or_fp32
     from research.rewards import get_reward_fn
     from research.rollout.backends.hf import HFGenerator
     from research.rollout.engine import run_rollouts
@@ -113,8 +114,10 @@ def run_setting(name, config, model, tokenizer, client, items, samples, out_file
     r = config.rollout
     prompts = [r.encode_prompt(tokenizer, it["question"]) for it in items for _ in range(samples)]
     reward = get_reward_fn(config.reward.name)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if config.grpo.bf16
-                else contextlib.nullcontext())
+    # the trainer's precision for its rollouts: bf16 autocast under grpo.bf16, fp32 on a CPU
+    # without bf16 instructions (as the TRL engine does there)
+    bf16 = cpu_bf16_or_fp32(config.grpo.bf16, "grpo.bf16", "set grpo.bf16=false")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     start = time.perf_counter()
     with autocast:
         trajectories = run_rollouts(prompts, HFGenerator(model, tokenizer,
@@ -132,7 +135,7 @@ def run_setting(name, config, model, tokenizer, client, items, samples, out_file
         records.append(record)
         out_file.write(json.dumps(record) + "\n")
     out_file.flush()
-    return summarise(records, samples, seconds)
+    return {**summarise(records, samples, seconds), "bf16": bf16}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         "trajectories_per_step": g.prompts_per_step * g.num_generations,
         "micro_batches_per_step": g.prompts_per_step * g.num_generations // g.per_device_batch,
         "beta": g.beta, "model": config.model.path, "lora_rank": config.model.lora_rank,
-        "bf16": g.bf16, "max_response_tokens": r.max_response_tokens, "cores": os.cpu_count(),
+        "bf16": bool(trainer.args.bf16),  # grpo.bf16 as run (fp32 on a CPU without bf16)
+        "max_response_tokens": r.max_response_tokens, "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
         "total_seconds": round(total, 1), "parts": parts,
     }

@@ -72,3 +72,23 @@ def test_probe_samples_every_setting_with_the_real_service(tiny_path, tmp_path, 
     assert all(s["response_tokens"] <= 16 for s in samples)
     assert all(s["searches"] == 0 for s in samples[4:])  # closed book never searches
     assert out["data"] == "factbook-facts" and out["data_type"] == "one-hop"
+
+
+@pytest.mark.parametrize("cpu_has_bf16", [True, False])
+def test_probe_samples_in_fp32_where_the_cpu_has_no_bf16(tiny_path, tmp_path, monkeypatch,
+                                                          cpu_has_bf16):
+    """grpo.bf16 samples under bf16 autocast, as the trainer does, unless the CPU has no bf16
+    instructions: then in fp32 (bf16 matmuls there run hundreds of times slower)."""
+    import research.models.loading as loading
+
+    probe = load_probe()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loading, "cpu_runs_bf16", lambda: cpu_has_bf16)
+    results = tmp_path / "probe.json"
+    assert probe.main([
+        "--config", "cpu-evidence", "--questions", "1", "--samples", "2",
+        "--setting", "short: rollout.max_response_tokens=8",
+        f"model.path={tiny_path}", "model.lora_rank=0", "grpo.bf16=true",
+        "--out", str(tmp_path / "out"), "--results", str(results)]) == 0
+    row = json.loads(results.read_text())["settings"]["short"]
+    assert row["bf16"] is cpu_has_bf16 and row["samples"] == 2
