@@ -106,17 +106,15 @@ def run_setting(name, config, model, tokenizer, client, items, samples, out_file
 
     import torch
 
-    from research.models.loading import cpu_bf16_or_fp32
     from research.rewards import get_reward_fn
     from research.rollout.backends.hf import HFGenerator
     from research.rollout.engine import run_rollouts
+    from research.trainers.trl_engine import cpu_bf16
 
     r = config.rollout
     prompts = [r.encode_prompt(tokenizer, it["question"]) for it in items for _ in range(samples)]
     reward = get_reward_fn(config.reward.name)
-    # the trainer's precision for its rollouts: bf16 autocast under grpo.bf16, fp32 on a CPU
-    # without bf16 instructions (as the TRL engine does there)
-    bf16 = cpu_bf16_or_fp32(config.grpo.bf16, "grpo.bf16", "set grpo.bf16=false")
+    bf16 = cpu_bf16(config)  # the trainer's precision for its rollouts on this CPU
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     start = time.perf_counter()
     with autocast:

@@ -86,9 +86,16 @@ def set_threads(config: TrainConfig) -> int:
     return threads
 
 
+def cpu_bf16(config: TrainConfig) -> bool:
+    """``grpo.bf16`` as it runs on this CPU: False, with a warning, where the CPU has no bf16
+    instructions (the TRL engine on CPU and the signal probe both compute so)."""
+    from research.models.loading import cpu_bf16_or_fp32
+
+    return cpu_bf16_or_fp32(config.grpo.bf16, "grpo.bf16", "set grpo.bf16=false")
+
+
 def grpo_config(config: TrainConfig, use_cpu: bool):
     """``trl.GRPOConfig``: the protocol's settings, then this config's values."""
-    from research.models.loading import cpu_bf16_or_fp32
     from research.trainers.trl_settings import (
         protocol_grpo_config,
         step_batch_kwargs,
@@ -106,7 +113,7 @@ def grpo_config(config: TrainConfig, use_cpu: bool):
         max_steps=run.max_steps, save_steps=run.save_steps, save_total_limit=run.save_total_limit,
         logging_steps=run.logging_steps, seed=run.seed, report_to=report,
         run_name=Path(run.output_dir).name, use_cpu=use_cpu,
-        bf16=cpu_bf16_or_fp32(g.bf16, "grpo.bf16", "set grpo.bf16=false") if use_cpu else g.bf16,
+        bf16=cpu_bf16(config) if use_cpu else g.bf16,
         **{_checkpointing_arg(): config.model.gradient_checkpointing},
         model_init_kwargs={"dtype": config.model.dtype},
         use_vllm=g.use_vllm, vllm_mode="colocate",
