@@ -3,9 +3,13 @@
     python benchmarks/rollout.py --model qwen2.5-0.5b --prompts 16
 
 Every side uses the same Hugging Face backend, model, thread count and prompts
-(``squad-open-mini`` dev questions in the base template with the worked example, which the
-0.5B model follows; the 135M one never searches, with or without it), against the real
-retrieval service on loopback:
+(``--prompts`` ``squad-open-mini`` dev questions in the base template with the worked
+example, which the 0.5B model follows; the 135M one never searches, with or without it),
+against the real retrieval service on loopback. With ``--samples G`` each prompt is rolled
+out G times in the one call, as the GRPO trainers roll out a step (each question repeated
+``grpo.num_generations`` times, every trajectory of the step in one batch); ``--sequential
+N`` lets the one-at-a-time loop run only the first N of those trajectories (sample-major:
+every prompt once, then again), its rate being per sampled token either way. The sides:
 
 * ``search``: the project's rollout as the trainers run it: continuous batching across turns
   (a trajectory that closes ``</search>`` gets its result and rejoins the running batch at
@@ -18,7 +22,7 @@ retrieval service on loopback:
   prompt, its shared prefix once, and every inserted token), plus the batched decode of
   every sampled token (a plain generate of the same lengths, its own prefill excluded);
 * ``sequential``: the original's loop, one sample at a time, each turn prefilling the whole
-  trajectory again.
+  trajectory again (fresh samples of the same prompts, so its tokens differ from the others').
 
 Reported: seconds and sampled tokens per second of each side, searches per trajectory, tokens
 prefilled, decode steps (forward passes of one token per row), and the ratios the project
@@ -48,6 +52,18 @@ def _setup(args):
     questions = [q["question"] for q in load_questions("squad-open-mini", "dev", args.prompts)]
     return model, tok, [encode_prompt(tok, q, args.template, example=args.example)
                         for q in questions]
+
+
+def _groups(prompts: list, samples: int) -> list:
+    """Each prompt ``samples`` times in a row, as a GRPO step hands its questions over."""
+    return [p for p in prompts for _ in range(samples)]
+
+
+def _sample_major(prompts: list, samples: int, n: int | None) -> list:
+    """The first ``n`` (all when None) of ``samples`` rounds over ``prompts``: every prompt
+    once, then every prompt again, and so on."""
+    order = [p for _ in range(samples) for p in prompts]
+    return order if n is None else order[:n]
 
 
 def _rollout(gen, client, tok, prompts, config):
@@ -127,6 +143,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-0.5b")
     ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=1,
+                    help="trajectories per prompt, all in one rollout call, as a GRPO step "
+                         "rolls out its group of grpo.num_generations per question")
+    ap.add_argument("--sequential", type=int, default=None, metavar="N",
+                    help="trajectories the one-at-a-time loop runs (default: all of them, "
+                         "prompts x samples; its rate is per sampled token either way)")
     ap.add_argument("--template", choices=("base", "chat"), default="base")
     ap.add_argument("--example", action=argparse.BooleanOptionalAction, default=True,
                     help="worked example in the base prompt, so that small models search")
@@ -141,6 +163,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/rollout.json")
     args = ap.parse_args()
+    if args.samples < 1 or (args.sequential is not None and args.sequential < 1):
+        ap.error("--samples and --sequential take a positive count")
 
     from research.paths import cache_root
     from research.retrieval.client import SearchClient
@@ -149,7 +173,9 @@ def main() -> int:
     from research.serving.launch import running_service
 
     load = os.getloadavg()[0]
-    model, tok, prompts = _setup(args)
+    model, tok, questions = _setup(args)
+    prompts = _groups(questions, args.samples)
+    one_at_a_time = _sample_major(questions, args.samples, args.sequential)
     work = cache_root() / "bench"
     work.mkdir(parents=True, exist_ok=True)
     cfg = work / "rollout-serving.yaml"
@@ -177,13 +203,15 @@ def main() -> int:
         gen = _counting(HFGenerator(model, tok, keep_cache=False, continuous=False))
         torch.manual_seed(args.seed)
         seq, t_seq = [], 0.0
-        for p in prompts:
+        for p in one_at_a_time:
             (t,), dt = _rollout(gen, client, tok, [p], config)
             seq.append(t)
             t_seq += dt
-        sides["sequential"] = {**_side(seq, t_seq, gen.prefilled), "decode_steps": gen.steps}
+        sides["sequential"] = {**_side(seq, t_seq, gen.prefilled), "decode_steps": gen.steps,
+                               "trajectories": len(seq)}
     result = {
-        "meta": {"model": args.model, "prompts": args.prompts, "threads": args.threads,
+        "meta": {"model": args.model, "prompts": args.prompts, "samples": args.samples,
+                 "trajectories": len(prompts), "threads": args.threads,
                  "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                  "template": args.template, "cpu_count": os.cpu_count(),
                  "max_response_tokens": args.max_response_tokens, "max_turns": args.max_turns,
