@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import importlib.util
 import json
 import os
 import socket
@@ -51,6 +52,15 @@ def write_corpus(path: Path, n: int, *, seed: int = 0, gz: bool = False) -> Path
     data = ("\n".join(lines) + "\n").encode()
     path.write_bytes(gzip.compress(data) if gz else data)
     return path
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_bench",
+                                                  REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

@@ -3,20 +3,10 @@ of the tiny model against the real service."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_probe():
-    spec = importlib.util.spec_from_file_location("probe", ROOT / "benchmarks" / "probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def record(reward, reason, queries=(), finish="answer", inserted=0, notices=0):
@@ -28,7 +18,7 @@ def record(reward, reason, queries=(), finish="answer", inserted=0, notices=0):
 
 
 def test_summary_counts_valid_spread_exact_and_queries():
-    probe = load_probe()
+    probe = load_benchmark("probe")
     records = [record(1.0, "correct", ["a"]), record(0.1, "wrong answer", ["a", "a"]),
                record(0.0, "bad format: no think tags", [""], finish="eos"),
                record(0.0, "bad format: no think tags", notices=1, finish="turns")]
@@ -47,14 +37,14 @@ def test_summary_counts_valid_spread_exact_and_queries():
 def test_a_setting_needs_a_name():
     import argparse
 
-    probe = load_probe()
+    probe = load_benchmark("probe")
     assert probe.parse_setting("a: rollout.top_k=1") == ("a", ["rollout.top_k=1"])
     with pytest.raises(argparse.ArgumentTypeError, match="NAME: key=value"):
         probe.parse_setting("rollout.top_k=1")
 
 
 def test_probe_samples_every_setting_with_the_real_service(tiny_path, tmp_path, monkeypatch):
-    probe = load_probe()
+    probe = load_benchmark("probe")
     monkeypatch.chdir(tmp_path)
     results = tmp_path / "probe.json"
     code = probe.main([
@@ -81,7 +71,7 @@ def test_probe_samples_in_fp32_where_the_cpu_has_no_bf16(tiny_path, tmp_path, mo
     instructions: then in fp32 (bf16 matmuls there run hundreds of times slower)."""
     import research.models.loading as loading
 
-    probe = load_probe()
+    probe = load_benchmark("probe")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(loading, "cpu_runs_bf16", lambda: cpu_has_bf16)
     results = tmp_path / "probe.json"

@@ -5,23 +5,16 @@ on a tiny corpus. No timing is asserted."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("retrieval_bench",
-                                                  ROOT / "benchmarks" / "retrieval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("retrieval")
 
 
 def test_overlap_counts_ties_with_the_reference_kth_as_shared(bench):

@@ -4,23 +4,16 @@ asserted."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO, load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("rollout_bench",
-                                                  ROOT / "benchmarks" / "rollout.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("rollout")
 
 
 def test_groups_repeat_each_prompt_in_a_row_as_a_grpo_step_does(bench):
@@ -36,7 +29,7 @@ def test_sequential_runs_every_prompt_once_before_any_again(bench):
 
 @pytest.mark.parametrize("flag", [["--samples", "0"], ["--sequential", "0"]])
 def test_counts_below_one_are_refused_before_anything_loads(flag):
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rollout.py"), *flag],
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "rollout.py"), *flag],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "--samples and --sequential take a positive count" in run.stderr
