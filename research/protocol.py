@@ -140,6 +140,19 @@ EXAMPLES: dict[str, tuple[str, str]] = {
         "<think> The result says 1889. </think> "
         r"<answer> The final answer is \[ \boxed{1889} \] </answer>",
     ),
+    # two chained searches in another domain: the bridge entity found by the first, named in
+    # the second query, and a number copied from the second result into the box
+    "bridge": (
+        "How many moons does the planet whose largest moon is Titan have?",
+        "<think> I need the planet whose largest moon is Titan first. </think> "
+        "<search> largest moon is Titan </search> <result>\n\"Saturn: Largest moon\"\n"
+        "The largest moon of Saturn is Titan.\n</result> "
+        "<think> The planet is Saturn; now I need the number of moons of Saturn. </think> "
+        "<search> Saturn number of moons </search> <result>\n\"Saturn: Moons\"\n"
+        "Saturn has 146 known moons.\n</result> "
+        "<think> The result says 146. </think> "
+        r"<answer> The final answer is \[ \boxed{146} \] </answer>",
+    ),
 }
 EXAMPLE_NAMES = tuple(EXAMPLES)
 DEFAULT_EXAMPLE = "two-search"

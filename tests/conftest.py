@@ -31,12 +31,21 @@ def token(i: int) -> str:
     return "zq" + "".join(letters[int(c)] for c in str(i)) + "x"
 
 
-def write_alpha_questions(path: Path, n: int) -> Path:
-    """``n`` FlashRAG questions "What is token(i)?", each answered "alpha"."""
+def write_alpha_questions(path: Path, n: int, typed: bool = False) -> Path:
+    """``n`` FlashRAG questions "What is token(i)?", each answered "alpha"; ``typed`` gives
+    them the factbook sets' ``metadata.type``, one-hop and bridge in turn (a bridge question's
+    ``bridge_entity`` is "beta")."""
     import json
 
+    def meta(i: int) -> dict:
+        if not typed:
+            return {}
+        return {"metadata": {"type": "one-hop"} if i % 2 == 0 else
+                {"type": "bridge", "bridge_entity": "beta"}}
+
     path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {token(i)}?",
-                                        "golden_answers": ["alpha"]}) + "\n" for i in range(n)))
+                                        "golden_answers": ["alpha"], **meta(i)}) + "\n"
+                            for i in range(n)))
     return path
 
 

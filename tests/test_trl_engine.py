@@ -29,8 +29,8 @@ pytestmark = pytest.mark.filterwarnings(  # TRL 1.16.0's config sets a renamed T
 
 @pytest.fixture(scope="module")
 def questions(tmp_path_factory) -> Path:
-    """Four FlashRAG questions; the answer of each is "alpha"."""
-    return write_alpha_questions(tmp_path_factory.mktemp("data") / "train.jsonl", 4)
+    """Four FlashRAG questions, one-hop and bridge in turn; the answer of each is "alpha"."""
+    return write_alpha_questions(tmp_path_factory.mktemp("data") / "train.jsonl", 4, typed=True)
 
 
 def small(tiny_path, questions, service_url, out, *extra):
@@ -163,6 +163,12 @@ def test_two_grpo_steps_through_trl_with_the_real_service(tiny_path, questions, 
                 "rollout/searches", "rollout/empty_queries", "rollout/repeated_queries",
                 "rollout/inserted_share", "rollout/turn_limit_notices", "rollout/seconds"}
     assert all(monitors <= set(m) for m in steps), monitors - set(steps[0])
+    by_type = {"type/one-hop/searches", "type/one-hop/exact", "type/bridge/searches",
+               "type/bridge/exact", "bridge/entity_in_second_query"}
+    # the two steps see the four questions once (an epoch): both types, 4 samples a step
+    assert by_type <= set().union(*steps), by_type - set().union(*steps)
+    assert all(m.get("type/one-hop/samples", 0) + m.get("type/bridge/samples", 0) == 4
+               for m in steps)
     assert all(0 <= m["format_valid"] <= 1 and 0 <= m["groups_with_spread"] <= 1
                for m in steps)
     assert (out / "training.png").stat().st_size > 1000  # the monitors' figure
@@ -173,6 +179,8 @@ def test_two_grpo_steps_through_trl_with_the_real_service(tiny_path, questions, 
     validation = jsonl(out / "validation.jsonl")  # greedy, before training and every step
     assert [v["step"] for v in validation] == [0, 1, 2]
     assert all(v["questions"] == 2 and 0 <= v["reward"] <= 1 for v in validation)
+    assert all(v.get("type/one-hop/samples", 0) + v.get("type/bridge/samples", 0) == 2
+               for v in validation)
     assert all({"em", "acc", "f1", "response_length"} <= set(v) for v in validation)
     assert (out / "validation.png").stat().st_size > 1000  # the run draws its figure
     assert '<svg class="curve" data-key="reward"' in (out / "report.html").read_text()

@@ -257,7 +257,7 @@ AGENT_VALUES: dict[str, tuple[str, object]] = {
 REFUSED_VALUES = {"grpo.bf16": "grpo.bf16=false", "rollout.search": "rollout.search=false"}
 # read while the run directory is prepared: test_prepare_reads_the_model_and_data_keys
 PREPARED = {"model.path", "data.train", "data.train_split", "data.train_type", "data.dev",
-            "data.dev_split", "data.dev_type"}
+            "data.dev_split", "data.dev_type", "data.dev_seed"}
 
 
 def test_the_value_of_every_mapped_key_reaches_verl(tmp_path):
@@ -297,8 +297,8 @@ def test_prepare_reads_the_model_and_data_keys(tmp_path, monkeypatch):
 
     read = []
 
-    def rows_file(source, split, limit, out, kind=None):
-        read.append((source, split, limit, kind))
+    def rows_file(source, split, limit, out, kind=None, seed=None):
+        read.append((source, split, limit, kind, seed))
         return f"/rows/{Path(source).stem}-{split}.parquet"
 
     monkeypatch.setattr(verl_launch, "rows_file", rows_file)
@@ -311,7 +311,8 @@ def test_prepare_reads_the_model_and_data_keys(tmp_path, monkeypatch):
                      "data.dev_split=test", "data.dev_type=bridge", "data.dev_limit=7",
                      "run.eval_steps=5")
     lines = set(verl_launch.prepare(config))
-    assert read == [("/q/a.jsonl", "extra", None, "one-hop"), ("/q/b.jsonl", "test", 7, "bridge")]
+    assert read == [("/q/a.jsonl", "extra", None, "one-hop", None),
+                    ("/q/b.jsonl", "test", 7, "bridge", 13)]
     assert {"actor_rollout_ref.model.path=/models/qwen", "data.train_files=/rows/a-extra.parquet",
             "data.val_files=/rows/b-test.parquet"} <= lines
 

@@ -608,7 +608,8 @@ def fact_questions(countries, clues, rng: random.Random, per_country: int) -> li
                 type="bridge", hops=2, hop1_id=fact_id(c, b), hop2_id=fact_id(c, t),
                 answer_id=fact_id(c, t), hop1_query=x.removeprefix("the country whose "),
                 hop2_query=f"{c.name} {FACT_LABELS[t].lower()}", bridge_attribute=b,
-                bridge_value=clues[(c.code, b)], attribute=t, countries=[c.code]))
+                bridge_value=clues[(c.code, b)], bridge_entity=c.name, attribute=t,
+                countries=[c.code]))
     return rows
 
 

@@ -4,7 +4,7 @@ the fix. Nothing here imports torch.
 
 ::
 
-    data:      dataset_name, split, data_dir, sample_num, random_sample, seed
+    data:      dataset_name, split, data_dir, sample_num, random_sample, seed, type
     generator: backend (local | openai), model, base_url, served_model_name, ...
     retrieval: search_url (or a service started on `corpus`), corpus, topk, timeout, retries
     method:    name, answer_tokens, chat, iter_retgen_*, flare_*, ircot_*
@@ -44,6 +44,9 @@ class DataSection:
     random_sample: bool = _f(False, "draw the N questions at random (seeded) instead of the "
                              "first N")
     seed: int = _f(2024, "seed of the random sample")
+    type: str | None = _f(None, "keep only the questions whose metadata.type is this (factbook "
+                          "sets: one-hop, bridge, comparison; null: all); the run folder and "
+                          "the table name the dataset NAME-TYPE")
 
 
 @dataclass
@@ -79,7 +82,8 @@ class RetrievalSection:
 @dataclass
 class MethodSection:
     name: str = _f("research", "research, direct, naive-rag, iter-retgen, flare, ircot (the "
-                   "seed's names zero-shot, naive, iterretgen are aliases)")
+                   "seed's names zero-shot, naive, iterretgen are aliases), or a scripted "
+                   "policy with no model: one-search-rule, oracle-chain")
     answer_tokens: int = _f(32, "answer budget of direct, naive-rag and iter-retgen (FlashRAG's "
                             "standard)")
     chat: str = _f("auto", "baselines' chat template: auto (when the tokenizer has one), on, "

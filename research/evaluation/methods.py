@@ -136,6 +136,7 @@ METHODS: dict[str, Method] = {}
 ALIASES = {"zero-shot": "direct", "naive": "naive-rag", "iterretgen": "iter-retgen",
            "naive-generation": "direct", "standard-rag": "naive-rag"}
 RETRIEVAL_FREE = {"direct"}
+MODEL_FREE = {"one-search-rule", "oracle-chain"}  # scripted policies (scripted.py)
 
 
 def register(name: str):
@@ -411,3 +412,6 @@ def research(items: Sequence[dict], ctx: Context) -> list[Answer]:
                           ctx.settings.rollout, batch_size=max(1, len(items)),
                           progress=ctx.progress, on_record=on_record)
     return [answer(r) for r in records]
+
+
+from research.evaluation import scripted  # noqa: E402, F401  (registers the scripted policies)

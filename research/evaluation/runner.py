@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from research.evaluation.config import ConfigError, EvalConfig
-from research.evaluation.methods import METHODS, RETRIEVAL_FREE, Context, resolve
+from research.evaluation.methods import METHODS, MODEL_FREE, RETRIEVAL_FREE, Context, resolve
 from research.metrics import average_metrics, compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,13 @@ METRIC_KEYS = ("em", "acc", "f1", "precision", "recall")
 DATASET_TITLES = {"hotpotqa": "HotpotQA", "bamboogle": "Bamboogle", "strategyqa": "StrategyQA",
                   "2wikimultihopqa": "2Wiki", "musique": "MuSiQue", "nq": "NQ",
                   "triviaqa": "TriviaQA", "squad-open-mini": "SQuAD-open-mini",
-                  "factbook-hop": "Factbook-hop"}
+                  "factbook-hop": "Factbook-hop", "factbook-facts": "Factbook-facts",
+                  "factbook-facts-bridge": "Factbook bridge",
+                  "factbook-facts-one-hop": "Factbook one-hop"}
 METHOD_TITLES = {"direct": "Direct", "naive-rag": "Naive-RAG", "iter-retgen": "Iter-RetGen",
-                 "flare": "FLARE", "ircot": "IRCoT", "research": "ReSearch"}
+                 "flare": "FLARE", "ircot": "IRCoT", "research": "ReSearch",
+                 "one-search-rule": "One-search rule (scripted)",
+                 "oracle-chain": "Oracle chain (scripted ceiling)"}
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -67,14 +71,21 @@ def load_items(config: EvalConfig) -> list[dict]:
     :func:`dataset_path`, read by :func:`research.data.questions.load_questions`, sampled."""
     from research.data.questions import load_questions
 
-    items = load_questions(dataset_path(config))
+    items = load_questions(dataset_path(config), kind=config.data.type)
     n = config.data.sample_num
     if n is not None and n < len(items):
         items = (random.Random(config.data.seed).sample(items, n) if config.data.random_sample
                  else items[:n])
     if not items:
-        raise ConfigError(f"{dataset_path(config)} holds no questions")
+        kind = f" of metadata.type {config.data.type} (data.type)" if config.data.type else ""
+        raise ConfigError(f"{dataset_path(config)} holds no questions{kind}")
     return items
+
+
+def dataset_label(config: EvalConfig) -> str:
+    """The dataset as run folders and tables name it: NAME, or NAME-TYPE with data.type."""
+    d = config.data
+    return f"{d.dataset_name}-{d.type}" if d.type else d.dataset_name
 
 
 # --- what a run will cost here ----------------------------------------------------------------
@@ -195,8 +206,8 @@ def open_searcher(config: EvalConfig, out: Path, needed: bool) -> Iterator[objec
 
 def run_name(config: EvalConfig) -> str:
     d, note = config.data, config.run.save_note
-    return f"{d.dataset_name}_{d.split}_{resolve(config.method.name)}" + (f"_{note}" if note
-                                                                          else "")
+    return f"{dataset_label(config)}_{d.split}_{resolve(config.method.name)}" + (
+        f"_{note}" if note else "")
 
 
 def read_items(path: Path) -> list[dict]:
@@ -273,6 +284,8 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
     if done and pending:
         logger.info("resuming %s: %d of %d items done", out, len(done), len(items))
     start = time.perf_counter()
+    if pending and method in MODEL_FREE:
+        backend = (None, None)  # a scripted policy: no model to load
     if pending and backend is None:
         model = Path(config.generator.model)
         warning = cpu_warning(config, len(pending), model if model.is_dir() else None)
@@ -315,7 +328,7 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
                            "no judge_acc until a rerun judges them", failed, len(records))
         items_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     metrics = summarise(records)
-    summary = {"method": method, "dataset": config.data.dataset_name, "split": config.data.split,
+    summary = {"method": method, "dataset": dataset_label(config), "split": config.data.split,
                "questions": len(records), "model": config.generator.model,
                "backend": config.generator.backend, "metrics": metrics,
                "seconds": round(time.perf_counter() - start, 1)}

@@ -20,6 +20,13 @@ MAIN = ("reward", "accuracy", "format_valid", "groups_with_spread", "searches_pe
         "completions/mean_length", "rollout/inserted_share", "entropy", "clip_ratio/region_mean",
         "loss")
 VALIDATION_KEYS = ("em", "f1", "reward", "searches_per_answer", "response_length")
+# research.behaviour's monitors: when and how the model searches, by question type
+BEHAVIOUR_PREFIXES = ("type/", "bridge/", "repeated_query_share")
+
+
+def behaviour_keys(keys) -> list[str]:
+    """The behaviour monitors among ``keys`` (their sample counts left out)."""
+    return [k for k in keys if k.startswith(BEHAVIOUR_PREFIXES) and not k.endswith("/samples")]
 MAX_TRAJECTORIES = 200
 
 
@@ -151,11 +158,14 @@ def training_sections(run_dir: Path, decode, source_note: str) -> list[str]:
     rows = step_rows(run_dir)
     validation = read_jsonl(run_dir / "validation.jsonl")
     keys = monitor_keys(rows)
-    main = [k for k in keys if k in MAIN]
+    main, when = [k for k in keys if k in MAIN], behaviour_keys(keys)
     sections = [curves(rows, main, "Training: reward, answers, searches, length"),
-                _folded(curves(rows, [k for k in keys if k not in MAIN], "Every other monitor"))]
+                curves(rows, when, "Training: when and how it searches, by question type"),
+                _folded(curves(rows, [k for k in keys if k not in MAIN and k not in when],
+                               "Every other monitor"))]
     if validation:
         keys = [k for k in VALIDATION_KEYS if any(k in v for v in validation)]
+        keys += behaviour_keys(monitor_keys(validation))
         sections.append(curves(validation, keys, "Validation (greedy, held-out questions)",
                                "validation/"))
     return [*sections, reasons_section(rows), trajectories_section(run_dir, decode, source_note),

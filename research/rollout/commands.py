@@ -15,6 +15,8 @@ import re
 import time
 from pathlib import Path
 
+from research import protocol
+
 logger = logging.getLogger(__name__)
 
 _COLOURS = {"think": "34", "search": "33", "result": "2", "answer": "32"}  # ANSI codes
@@ -96,9 +98,9 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/rollout.jsonl")
     p.add_argument("--template", choices=("base", "chat"), default="base")
     p.add_argument("--example", nargs="?", const="two-search", default=None,
-                   choices=("two-search", "one-search"),
+                   choices=protocol.EXAMPLE_NAMES,
                    help="a worked example in the prompt (small models need it): two-search "
-                        "(the default when given alone) or one-search")
+                        "(the default when given alone), one-search or bridge")
     p.add_argument("--stop-at-answer", action="store_true",
                    help="end each response at its first </answer>")
     p.add_argument("--on-max-turns", choices=("answer", "end"), default="answer",

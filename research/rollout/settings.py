@@ -43,8 +43,10 @@ class RolloutSettings:
                        "(the tokenizer's chat template)", ("base", "chat"))
     example: str | None = _f(None, "a worked example in the prompt (small models need one to "
                              "search): two-search (two chained searches), one-search (one "
-                             "search, a short fact boxed) or null (none, as the original); "
-                             "the chat template gets it as a previous exchange",
+                             "search, a short fact boxed), bridge (two chained searches, the "
+                             "second naming the entity the first found, a number boxed) or "
+                             "null (none, as the original); the chat template gets it as a "
+                             "previous exchange",
                              (*EXAMPLE_NAMES, None), aliases={True: EXAMPLE_NAMES[0],
                                                               False: None})
     clean: bool = _f(False, "the cleaned base prompt instead of the original's wording")

@@ -62,7 +62,11 @@ class DataConfig:
     dev: str | None = _f("squad-open-mini", "validation questions (same forms as `train`; "
                          "null: no validation)")
     dev_split: str = _f("dev", "split of an embedded set")
-    dev_limit: int = _f(32, "validation questions (the first N)")
+    dev_limit: int = _f(32, "validation questions: N drawn at random by dev_seed (the same "
+                        "N at every validation), or the first N when dev_seed is null")
+    dev_seed: int | None = _f(13, "seed of the validation questions' draw (null: the first "
+                              "dev_limit of the file, which for a file ordered by country "
+                              "covers a few countries only)")
     dev_type: str | None = _f(None, "keep only validation questions whose metadata.type is "
                               "this (null: all)")
 

@@ -1,7 +1,8 @@
 """The run's figures: validation score and response length over training steps (as the seed's
 ``asset/validation.png``), drawn from ``validation.jsonl``; and the training monitors of every
 step (``training.png``: reward, accuracy, valid share, groups with reward spread, searches,
-response length, entropy, clipping, KL), drawn from ``metrics.jsonl``."""
+searches and exact share by question type, response length, entropy, clipping, KL), drawn
+from ``metrics.jsonl``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ TRAINING_PANELS = (
                 ("rollout/empty_queries", "empty queries"),
                 ("rollout/repeated_queries", "repeated queries"),
                 ("rollout/inserted_share", "inserted-token share")]),
+    ("By question type", [("type/one-hop/searches", "one-hop: searches"),
+                          ("type/bridge/searches", "bridge: searches"),
+                          ("type/one-hop/exact", "one-hop: exact share"),
+                          ("type/bridge/exact", "bridge: exact share"),
+                          ("bridge/entity_in_second_query", "bridge: entity in 2nd query")]),
     ("Response length (tokens)", [("completions/mean_length", "mean length")]),
     ("Policy", [("entropy", "token entropy"), ("clip_ratio/region_mean", "clip fraction"),
                 ("kl", "KL")]),
@@ -86,7 +92,8 @@ def plot_validation(run_dir: str | Path, out: str | Path | None = None) -> Path 
         return None
     steps = [r["step"] for r in rows]
     fig, (score, length) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, label in (("reward", "reward"), ("em", "exact match"), ("f1", "F1")):
+    for key, label in (("reward", "reward"), ("em", "exact match"), ("f1", "F1"),
+                       ("type/one-hop/exact", "one-hop EM"), ("type/bridge/exact", "bridge EM")):
         if all(key in r for r in rows):
             score.plot(steps, [r[key] for r in rows], marker="o", label=label)
     score.set(title="Validation score", xlabel="step", ylim=(-0.02, 1.02))

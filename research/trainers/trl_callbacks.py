@@ -20,6 +20,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from research.behaviour import behaviour, question_facts
 from research.trainers.config import TrainConfig
 from research.trainers.plot import plot_training, plot_validation
 from research.trainers.trl_rollout import StepSamples
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 class ReSearchReward:
     """A TRL reward function: the project's reward on the response text and golden answers.
+    With the dataset's ``question_type`` and ``bridge_entity`` columns it adds the step's
+    :func:`research.behaviour.behaviour` monitors (searches and exact share by question type,
+    the bridge entity in the second query, repeated queries) to the step's samples.
 
     >>> reward = ReSearchReward("v1", StepSamples())
     >>> ok = "<think> t </think> <answer> \\\\boxed{Paris} </answer>"
@@ -45,7 +49,7 @@ class ReSearchReward:
         self.__name__ = f"reward_{name}"  # TRL names the reward's metrics after it
 
     def __call__(self, prompts, completions, golden_answers, ended_with_eos, num_searches=None,
-                 log_metric=None, **kwargs) -> list[float]:
+                 log_metric=None, question_type=None, bridge_entity=None, **kwargs) -> list[float]:
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         results = [self.fn(text, list(golds), ended_with_eos=bool(eos))
                    for text, golds, eos in zip(texts, golden_answers, ended_with_eos,
@@ -54,6 +58,12 @@ class ReSearchReward:
         self.samples.reasons.update(reasons)
         for record, r in zip(self.samples.records, results, strict=False):
             record.update(reward=r.score, reason=r.reason)
+        if question_type is not None and len(self.samples.records) == len(results):
+            self.samples.monitors.update(behaviour(
+                {"type": kind or None, "bridge_entity": entity or None, "correct":
+                 r.reason == "correct", "queries": [turn["query"] for turn in rec["turns"]]}
+                for kind, entity, r, rec in zip(question_type, bridge_entity or [""] * len(results),
+                                                results, self.samples.records, strict=True)))
         if log_metric is not None:
             log_metric("accuracy", reasons["correct"] / len(results))
             # passes every gate of the reward (format, proper end, a box): the share GRPO
@@ -208,7 +218,10 @@ class ValidationCallback(TrainerCallback):
                   "accuracy": sum(x.reason == "correct" for x in results) / n,
                   "searches_per_answer": metrics["searches"],
                   "response_length": metrics["response_tokens"],
-                  **{k: metrics[k] for k in ("em", "acc", "f1")}}
+                  **{k: metrics[k] for k in ("em", "acc", "f1")},
+                  **behaviour({**question_facts(item), "queries": rec["queries"],
+                               "correct": rec["em"] == 1.0}
+                              for item, rec in zip(self.items, records, strict=True))}
         if state.is_world_process_zero:
             truncate_jsonl(self.items_path, state.global_step - 1)  # a validation cut short
             for rec, result in zip(records, results, strict=True):

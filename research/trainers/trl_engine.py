@@ -49,14 +49,14 @@ logger = logging.getLogger(__name__)
 # --- data -----------------------------------------------------------------------------------
 
 
-def training_questions(source: str, split: str, limit: int | None, kind: str | None = None
-                       ) -> list[dict]:
+def training_questions(source: str, split: str, limit: int | None, kind: str | None = None,
+                       seed: int | None = None) -> list[dict]:
     """The questions of ``data.train`` / ``data.dev``
     (:func:`research.data.questions.load_questions`), or a ConfigError naming the keys to
     check when none are left."""
     from research.data.questions import load_questions
 
-    items = load_questions(source, split, limit, kind)
+    items = load_questions(source, split, limit, kind, seed)
     if not items:
         raise ConfigError(f"no questions in {source} ({split}"
                           f"{f', metadata.type {kind}' if kind else ''}): check data.train / "
@@ -66,12 +66,18 @@ def training_questions(source: str, split: str, limit: int | None, kind: str | N
 
 def build_dataset(items: Sequence[dict]):
     """A ``datasets.Dataset`` with TRL's ``prompt`` column (the raw question, no template),
-    ``golden_answers`` (a list per row, handed to the reward) and ``id``."""
+    ``golden_answers`` (a list per row, handed to the reward), ``id``, and the question's
+    ``question_type`` and ``bridge_entity`` (:func:`research.behaviour.question_facts`; ""
+    when the set has none), which the reward hands on to the behaviour monitors."""
     from datasets import Dataset
 
+    from research.behaviour import question_facts
+
     return Dataset.from_list([{"prompt": it["question"], "golden_answers":
-                               [str(a) for a in it["golden_answers"]], "id": str(it.get("id"))}
-                              for it in items])
+                               [str(a) for a in it["golden_answers"]], "id": str(it.get("id")),
+                               "question_type": facts["type"] or "",
+                               "bridge_entity": facts["bridge_entity"] or ""}
+                              for it in items for facts in [question_facts(it)]])
 
 # --- the run ----------------------------------------------------------------------------------
 
@@ -298,7 +304,7 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
         rollout = ReSearchRollout(config, tokenizer, client, samples, make_logits_processors)
         callbacks = [RunRecorder(out, samples, config.run.rollout_samples)]
         if config.run.eval_steps:
-            items = training_questions(d.dev, d.dev_split, d.dev_limit, d.dev_type)
+            items = training_questions(d.dev, d.dev_split, d.dev_limit, d.dev_type, d.dev_seed)
             callbacks.append(ValidationCallback(out, config, items, rollout,
                                                 get_reward_fn(config.reward.name)))
         trainer = GRPOTrainer(model=model_path, reward_funcs=ReSearchReward(config.reward.name,

@@ -206,11 +206,12 @@ def overrides(config: TrainConfig, *, model_path: str, train_files: str, val_fil
     return [f"{k}={_value(v)}" for k, v in o.items()]
 
 
-def rows_file(source: str, split: str, limit: int | None, out: Path, kind: str | None = None
-              ) -> str:
+def rows_file(source: str, split: str, limit: int | None, out: Path, kind: str | None = None,
+              seed: int | None = None) -> str:
     """A parquet of the project's rows for verl: ``source`` itself when it is one, else the
     embedded set or FlashRAG jsonl converted (only the questions whose ``metadata.type`` is
-    ``kind``, when given)."""
+    ``kind``, when given; with ``seed``, ``limit`` of them drawn as
+    :func:`research.data.questions.load_questions` draws them)."""
     if source.endswith(".parquet"):
         if not Path(source).is_file():
             raise ConfigError(f"{source} not found (data.train / data.dev)")
@@ -222,7 +223,7 @@ def rows_file(source: str, split: str, limit: int | None, out: Path, kind: str |
     from research.data.questions import load_questions
     from research.data.rows import make_row, write_rows
 
-    items = load_questions(source, split, limit, kind=kind)
+    items = load_questions(source, split, limit, kind=kind, seed=seed)
     if not items:
         raise ConfigError(f"no questions in {source} ({split}"
                           f"{f', metadata.type {kind}' if kind else ''}): check data.train / "
@@ -273,7 +274,8 @@ def prepare(config: TrainConfig, resume: bool = False) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     d = config.data
     train = rows_file(d.train, d.train_split, d.train_limit, out / "train.parquet", d.train_type)
-    dev = (rows_file(d.dev, d.dev_split, d.dev_limit, out / "dev.parquet", d.dev_type)
+    dev = (rows_file(d.dev, d.dev_split, d.dev_limit, out / "dev.parquet", d.dev_type,
+                     d.dev_seed)
            if d.dev is not None else None)
     model = str(prepare_model(config.model.path))
     from transformers import AutoTokenizer

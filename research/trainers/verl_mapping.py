@@ -32,6 +32,7 @@ MAPPED: dict[str, str] = {
     "data.dev": "data.val_files (null: no validation)",
     "data.dev_split": DATA,
     "data.dev_limit": "data.val_max_samples",
+    "data.dev_seed": DATA,
     "data.dev_type": DATA,
     "retrieval.search_url": AGENT,
     "retrieval.timeout": AGENT,
