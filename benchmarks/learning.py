@@ -24,7 +24,7 @@ answers whose second query names the bridge entity), wall time (from the arm's f
 resumes included) and mean step time. Written to ``benchmarks/results/learning.json`` (with
 ``data.train`` / ``data.dev``), one line per arm, stage and dev question (prediction, golden
 answers, type, the whole response, every query and the retrieved document ids) to
-``learning_dev.jsonl`` beside it, the figure (dev EM and searches per answer by type against
+``NAME_dev.jsonl`` beside the results file ``NAME.json``, the figure (dev EM and searches per answer by type against
 step, and the training reward, both arms) to ``asset/learning.png``, and printed as a
 markdown table. A killed run resumes: each arm continues from its checkpoint, and a stage's
 scoring from its last finished question.
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         dev_lines += [line for stage in scored.values() for line in stage]
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2) + "\n")
-        results_path.with_name("learning_dev.jsonl").write_text(
+        results_path.with_name(f"{results_path.stem}_dev.jsonl").write_text(
             "".join(json.dumps(line) + "\n" for line in dev_lines))
         plot(arm_dirs, results, Path(args.figure))
     print(table(results))
