@@ -21,12 +21,12 @@ Reported per arm: training reward, accuracy and valid share over the first and t
 quarter of the steps, dev EM / F1 / searches per answer / response length before and after
 (all dev questions, and per question type: EM, searches per answer, the share of bridge
 answers whose second query names the bridge entity), wall time (from the arm's first start,
-resumes included) and mean step time. Written to ``benchmarks/results/learning.json`` (with
-``data.train`` / ``data.dev``), one line per arm, stage and dev question (prediction, golden
-answers, type, the whole response, every query and the retrieved document ids) to
-``NAME_dev.jsonl`` beside the results file ``NAME.json``, the figure (dev EM and searches per answer by type against
-step, and the training reward, both arms) to ``asset/learning.png``, and printed as a
-markdown table. A killed run resumes: each arm continues from its checkpoint, and a stage's
+resumes included) and mean step time. Written to ``benchmarks/results/learning.json``
+(``--results NAME.json``; with ``data.train`` / ``data.dev``), one line per arm, stage and dev
+question (prediction, golden answers, type, the whole response, every query and the
+retrieved document ids) to ``NAME_dev.jsonl`` beside it, the figure (dev EM and searches per
+answer by type against step, and the training reward, both arms) to ``asset/learning.png``,
+and printed as a markdown table. A killed run resumes: each arm continues from its checkpoint, and a stage's
 scoring from its last finished question.
 """
 
