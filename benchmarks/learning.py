@@ -26,8 +26,8 @@ resumes included) and mean step time. Written to ``benchmarks/results/learning.j
 question (prediction, golden answers, type, the whole response, every query and the
 retrieved document ids) to ``NAME_dev.jsonl`` beside it, the figure (dev EM and searches per
 answer by type against step, and the training reward, both arms) to ``asset/learning.png``,
-and printed as a markdown table. A killed run resumes: each arm continues from its checkpoint, and a stage's
-scoring from its last finished question.
+and printed as a markdown table. A killed run resumes: each arm continues from its
+checkpoint, and a stage's scoring from its last finished question.
 """
 
 from __future__ import annotations
