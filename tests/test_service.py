@@ -63,6 +63,18 @@ def test_retrieve_speaks_search_r1(service_url):
     assert plain["result"][0][0]["id"] == "doc-8"
 
 
+def test_retrieve_takes_skyrls_one_query_form(service_url):
+    """SkyRL-gym's client posts {"query": "<one string>"} and reads result[0] as the query's
+    documents; a string "queries" is the same batch of one."""
+    batch = post(service_url, "/retrieve", {"queries": [token(8)], "topk": 2}).json()
+    for body in ({"query": token(8), "topk": 2, "return_scores": True},
+                 {"queries": token(8), "topk": 2}):
+        resp = post(service_url, "/retrieve", body)
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == batch and len(resp.json()["result"]) == 1
+    assert post(service_url, "/retrieve", {"query": " "}).json() == {"result": [[]]}
+
+
 @pytest.mark.parametrize(
     ("path", "payload", "status", "message"),
     [
@@ -80,7 +92,11 @@ def test_retrieve_speaks_search_r1(service_url):
         ("/batch_search", {"query": ["a", ["b"]]}, 422, "query.1: Input should be a valid string"),
         ("/retrieve", {"queries": ["a"], "topk": -1}, 400, "topk must be between 1 and 50"),
         ("/retrieve", {"queries": ["a"], "topk": 0}, 400, "topk must be between 1 and 50"),
-        ("/retrieve", {"queries": [3]}, 422, "queries.0: Input should be a valid string"),
+        ("/retrieve", {"queries": [3]}, 422, "queries.list.*.0: Input should be a valid string"),
+        ("/retrieve", {"topk": 3}, 422, 'field required: "queries" .a list of strings. or '
+         '"query" .one string.'),
+        ("/retrieve", {"queries": ["a"], "query": "a"}, 422, 'give "queries" .* or "query" .*'
+         "not both"),
         ("/retrieve", {"queries": ["a"], "return_scores": "yes"}, 422,
          "return_scores: Input should be a valid boolean"),
     ],

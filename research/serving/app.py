@@ -11,7 +11,9 @@ with Search-R1's trainer and verl's search tool):
 * ``POST /batch_search {"query": [...], "top_n", "return_score"}`` -> one list per query
   (``[[[docs]...], [[scores]...]]`` with ``return_score``).
 * ``POST /retrieve {"queries": [...], "topk"=3 (null: 3), "return_scores"=true}`` ->
-  ``{"result": [[{"document": {id, contents}, "score"}, ...], ...]}`` (Search-R1's form).
+  ``{"result": [[{"document": {id, contents}, "score"}, ...], ...]}`` (Search-R1's form);
+  ``{"query": "<one string>"}`` (SkyRL's form) or a string ``queries`` is a batch of one,
+  answered the same way (a list holding that query's list).
 
 The two batch endpoints answer every position: an empty list gets an empty answer and a
 blank query an empty list in its place, while the other queries are searched. A query over
@@ -41,7 +43,15 @@ import orjson
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from research.retrieval.base import Hit, Retriever
 from research.serving.config import LimitsConfig, ServingConfig
@@ -68,9 +78,24 @@ class BatchSearchRequest(_Strict):
 
 
 class RetrieveRequest(_Strict):
-    queries: list[StrictStr]
+    queries: list[StrictStr] | StrictStr | None = None  # a string: one query
+    query: StrictStr | None = None  # SkyRL's form: one query, answered as a batch of one
     topk: StrictInt | None = None  # null or absent: 3
     return_scores: StrictBool = True
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.queries is None) == (self.query is None):
+            raise ValueError('give "queries" (a list of strings) or "query" (one string), '
+                             "not both" if self.queries is not None else
+                             'field required: "queries" (a list of strings) or "query" (one '
+                             "string)")
+        return self
+
+    def batch(self) -> list[str]:
+        """The queries as a list: ``query`` or a string ``queries`` is a batch of one."""
+        one = self.query if self.query is not None else self.queries
+        return [one] if isinstance(one, str) else list(one)
 
 
 class RetrieverPool:
@@ -337,7 +362,7 @@ def create_app(config: ServingConfig, retrievers: Sequence[Retriever] | None = N
     @app.post("/retrieve", openapi_extra=_schema(RetrieveRequest))
     async def retrieve(request: Request):
         body = await _parse(request, RetrieveRequest, limits)
-        batch = queries.batch(body.queries, "queries")
+        batch = queries.batch(body.batch(), "queries")
         k = RETRIEVE_DEFAULT_TOPK if body.topk is None else body.topk
         queries.check_k(k, "topk")
         item = _scored_docs if body.return_scores else _docs
