@@ -336,3 +336,44 @@ def test_a_bfloat16_model_loads_as_float32_on_a_cpu_without_bf16_support(tiny_pa
         model, _ = loading.load_model(str(tiny_path), "bfloat16")
     assert next(model.parameters()).dtype == (torch.bfloat16 if supported else torch.float32)
     assert ("the model dtype asks for bf16" in caplog.text) is not supported
+
+
+def test_the_bf16_detector_agrees_with_a_timed_matmul_on_this_cpu():
+    """Where the detector says bf16 runs at speed, a bf16 matmul is not slower than 2x fp32;
+    where it says no, bf16 is slower than fp32 (hundreds of times on AVX2-only CPUs)."""
+    import time
+
+    import torch
+
+    from research.models.loading import cpu_runs_bf16
+
+    def best_of(dtype, repeats=5) -> float:
+        a, b = torch.randn(256, 896, dtype=dtype), torch.randn(896, 896, dtype=dtype)
+        a @ b  # first call: kernel selection
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(4):
+                a @ b
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    ratio = best_of(torch.bfloat16) / best_of(torch.float32)
+    if cpu_runs_bf16():
+        assert ratio < 2.0, f"the detector says bf16, but bf16 took {ratio:.1f}x fp32"
+    else:
+        assert ratio > 1.0, f"the detector says no bf16, but bf16 took {ratio:.2f}x fp32"
+
+
+def test_an_unknown_bf16_answer_computes_in_fp32_with_a_warning(monkeypatch, caplog):
+    import torch
+
+    from research.models import loading
+
+    def unknown():
+        raise RuntimeError("no oneDNN in this build")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", unknown, raising=False)
+    with caplog.at_level("WARNING", logger="research.models.loading"):
+        assert loading.cpu_runs_bf16() is False
+    assert "cannot tell whether this CPU runs bf16" in caplog.text

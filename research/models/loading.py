@@ -10,13 +10,16 @@ logger = logging.getLogger(__name__)
 def cpu_runs_bf16() -> bool:
     """Whether this CPU runs bf16 matmuls at speed (oneDNN's bf16 support: AVX-512 or AMX).
     Without it (AVX2 only) a bf16 matmul ran at 0.29 GFLOPS against 144 in fp32 on 2 cores
-    here: every bf16 setting then costs hours. True when torch cannot tell."""
+    here: every bf16 setting then costs hours. When torch cannot tell: False (fp32 is slower
+    than bf16 at worst by about 2x, bf16 on a CPU without it by hundreds), with a warning."""
     import torch
 
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return True
+    except (AttributeError, RuntimeError) as exc:
+        logger.warning("cannot tell whether this CPU runs bf16 at speed (%s: %s): computing "
+                       "in float32", type(exc).__name__, exc)
+        return False
 
 
 def cpu_bf16_or_fp32(bf16: bool, setting: str, silence: str) -> bool:
