@@ -3,9 +3,15 @@
 #   bash scripts/test.sh [PYTEST ARGS]
 # RESEARCH_SLOW=1 also runs the tests marked slow. The verl engine's tests then run in their
 # own environment (.venv-verl, bash scripts/setup_verl.sh); RESEARCH_SKIP_VERL=1 skips them.
+# Real client packages are installed first (bash scripts/setup_clients.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh "dense,fast,models,trl,test"
+# real third-party clients in their own environments (tests/test_client_packages.py);
+# RESEARCH_SKIP_CLIENTS=1 leaves them out (their tests then skip, or fail under CI=true)
+if [[ "${RESEARCH_SKIP_CLIENTS:-0}" != 1 ]]; then
+  bash scripts/setup_clients.sh
+fi
 venv="${VENV:-.venv}"
 "$venv/bin/ruff" check .
 "$venv/bin/python" -m pytest "$@"

@@ -31,6 +31,14 @@ def token(i: int) -> str:
     return "zq" + "".join(letters[int(c)] for c in str(i)) + "x"
 
 
+def missing(reason: str):
+    """A test's resource is absent: a skip naming how to get it, or under CI (``CI=true``),
+    where every resource is installed, a failure."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"missing in CI: {reason}")
+    pytest.skip(reason)
+
+
 def write_alpha_questions(path: Path, n: int, typed: bool = False) -> Path:
     """``n`` FlashRAG questions "What is token(i)?", each answered "alpha"; ``typed`` gives
     them the factbook sets' ``metadata.type``, one-hop and bridge in turn (a bridge question's
