@@ -400,3 +400,23 @@ def test_the_seeds_flags_map_onto_config_keys():
     assert "rollout.template=chat" not in overrides_of(parse([]))
     with pytest.raises(SystemExit):  # an override swallowed as the flag's value is refused
         parse(["--apply_chat", "data.sample_num=3"])
+
+
+def test_the_table_keeps_a_trained_folder_beside_its_base_model(tmp_path):
+    def finished(name, method, model, note, em):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({
+            "method": method, "dataset": "factbook-facts-bridge", "split": "dev",
+            "model": model, "note": note, "metrics": {"em": em}}))
+        return folder
+
+    runs = [finished("a", "research", "qwen2.5-0.5b", None, 0.30),
+            finished("b", "research", "runs/multihop/search/final", "trained", 0.62),
+            finished("c", "naive-rag", "qwen2.5-0.5b", None, 0.0),
+            finished("d", "oracle-chain", None, None, 0.975)]
+    assert assemble_table(runs).splitlines()[2:] == [
+        "| Naive-RAG | 0.00 |",
+        "| ReSearch (qwen2.5-0.5b) | 30.00 |",
+        "| ReSearch (runs/multihop/search/final, trained) | 62.00 |",
+        "| Oracle chain (scripted ceiling) | 97.50 |"]

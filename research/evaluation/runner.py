@@ -329,7 +329,8 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
         items_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     metrics = summarise(records)
     summary = {"method": method, "dataset": dataset_label(config), "split": config.data.split,
-               "questions": len(records), "model": config.generator.model,
+               "questions": len(records), "note": config.run.save_note,
+               "model": None if method in MODEL_FREE else config.generator.model,
                "backend": config.generator.backend, "metrics": metrics,
                "seconds": round(time.perf_counter() - start, 1)}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -351,8 +352,10 @@ def to_record(item: dict, answer) -> dict:
 
 
 def assemble_table(run_dirs: Sequence[str | Path], metric: str = "em") -> str:
-    """The seed's results table (methods x datasets, ``metric`` x 100) from run folders."""
-    cells: dict[str, dict[str, float]] = {}
+    """The seed's results table (methods x datasets, ``metric`` x 100) from run folders: one
+    row per method, model and note, so that a trained folder and its base model stand side by
+    side (a method run with several models or notes names them in its rows)."""
+    cells: dict[tuple, dict[str, float]] = {}
     datasets: list[str] = []
     for d in run_dirs:
         path = Path(d) / "metrics.json"
@@ -364,12 +367,18 @@ def assemble_table(run_dirs: Sequence[str | Path], metric: str = "em") -> str:
                              f"{', '.join(summary['metrics'])}")
         if summary["dataset"] not in datasets:
             datasets.append(summary["dataset"])
-        cells.setdefault(summary["method"], {})[summary["dataset"]] = (
-            100 * summary["metrics"][metric])
-    order = [m for m in METHOD_TITLES if m in cells] + [m for m in cells if m not in METHOD_TITLES]
+        key = (summary["method"], summary.get("model"), summary.get("note"))
+        cells.setdefault(key, {})[summary["dataset"]] = 100 * summary["metrics"][metric]
+    rank = {m: i for i, m in enumerate(METHOD_TITLES)}
+    order = sorted(cells, key=lambda k: (rank.get(k[0], len(rank)), k[0], str(k[1]), str(k[2])))
+    variants = {m: sum(k[0] == m for k in cells) for m, _, _ in cells}
     head = "| Method | " + " | ".join(DATASET_TITLES.get(d, d) for d in datasets) + " |"
     lines = [head, "|---" * (len(datasets) + 1) + "|"]
-    for m in order:
-        row = [f"{cells[m][d]:.2f}" if d in cells[m] else "-" for d in datasets]
-        lines.append(f"| {METHOD_TITLES.get(m, m)} | " + " | ".join(row) + " |")
+    for key in order:
+        method, model, note = key
+        label = METHOD_TITLES.get(method, method)
+        if variants[method] > 1:
+            label += " (" + ", ".join(str(x) for x in (model, note) if x) + ")"
+        row = [f"{cells[key][d]:.2f}" if d in cells[key] else "-" for d in datasets]
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
     return "\n".join(lines)

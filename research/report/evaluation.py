@@ -44,11 +44,11 @@ def metrics_section(runs: list[Path], current: Path | None) -> str:
         name = f"<b>{escape(run.name)}</b>" if run == current else escape(run.name)
         m = s.get("metrics", {})
         rows.append([f"<td>{name}</td>", s.get("method"), s.get("dataset"), s.get("split"),
-                     s.get("model"), s.get("questions"), *(m.get(k) for k in keys),
-                     s.get("seconds")])
+                     s.get("model"), s.get("note"), s.get("questions"),
+                     *(m.get(k) for k in keys), s.get("seconds")])
     return ("<h2>Metrics beside the baselines</h2>"
-            + table(["run", "method", "dataset", "split", "model", "questions", *keys, "s"],
-                    rows))
+            + table(["run", "method", "dataset", "split", "model", "note", "questions", *keys,
+                     "s"], rows))
 
 
 def _searches(record: dict) -> tuple[str, str]:
