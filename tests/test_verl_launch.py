@@ -242,6 +242,7 @@ AGENT_VALUES: dict[str, tuple[str, object]] = {
     "retrieval.search_url": ("search_url", "http://10.0.0.2:8000"),
     "retrieval.timeout": ("search_timeout", 5.0),
     "retrieval.retries": ("search_retries", 2),
+    "retrieval.api_key_env": ("search_api_key_env", "search_token"),
     "cluster.max_concurrent_searches": ("max_concurrent_searches", 8),
     "rollout.template": ("template", "chat"),
     "rollout.example": ("example", "one-search"),

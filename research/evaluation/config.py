@@ -75,6 +75,8 @@ class RetrievalSection:
                             "null (null: the dataset's own, for embedded sets)")
     topk: int = _f(5, "documents per retrieval")
     timeout: float = _f(60.0, "seconds per search request")
+    api_key_env: str | None = _f(None, "the environment variable holding the service's "
+                                 "access token (its server.api_key_env; null: none)")
     retries: int | None = _f(None, "most retries of a failed search request (null: as "
                              "many as the client's 30 s retry budget allows)")
 

@@ -197,7 +197,8 @@ def open_searcher(config: EvalConfig, out: Path, needed: bool) -> Iterator[objec
             f"no retrieval service for {config.data.dataset_name}: set retrieval.search_url to "
             "a running service (python rag_serving/serving.py), or retrieval.corpus to an "
             f"embedded corpus ({', '.join(embedded.EMBEDDED)})")
-    with search_client(r.search_url, corpus, out, r.timeout, r.retries) as client:
+    with search_client(r.search_url, corpus, out, r.timeout, r.retries,
+                       r.api_key_env) as client:
         yield client
 
 

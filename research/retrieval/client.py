@@ -54,6 +54,22 @@ def split_batch(queries: Sequence[str], max_batch: int, max_bytes: int) -> Itera
         yield part
 
 
+def bearer_header(api_key_env: str | None) -> dict[str, str]:
+    """``{"authorization": "Bearer <token>"}`` from the variable ``api_key_env`` ({} for
+    None), or a ConfigError naming the variable when it is not set."""
+    import os
+
+    from research.errors import ConfigError
+
+    if api_key_env is None:
+        return {}
+    token = os.environ.get(api_key_env, "")
+    if not token.strip():
+        raise ConfigError(f"retrieval.api_key_env names {api_key_env}, which is not set (or "
+                          "empty) in the environment: export the service's access token there")
+    return {"authorization": f"Bearer {token}"}
+
+
 class SearchClient:
     """Client of ``/search`` and ``/batch_search``.
 
@@ -70,11 +86,15 @@ class SearchClient:
         retries: int | None = None,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
+        api_key_env: str | None = None,
     ):
+        """``api_key_env``: the environment variable holding the service's access token
+        (sent as ``Authorization: Bearer``; the service's ``server.api_key_env``)."""
         self._poster = JsonPoster(base_url, what="search", timeout=timeout, retries=retries,
                                   retry_budget=retry_budget, backoff=backoff,
                                   max_backoff=max_backoff, failed=SearchError,
-                                  rejected=SearchRequestError)
+                                  rejected=SearchRequestError,
+                                  headers=bearer_header(api_key_env))
         self.base_url = self._poster.base_url
         self._limits: dict | None = None
 

@@ -22,16 +22,19 @@ counted in ``/health``). A batch is searched ``limits.batch_chunk`` queries at a
 chunk on a free worker, and a batch of more than one chunk is streamed, so memory stays flat
 for any batch up to ``limits.max_batch``.
 
-Bad input gets a 4xx whose ``detail`` says what is wrong: 400 (values out of range, invalid
-UTF-8, JSON nested too deep), 413 (body over ``limits.max_body_bytes``), 415 (a content type
-other than JSON), 422 (not JSON, not an object, wrong types, missing fields). Retrievers are
-loaded and warmed in the app's lifespan; ``num_retriever`` searches run at once in worker
-threads, each on a replica (or on one shared, thread-safe retriever).
+With ``server.api_key_env`` set, every endpoint but ``/health`` answers 401 unless the request
+carries ``Authorization: Bearer <token>`` (the token from that environment variable). Bad input
+gets a 4xx whose ``detail`` says what is wrong: 400 (values out of range, invalid UTF-8, JSON
+nested too deep), 413 (body over ``limits.max_body_bytes``), 415 (a content type other than
+JSON), 422 (not JSON, not an object, wrong types, missing fields). Retrievers are loaded and
+warmed in the app's lifespan; ``num_retriever`` searches run at once in worker threads, each on
+a replica (or on one shared, thread-safe retriever).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -54,7 +57,7 @@ from pydantic import (
 )
 
 from research.retrieval.base import Hit, Retriever
-from research.serving.config import LimitsConfig, ServingConfig
+from research.serving.config import LimitsConfig, ServingConfig, access_token
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +304,27 @@ def _scored_docs(hits: list[Hit]) -> list[dict]:
 
 # -- the app --------------------------------------------------------------------------------
 
+def _token_check(token: str, variable: str):
+    """A middleware: every path but ``/health`` needs ``Authorization: Bearer <token>``
+    (compared in constant time); otherwise a 401 naming the header. The token is never
+    logged or echoed."""
+    expected = f"Bearer {token}".encode()
+
+    async def check(request: Request, call_next):
+        if request.url.path != "/health":
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                detail = ("missing or wrong access token: send the header 'Authorization: "
+                          f"Bearer <token>' with the token the service holds in {variable} "
+                          "(the project's clients: retrieval.api_key_env)")
+                return Response(orjson.dumps({"detail": detail}), status_code=401,
+                                media_type="application/json",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    return check
+
+
 def create_app(config: ServingConfig, retrievers: Sequence[Retriever] | None = None) -> FastAPI:
     """The service. ``retrievers`` given: used as they are; else loaded from ``config``."""
     limits = config.limits
@@ -323,6 +347,9 @@ def create_app(config: ServingConfig, retrievers: Sequence[Retriever] | None = N
             app.state.pool.close()
 
     app = FastAPI(title="ReSearch retrieval service", lifespan=lifespan)
+    token = access_token(config.server)
+    if token is not None:
+        app.middleware("http")(_token_check(token, config.server.api_key_env))
 
     def searched(request: Request, batch: list[str], k: int):
         return _chunks(request.app.state.pool, batch, k, limits.batch_chunk)

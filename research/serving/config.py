@@ -25,6 +25,7 @@ working directory when given as overrides; ``~`` and ``$VARS`` are expanded.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -72,6 +73,11 @@ class ServerConfig:
     log_level: str = _f("info", "uvicorn's log level",
                         ("critical", "error", "warning", "info", "debug", "trace"))
     access_log: bool = _f(False, "log every request")
+    api_key_env: str | None = _f(None, "the environment variable holding an access token: "
+                                 "every endpoint but /health then asks for 'Authorization: "
+                                 "Bearer <token>' (clients: retrieval.api_key_env)")
+    allow_open: bool = _f(False, "serve a non-loopback host without an access token (anyone on "
+                          "that network can read the corpus): logged as a warning")
 
 
 @dataclass
@@ -118,7 +124,50 @@ def validate(config: ServingConfig) -> ServingConfig:
     for f in fields(config.limits):
         if getattr(config.limits, f.name) < 1:
             raise ConfigError(f"limits.{f.name} must be >= 1")
+    _check_access(config.server)
     return config
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` binds the loopback interface only.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def access_token(server: ServerConfig) -> str | None:
+    """The service's access token (from ``server.api_key_env``), or None when it has none."""
+    if server.api_key_env is None:
+        return None
+    token = os.environ.get(server.api_key_env, "")
+    if not token.strip():
+        raise ConfigError(f"server.api_key_env names {server.api_key_env}, which is not set (or "
+                          "empty) in the environment: export the token there, or set "
+                          "server.api_key_env=null")
+    return token
+
+
+def _check_access(server: ServerConfig) -> None:
+    token = access_token(server)
+    if token is None and not is_loopback(server.host):
+        if not server.allow_open:
+            raise ConfigError(
+                f"server.host={server.host} serves the corpus to the network with no access "
+                "token: set server.api_key_env to an environment variable holding one (and "
+                "retrieval.api_key_env on the clients), or server.allow_open=true to serve it "
+                "open")
+        logging.getLogger(__name__).warning(
+            "serving %s with no access token (server.allow_open): anyone who can reach it can "
+            "read the corpus and load the service", server.host)
 
 
 def _check_search_params(spec: RetrieverConfig) -> None:

@@ -76,14 +76,19 @@ def running_service(config: Path, log_path: Path, timeout: float = 300
 
 @contextlib.contextmanager
 def search_client(url: str | None, embedded: str, out: Path, timeout: float = 30.0,
-                  retries: int | None = None) -> Iterator[SearchClient]:
+                  retries: int | None = None, api_key_env: str | None = None
+                  ) -> Iterator[SearchClient]:
     """A client on ``url``, or on a BM25 service over the ``embedded`` corpus started for the
     block (its config and log in ``out``); ``retries`` optionally caps the client's retries
-    within its retry budget (:class:`~research.retrieval.client.SearchClient`)."""
+    within its retry budget (:class:`~research.retrieval.client.SearchClient`);
+    ``api_key_env`` names the variable holding the access token (the started service asks
+    for it too)."""
     with contextlib.ExitStack() as stack:
         if url is None:
             serving = out / "serving_config.yaml"
+            token = f"  api_key_env: {api_key_env}\n" if api_key_env else ""
             serving.write_text(f"retriever:\n  embedded: {embedded}\n  method: bm25\n"
-                               "server:\n  num_retriever: 1\n")
+                               f"server:\n  num_retriever: 1\n{token}")
             url = stack.enter_context(running_service(serving, out / "service.log")).url
-        yield stack.enter_context(SearchClient(url, timeout=timeout, retries=retries))
+        yield stack.enter_context(SearchClient(url, timeout=timeout, retries=retries,
+                                               api_key_env=api_key_env))

@@ -80,6 +80,8 @@ class RetrievalConfig:
     timeout: float = _f(30.0, "seconds per search request")
     retries: int | None = _f(None, "most retries of a failed search request (null: as "
                              "many as the client's 30 s retry budget allows)")
+    api_key_env: str | None = _f(None, "the environment variable holding the service's access "
+                                 "token (its server.api_key_env; null: none)")
 
 
 @dataclass

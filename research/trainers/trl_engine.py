@@ -187,7 +187,8 @@ def retrieval(config: TrainConfig, out: Path) -> Iterator:
     if not config.rollout.search:
         yield None
         return
-    with search_client(rc.search_url, rc.corpus, out, rc.timeout, rc.retries) as client:
+    with search_client(rc.search_url, rc.corpus, out, rc.timeout, rc.retries,
+                       rc.api_key_env) as client:
         yield client
 
 

@@ -50,14 +50,16 @@ log = logging.getLogger(__name__)
 
 # One client and one bounded pool per worker process and service (agent loops are built per
 # sample; these are shared by every sample of the process).
-_CLIENTS: dict[tuple[str, float, int | None], SearchClient] = {}
+_CLIENTS: dict[tuple[str, float, int | None, str | None], SearchClient] = {}
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
-def search_client(url: str, timeout: float, retries: int | None) -> SearchClient:
-    key = (url, timeout, retries)
+def search_client(url: str, timeout: float, retries: int | None,
+                  api_key_env: str | None = None) -> SearchClient:
+    key = (url, timeout, retries, api_key_env)
     if key not in _CLIENTS:
-        _CLIENTS[key] = SearchClient(url, timeout=timeout, retries=retries)
+        _CLIENTS[key] = SearchClient(url, timeout=timeout, retries=retries,
+                                     api_key_env=api_key_env)
     return _CLIENTS[key]
 
 
@@ -104,7 +106,8 @@ class ReSearchAgentLoop(AgentLoopBase):
 
     def __init__(self, *args, search_url: str, rollout: dict | None = None,
                  search_timeout: float = 30.0, search_retries: int | None = None,
-                 max_concurrent_searches: int = 32, **kwargs):
+                 search_api_key_env: str | None = None, max_concurrent_searches: int = 32,
+                 **kwargs):
         kwargs.pop("name", None)
         kwargs.pop("tools", None)
         super().__init__(*args, **kwargs)
@@ -112,7 +115,8 @@ class ReSearchAgentLoop(AgentLoopBase):
         self.settings = settings_from_dict(dict(rollout or {})).replace(
             max_response_tokens=self.response_length)
         self.state = RolloutState(self.settings, self.tokenizer)
-        self.searcher = search_client(search_url, search_timeout, search_retries)
+        self.searcher = search_client(search_url, search_timeout, search_retries,
+                                      search_api_key_env)
         self.pool = search_pool(max_concurrent_searches)
         self.prompt_length = int(self.rollout_config.prompt_length)
         eos_ids = model_eos_ids(self.config.actor_rollout_ref.model.path, self.tokenizer)

@@ -59,6 +59,7 @@ def agent_loop_entries(config: TrainConfig, search_url: str) -> list[dict]:
              "_target_": "research.trainers.verl_agent.ReSearchAgentLoop",
              "search_url": search_url, "rollout": r.to_dict(),
              "search_timeout": rc.timeout, "search_retries": rc.retries,
+             "search_api_key_env": rc.api_key_env,
              "max_concurrent_searches": config.cluster.max_concurrent_searches}]
 
 

@@ -37,6 +37,7 @@ MAPPED: dict[str, str] = {
     "retrieval.search_url": AGENT,
     "retrieval.timeout": AGENT,
     "retrieval.retries": AGENT,
+    "retrieval.api_key_env": AGENT,
     "rollout.template": AGENT,
     "rollout.example": AGENT,
     "rollout.clean": AGENT,
