@@ -6,6 +6,8 @@ with a 95% bootstrap interval.
     python benchmarks/references.py --methods direct naive-rag research
     python benchmarks/references.py --methods research \\
         --model runs/multihop/search/final --label "ReSearch (trained)"
+    python benchmarks/references.py --methods --learning \\
+        benchmarks/results/learning_multihop_dev.jsonl      # add an evidence run's rows
 
 Datasets are ``NAME`` or ``NAME:TYPE`` (``factbook-facts:bridge``: the questions whose
 ``metadata.type`` is ``bridge``); every question of the dev split unless ``--sample N`` (a
@@ -80,6 +82,26 @@ def table(rows: dict[str, dict[str, dict]], datasets: list[str]) -> str:
     return "\n".join(lines)
 
 
+LEARNING_ROWS = {("search", "before"): "ReSearch (untrained)",
+                 ("search", "after"): "ReSearch (trained)",
+                 ("closed-book", "before"): "Closed book (untrained)",
+                 ("closed-book", "after"): "Closed book (trained, same budget)"}
+
+
+def learning_rows(path: Path):
+    """``(row, dataset, records)`` of an evidence run's per-question lines, by arm, stage and
+    question type; ``records`` in the runner's shape (``em``, ``f1``, ``searches``)."""
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    groups: dict[tuple, list[dict]] = {}
+    for x in lines:
+        key = (LEARNING_ROWS.get((x["arm"], x["stage"]), f"{x['arm']} {x['stage']}"),
+               f"factbook-facts:{x['type']}")
+        groups.setdefault(key, []).append({"em": x["em"], "f1": x["f1"],
+                                           "searches": len(x["queries"])})
+    for (row, dataset), records in groups.items():
+        yield row, dataset, records
+
+
 def overrides_for(method: str, dataset: str, args) -> list[str]:
     name, _, kind = dataset.partition(":")
     out = [f"method.name={method}", f"data.dataset_name={name}", f"run.save_dir={args.out}",
@@ -98,7 +120,7 @@ def overrides_for(method: str, dataset: str, args) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", nargs="+", default=SCRIPTED)
+    p.add_argument("--methods", nargs="*", default=SCRIPTED)
     p.add_argument("--datasets", nargs="+", default=DATASETS)
     p.add_argument("--model", default="qwen2.5-0.5b", help="packaged model name or folder")
     p.add_argument("--label", default=None, help="the row name of a model other than the "
@@ -107,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topk", type=int, default=3, help="passages per baseline retrieval")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--learning", default=None, metavar="NAME_dev.jsonl",
+                   help="also add the rows of an evidence run's per-question file "
+                        "(benchmarks/learning.py): each arm and stage, scored there")
     p.add_argument("--out", default="runs/references")
     p.add_argument("--results", default=str(Path(__file__).parent / "results"
                                             / "references.json"))
@@ -145,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(json.dumps(results, indent=2) + "\n")
             lines_path.write_text("".join(json.dumps(x) + "\n" for x in lines))
             print(f"{row} / {dataset}: {results['rows'][row][dataset]}", flush=True)
+    if args.learning:
+        for row, dataset, records in learning_rows(Path(args.learning)):
+            results["rows"].setdefault(row, {})[dataset] = {
+                **cell(records), "method": "research", "source": args.learning}
+        path.write_text(json.dumps(results, indent=2) + "\n")
     datasets = list(dict.fromkeys(d for cells in results["rows"].values() for d in cells))
     print(table(results["rows"], datasets))
     return 0
