@@ -15,7 +15,8 @@ Arms (the same config, questions, seed, steps and batch):
 
 Training validates on ``data.dev_limit`` questions every ``run.eval_steps`` (the curve); after
 an arm has trained, both its stages are scored greedy on *every* question of ``data.dev``
-(``--dev-limit`` to cut that), one model in this process, against the same service.
+of ``data.dev_type`` (``--dev-limit`` to cut that), one model in this process, against the
+same service.
 
 Reported per arm: training reward, accuracy and valid share over the first and the last
 quarter of the steps, dev EM / F1 / searches per answer / response length before and after
@@ -265,9 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         if not finished.exists():  # a finished arm is not trained again
             train(config)
             finished.write_text(str(time.time()))
-        items = load_questions(d.dev, d.dev_split, args.dev_limit)
-        rc = config.retrieval
-        with search_client(rc.search_url, rc.corpus, out, rc.timeout, rc.retries) as client:
+        items = load_questions(d.dev, d.dev_split, args.dev_limit, d.dev_type)
+        rc, scoring = config.retrieval, out / "scoring"  # the service's files of the scoring
+        scoring.mkdir(exist_ok=True)
+        with search_client(rc.search_url, rc.corpus, scoring, rc.timeout, rc.retries,
+                           rc.api_key_env) as client:
             scored = {stage: score_dev(arm, stage, model, config, items, client,
                                        out / f"dev_{stage}.jsonl")
                       for stage, model in (("before", config.model.path),

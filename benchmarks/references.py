@@ -20,8 +20,9 @@ tokens, 384 tokens); the baselines get ``--topk`` passages and the chat template
 Written to ``--results`` (``benchmarks/results/references.json``): per row (a method, or the
 ``--label`` of a model) and dataset the EM, its 95% bootstrap interval (1,000 resamples of
 the questions, seed 0), F1, searches per answer and the question count, merged with the rows
-already there; one line per row, dataset and question (prediction, golden answers, EM,
-queries) to ``NAME_dev.jsonl`` beside it; and the table, printed.
+already there; one line per row run here, dataset and question (prediction, golden answers,
+EM, queries) to ``NAME_dev.jsonl`` beside it (the ``--learning`` rows keep theirs in the
+evidence run's file); and the table, printed.
 """
 
 from __future__ import annotations
@@ -89,17 +90,18 @@ LEARNING_ROWS = {("search", "before"): "ReSearch (untrained)",
 
 
 def learning_rows(path: Path):
-    """``(row, dataset, records)`` of an evidence run's per-question lines, by arm, stage and
-    question type; ``records`` in the runner's shape (``em``, ``f1``, ``searches``)."""
+    """``(row, dataset, arm, records)`` of an evidence run's per-question lines (of the
+    factbook-facts dev set), by arm, stage and question type; ``records`` in the runner's
+    shape (``em``, ``f1``, ``searches``)."""
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     groups: dict[tuple, list[dict]] = {}
     for x in lines:
         key = (LEARNING_ROWS.get((x["arm"], x["stage"]), f"{x['arm']} {x['stage']}"),
-               f"factbook-facts:{x['type']}")
+               "factbook-facts" + (f":{x['type']}" if x.get("type") else ""), x["arm"])
         groups.setdefault(key, []).append({"em": x["em"], "f1": x["f1"],
                                            "searches": len(x["queries"])})
-    for (row, dataset), records in groups.items():
-        yield row, dataset, records
+    for (row, dataset, arm), records in groups.items():
+        yield row, dataset, arm, records
 
 
 def overrides_for(method: str, dataset: str, args) -> list[str]:
@@ -123,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="*", default=SCRIPTED)
     p.add_argument("--datasets", nargs="+", default=DATASETS)
     p.add_argument("--model", default="qwen2.5-0.5b", help="packaged model name or folder")
-    p.add_argument("--label", default=None, help="the row name of a model other than the "
-                   "packaged one (e.g. 'ReSearch (trained)'); default: the method's name")
+    p.add_argument("--label", default=None, help="the row name of ReSearch with a model other "
+                   "than the packaged one (e.g. 'ReSearch (trained)'); default: the method's "
+                   "name")
     p.add_argument("--sample", type=int, default=None, help="a seeded random N per dataset")
     p.add_argument("--topk", type=int, default=3, help="passages per baseline retrieval")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         lines_path.is_file()) else []
     for method in args.methods:
         key = resolve(method)
-        row = args.label if args.label and key not in SCRIPTED else METHOD_TITLES.get(key, key)
+        row = args.label if args.label and key == "research" else METHOD_TITLES.get(key, key)
         for dataset in args.datasets:
             config = load_config(None, overrides_for(key, dataset, args))
             start = time.perf_counter()
@@ -171,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             lines_path.write_text("".join(json.dumps(x) + "\n" for x in lines))
             print(f"{row} / {dataset}: {results['rows'][row][dataset]}", flush=True)
     if args.learning:
-        for row, dataset, records in learning_rows(Path(args.learning)):
+        for row, dataset, arm, records in learning_rows(Path(args.learning)):
             results["rows"].setdefault(row, {})[dataset] = {
-                **cell(records), "method": "research", "source": args.learning}
+                **cell(records), "method": "research" if arm == "search" else arm,
+                "source": args.learning}
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
     datasets = list(dict.fromkeys(d for cells in results["rows"].values() for d in cells))
     print(table(results["rows"], datasets))

@@ -20,6 +20,28 @@ from research.errors import ConfigError, ResearchError
 logger = logging.getLogger(__name__)
 
 
+def env_token(variable: str, key: str) -> str:
+    """The access token held in the environment variable ``variable`` (named by the config
+    key ``key``), stripped; a ConfigError naming only the variable (never the value) when it
+    is unset, empty, or holds anything but visible ASCII (which no HTTP header can carry).
+
+    >>> import os; os.environ["DOC_TOKEN"] = " abc\\n"
+    >>> env_token("DOC_TOKEN", "server.api_key_env")
+    'abc'
+    """
+    import os
+
+    token = os.environ.get(variable, "").strip()
+    if not token:
+        raise ConfigError(f"{key} names {variable}, which is not set (or empty) in the "
+                          "environment: export the access token there")
+    if not all(33 <= ord(c) <= 126 for c in token):
+        raise ConfigError(f"{key} names {variable}, whose value holds spaces, control or "
+                          "non-ASCII characters, which an Authorization header cannot carry: "
+                          "use a token of visible ASCII characters")
+    return token
+
+
 class RequestFailed(ResearchError, RuntimeError):
     """A request that failed after its retries (or was rejected with a 4xx)."""
 

@@ -39,6 +39,7 @@ def test_both_arms_are_scored_on_every_dev_question_and_resume(run_args, tmp_pat
     results = json.loads((tmp_path / "learning.json").read_text())
     lines = jsonl(tmp_path / "learning_dev.jsonl")
     assert results["dev_questions"] == 4 and set(results["arms"]) == {"search", "closed-book"}
+    assert (tmp_path / "runs" / "search" / "scoring").is_dir()
     assert len(lines) == 2 * 2 * 4  # arms x stages x every dev question (not dev_limit)
     keys = {"arm", "stage", "id", "type", "question", "golden_answers", "prediction", "em",
             "queries", "doc_ids", "response"}

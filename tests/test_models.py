@@ -361,8 +361,8 @@ def test_the_bf16_detector_agrees_with_a_timed_matmul_on_this_cpu():
     ratio = best_of(torch.bfloat16) / best_of(torch.float32)
     if cpu_runs_bf16():
         assert ratio < 2.0, f"the detector says bf16, but bf16 took {ratio:.1f}x fp32"
-    else:
-        assert ratio > 1.0, f"the detector says no bf16, but bf16 took {ratio:.2f}x fp32"
+    else:  # bf16 clearly faster than fp32 would make the "no" wrong
+        assert ratio > 0.67, f"the detector says no bf16, but bf16 took {ratio:.2f}x fp32"
 
 
 def test_an_unknown_bf16_answer_computes_in_fp32_with_a_warning(monkeypatch, caplog):

@@ -26,6 +26,10 @@ def test_a_non_loopback_host_needs_a_token_or_allow_open(tmp_path, monkeypatch, 
     with pytest.raises(ConfigError, match="server.api_key_env names SEARCH_TOKEN, which is "
                                           "not set"):
         load_config(None, [*base, "server.host=0.0.0.0", "server.api_key_env=SEARCH_TOKEN"])
+    monkeypatch.setenv("SEARCH_TOKEN", "two words")  # no header can carry it
+    with pytest.raises(ConfigError, match="SEARCH_TOKEN, whose value holds spaces") as err:
+        load_config(None, [*base, "server.api_key_env=SEARCH_TOKEN"])
+    assert "two words" not in str(err.value)
     monkeypatch.setenv("SEARCH_TOKEN", SECRET)
     assert load_config(None, [*base, "server.host=0.0.0.0",
                               "server.api_key_env=SEARCH_TOKEN"]).server.host == "0.0.0.0"
@@ -67,6 +71,9 @@ def test_the_client_sends_the_token_from_its_variable(guarded, monkeypatch):
     with SearchClient(guarded, retries=0) as client, pytest.raises(
             SearchRequestError, match="401.*Authorization: Bearer <token>"):
         client.batch_search([token(3)], 1)
+    monkeypatch.setenv("SEARCH_TOKEN", f"{SECRET}\r\n")  # as read from a file: stripped
+    with SearchClient(guarded, api_key_env="SEARCH_TOKEN", retries=0) as client:
+        assert client.batch_search([token(3)], 1)[0][0].id == "doc-3"
     monkeypatch.delenv("SEARCH_TOKEN")
     with pytest.raises(ConfigError, match="retrieval.api_key_env names SEARCH_TOKEN, which is "
                                           "not set"):

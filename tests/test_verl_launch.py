@@ -340,3 +340,23 @@ def test_online_on_several_nodes_says_every_node_needs_the_key(tmp_path, monkeyp
         warn_wandb_key_on_every_node(_config(tmp_path, "run.wandb=online", "cluster.nnodes=2"))
     assert "WANDB_API_KEY must be exported on every node before its `ray start`" in caplog.text
     assert "secret-key-123" not in caplog.text
+
+
+def test_a_search_token_missing_on_the_launching_node_stops_the_launch(tmp_path, monkeypatch,
+                                                                        caplog):
+    import logging
+
+    import pytest
+
+    from research.configtree import ConfigError
+    from research.trainers.verl_launch import check_search_token
+
+    monkeypatch.delenv("SEARCH_TOKEN", raising=False)
+    config = _config(tmp_path, "retrieval.api_key_env=SEARCH_TOKEN", "cluster.nnodes=2")
+    with pytest.raises(ConfigError, match="retrieval.api_key_env names SEARCH_TOKEN"):
+        check_search_token(config)
+    monkeypatch.setenv("SEARCH_TOKEN", "tok3n")
+    with caplog.at_level(logging.WARNING, logger="research.trainers.verl_launch"):
+        check_search_token(config)
+    assert "SEARCH_TOKEN must be exported on every node" in caplog.text
+    assert "tok3n" not in caplog.text

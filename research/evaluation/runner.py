@@ -378,8 +378,9 @@ def assemble_table(run_dirs: Sequence[str | Path], metric: str = "em") -> str:
     for key in order:
         method, model, note = key
         label = METHOD_TITLES.get(method, method)
-        if variants[method] > 1:
-            label += " (" + ", ".join(str(x) for x in (model, note) if x) + ")"
+        named = [str(x) for x in (model, note) if x]
+        if variants[method] > 1 and named:
+            label += f" ({', '.join(named)})"
         row = [f"{cells[key][d]:.2f}" if d in cells[key] else "-" for d in datasets]
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     return "\n".join(lines)

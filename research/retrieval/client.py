@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 import httpx
 import orjson
 
-from research.http import JsonPoster, RequestFailed, RequestRejected, error_detail
+from research.http import JsonPoster, RequestFailed, RequestRejected, env_token, error_detail
 from research.retrieval.base import Hit
 
 
@@ -56,18 +56,10 @@ def split_batch(queries: Sequence[str], max_batch: int, max_bytes: int) -> Itera
 
 def bearer_header(api_key_env: str | None) -> dict[str, str]:
     """``{"authorization": "Bearer <token>"}`` from the variable ``api_key_env`` ({} for
-    None), or a ConfigError naming the variable when it is not set."""
-    import os
-
-    from research.errors import ConfigError
-
+    None; :func:`research.http.env_token` checks it)."""
     if api_key_env is None:
         return {}
-    token = os.environ.get(api_key_env, "")
-    if not token.strip():
-        raise ConfigError(f"retrieval.api_key_env names {api_key_env}, which is not set (or "
-                          "empty) in the environment: export the service's access token there")
-    return {"authorization": f"Bearer {token}"}
+    return {"authorization": f"Bearer {env_token(api_key_env, 'retrieval.api_key_env')}"}
 
 
 class SearchClient:

@@ -146,14 +146,11 @@ def is_loopback(host: str) -> bool:
 
 def access_token(server: ServerConfig) -> str | None:
     """The service's access token (from ``server.api_key_env``), or None when it has none."""
+    from research.http import env_token
+
     if server.api_key_env is None:
         return None
-    token = os.environ.get(server.api_key_env, "")
-    if not token.strip():
-        raise ConfigError(f"server.api_key_env names {server.api_key_env}, which is not set (or "
-                          "empty) in the environment: export the token there, or set "
-                          "server.api_key_env=null")
-    return token
+    return env_token(server.api_key_env, "server.api_key_env")
 
 
 def _check_access(server: ServerConfig) -> None:

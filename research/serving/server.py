@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from research.retrieval.index import IndexLoadError, Manifest
-from research.serving.config import ServingConfig
+from research.serving.config import ServingConfig, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +29,10 @@ def serve(config: ServingConfig) -> int:
     from research.serving.app import create_app
 
     preflight(config)
-    if config.server.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("binding to %s: the service is reachable from the network",
-                       config.server.host)
+    if not is_loopback(config.server.host) and config.server.api_key_env is not None:
+        logger.info("binding to %s: reachable from the network, every endpoint but /health "
+                    "behind the access token of %s", config.server.host,
+                    config.server.api_key_env)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),

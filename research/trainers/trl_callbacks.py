@@ -58,7 +58,7 @@ class ReSearchReward:
         self.samples.reasons.update(reasons)
         for record, r in zip(self.samples.records, results, strict=False):
             record.update(reward=r.score, reason=r.reason)
-        if question_type is not None and len(self.samples.records) == len(results):
+        if any(question_type or ()) and len(self.samples.records) == len(results):
             self.samples.monitors.update(behaviour(
                 {"type": kind or None, "bridge_entity": entity or None, "correct":
                  r.reason == "correct", "queries": [turn["query"] for turn in rec["turns"]]}

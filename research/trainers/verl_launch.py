@@ -86,6 +86,22 @@ def warn_wandb_key_on_every_node(config: TrainConfig) -> None:
                     "on any node); only this node's is checked", config.cluster.nnodes)
 
 
+def check_search_token(config: TrainConfig) -> None:
+    """With ``retrieval.api_key_env``, refuse to launch when this node lacks the token (the
+    agent loops read it in their workers), and with several nodes say that every node needs
+    it. The token itself is never put in an override."""
+    from research.retrieval.client import bearer_header
+
+    variable = config.retrieval.api_key_env
+    if variable is None:
+        return
+    bearer_header(variable)
+    if config.cluster.nnodes > 1:
+        log.warning("retrieval.api_key_env=%s with cluster.nnodes=%d: %s must be exported on "
+                    "every node before its `ray start` (the agent loops search from any node); "
+                    "only this node's is checked", variable, config.cluster.nnodes, variable)
+
+
 def runtime_env(config: TrainConfig) -> dict[str, str]:
     """``ray_kwargs.ray_init.runtime_env`` overrides: the wandb variables for every worker,
     and with several nodes the interpreter and the project's path (variables exported by
@@ -271,6 +287,7 @@ def prepare(config: TrainConfig, resume: bool = False) -> list[str]:
                           "rag_serving/serving.py on each node (or one shared) first")
     wandb_env(config)  # refuse online without a key before anything is written
     warn_wandb_key_on_every_node(config)
+    check_search_token(config)
     out = Path(config.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = config.data
