@@ -71,6 +71,10 @@ def summarise(records: list[dict], samples: int, seconds: float) -> dict:
         "samples": n, "questions": len(groups),
         "valid": round(sum(r["reward"] > 0 for r in records) / max(1, n), 3),
         "groups_with_spread": round(group_stats(groups), 3),
+        # groups holding a right and a wrong answer: a correctness signal, not F1 noise
+        "groups_right_and_wrong": round(group_stats(
+            [[r["reason"] == "correct" for r in records[i:i + samples]]
+             for i in range(0, n, samples)]), 3),
         "exact": sum(r["reason"] == "correct" for r in records),
         "mean_reward": mean("reward"), "searches": mean("searches"),
         "never_search": round(sum(r["searches"] == 0 for r in records) / max(1, n), 3),
@@ -85,6 +89,7 @@ def summarise(records: list[dict], samples: int, seconds: float) -> dict:
 
 
 COLUMNS = (("valid", "valid"), ("groups_with_spread", "groups with spread"),
+           ("groups_right_and_wrong", "right and wrong"),
            ("exact", "exact"), ("mean_reward", "mean reward"), ("searches", "searches"),
            ("never_search", "never search"), ("empty_queries", "empty q"),
            ("repeated_queries", "repeated q"), ("turn_limit_notices", "cap notices"),

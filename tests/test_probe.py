@@ -26,12 +26,14 @@ def test_summary_counts_valid_spread_exact_and_queries():
     assert row["samples"] == 4 and row["questions"] == 2
     assert row["valid"] == 0.5  # the reward passes 2 of 4
     assert row["groups_with_spread"] == 0.5  # (1.0, 0.1) differ, (0, 0) do not
+    assert row["groups_right_and_wrong"] == 0.5  # correct + wrong, then two wrong
     assert row["exact"] == 1 and row["mean_reward"] == pytest.approx(0.275, abs=1e-3)
     assert (row["empty_queries"], row["repeated_queries"], row["turn_limit_notices"]) == (1, 1, 1)
     assert row["never_search"] == 0.25 and row["searches"] == 1.0
     assert row["finish"] == {"answer": 2, "eos": 1, "turns": 1}
     assert row["reasons"]["bad format: no think tags"] == 2
-    assert probe.table({"x": row}).splitlines()[-1].startswith("| x | 0.5 | 0.5 | 1 | 0.275 |")
+    assert probe.table({"x": row}).splitlines()[-1].startswith(
+        "| x | 0.5 | 0.5 | 0.5 | 1 | 0.275 |")
 
 
 def test_a_setting_needs_a_name():
