@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-RESEARCH_ROLLOUT = ["rollout.template=base", "rollout.example=bridge",
+RESEARCH_ROLLOUT = ["rollout.template=base",
                     "rollout.stop_at_answer=true", "rollout.on_max_turns=answer",
                     "rollout.max_turns=3", "rollout.top_k=1", "rollout.max_result_tokens=80",
                     "rollout.max_response_tokens=384"]
@@ -116,7 +116,7 @@ def overrides_for(method: str, dataset: str, args) -> list[str]:
     if args.label:
         out.append("run.save_note=" + "".join(c if c.isalnum() else "-" for c in args.label))
     if method == "research":
-        out += RESEARCH_ROLLOUT
+        out += [*RESEARCH_ROLLOUT, f"rollout.example={args.example}"]
     return out
 
 
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                    "than the packaged one (e.g. 'ReSearch (trained)'); default: the method's "
                    "name")
     p.add_argument("--sample", type=int, default=None, help="a seeded random N per dataset")
+    p.add_argument("--example", default="bridge", help="ReSearch's worked example (the "
+                   "recipe's bridge; one-search, two-search)")
     p.add_argument("--topk", type=int, default=3, help="passages per baseline retrieval")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument("--batch-size", type=int, default=64)
