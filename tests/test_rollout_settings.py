@@ -34,7 +34,7 @@ def test_training_and_evaluation_share_the_defaults_and_the_yaml_shape():
 
 def test_the_checks_name_the_key():
     with pytest.raises(ConfigError, match="rollout.example must be one of two-search, "
-                                          "one-search, null"):
+                                          "one-search, bridge, null"):
         rs.from_dict({"example": "three-search"})
     with pytest.raises(ConfigError, match="rollout.top_k must be >= 1"):
         RolloutSettings(top_k=0)

@@ -218,10 +218,11 @@ class ValidationCallback(TrainerCallback):
                   "accuracy": sum(x.reason == "correct" for x in results) / n,
                   "searches_per_answer": metrics["searches"],
                   "response_length": metrics["response_tokens"],
-                  **{k: metrics[k] for k in ("em", "acc", "f1")},
-                  **behaviour({**question_facts(item), "queries": rec["queries"],
-                               "correct": rec["em"] == 1.0}
-                              for item, rec in zip(self.items, records, strict=True))}
+                  **{k: metrics[k] for k in ("em", "acc", "f1")}}
+        facts = [question_facts(item) for item in self.items]
+        if any(f["type"] for f in facts):  # the behaviour monitors need typed questions
+            record.update(behaviour({**f, "queries": rec["queries"], "correct": rec["em"] == 1.0}
+                                    for f, rec in zip(facts, records, strict=True)))
         if state.is_world_process_zero:
             truncate_jsonl(self.items_path, state.global_step - 1)  # a validation cut short
             for rec, result in zip(records, results, strict=True):
