@@ -65,16 +65,15 @@ def sample_facts(t) -> dict:
 def summarise(records: list[dict], samples: int, seconds: float) -> dict:
     """One setting's row from its sample records (``samples`` per question, in order)."""
     n = len(records)
-    groups = [[r["reward"] for r in records[i:i + samples]] for i in range(0, n, samples)]
+    groups = [records[i:i + samples] for i in range(0, n, samples)]
     mean = lambda key: round(sum(r[key] for r in records) / max(1, n), 3)  # noqa: E731
     return {
         "samples": n, "questions": len(groups),
         "valid": round(sum(r["reward"] > 0 for r in records) / max(1, n), 3),
-        "groups_with_spread": round(group_stats(groups), 3),
+        "groups_with_spread": round(group_stats([[r["reward"] for r in g] for g in groups]), 3),
         # groups holding a right and a wrong answer: a correctness signal, not F1 noise
         "groups_right_and_wrong": round(group_stats(
-            [[r["reason"] == "correct" for r in records[i:i + samples]]
-             for i in range(0, n, samples)]), 3),
+            [[r["reason"] == "correct" for r in g] for g in groups]), 3),
         "exact": sum(r["reason"] == "correct" for r in records),
         "mean_reward": mean("reward"), "searches": mean("searches"),
         "never_search": round(sum(r["searches"] == 0 for r in records) / max(1, n), 3),

@@ -34,6 +34,8 @@ from collections.abc import Iterable, Mapping
 from research.metrics import normalize_answer
 
 UNTYPED = "untyped"
+# how every key :func:`behaviour` writes begins (figures and reports find them by these)
+KEY_PREFIXES = ("type/", "bridge/", "repeated_query_share")
 
 
 def names_entity(query: str, entity: str | None) -> bool:

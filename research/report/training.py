@@ -10,6 +10,7 @@ from collections import Counter
 from html import escape
 from pathlib import Path
 
+from research.behaviour import KEY_PREFIXES
 from research.report.charts import PALETTE, legend, line_chart, stacked_bars
 from research.report.page import KEY, read_jsonl, table
 from research.report.trajectories import pieces_html, record_pieces
@@ -20,14 +21,13 @@ MAIN = ("reward", "accuracy", "format_valid", "groups_with_spread", "searches_pe
         "completions/mean_length", "rollout/inserted_share", "entropy", "clip_ratio/region_mean",
         "loss")
 VALIDATION_KEYS = ("em", "f1", "reward", "searches_per_answer", "response_length")
-# research.behaviour's monitors: when and how the model searches, by question type
-BEHAVIOUR_PREFIXES = ("type/", "bridge/", "repeated_query_share")
+MAX_TRAJECTORIES = 200
 
 
 def behaviour_keys(keys) -> list[str]:
-    """The behaviour monitors among ``keys`` (their sample counts left out)."""
-    return [k for k in keys if k.startswith(BEHAVIOUR_PREFIXES) and not k.endswith("/samples")]
-MAX_TRAJECTORIES = 200
+    """research.behaviour's monitors (when and how the model searches, by question type)
+    among ``keys``, their sample counts left out."""
+    return [k for k in keys if k.startswith(KEY_PREFIXES) and not k.endswith("/samples")]
 
 
 def _number(v) -> bool:
