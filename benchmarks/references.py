@@ -89,14 +89,17 @@ LEARNING_ROWS = {("search", "before"): "ReSearch (untrained)",
                  ("closed-book", "after"): "Closed book (trained, same budget)"}
 
 
-def learning_rows(path: Path):
+def learning_rows(path: Path, suffix: str = ""):
     """``(row, dataset, arm, records)`` of an evidence run's per-question lines (of the
     factbook-facts dev set), by arm, stage and question type; ``records`` in the runner's
-    shape (``em``, ``f1``, ``searches``)."""
+    shape (``em``, ``f1``, ``searches``). ``suffix`` goes inside each row name's brackets
+    (``", seed 7"``: "ReSearch (trained, seed 7)"), so that a second run's rows sit beside
+    the first's."""
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     groups: dict[tuple, list[dict]] = {}
     for x in lines:
-        key = (LEARNING_ROWS.get((x["arm"], x["stage"]), f"{x['arm']} {x['stage']}"),
+        name = LEARNING_ROWS.get((x["arm"], x["stage"]), f"{x['arm']} ({x['stage']})")
+        key = (name[:-1] + suffix + ")" if suffix else name,
                "factbook-facts" + (f":{x['type']}" if x.get("type") else ""), x["arm"])
         groups.setdefault(key, []).append({"em": x["em"], "f1": x["f1"],
                                            "searches": len(x["queries"])})
@@ -137,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learning", default=None, metavar="NAME_dev.jsonl",
                    help="also add the rows of an evidence run's per-question file "
                         "(benchmarks/learning.py): each arm and stage, scored there")
+    p.add_argument("--learning-suffix", default="", metavar="TEXT",
+                   help="added inside the --learning rows' brackets, to keep a second run's "
+                        "rows apart (', seed 7': 'ReSearch (trained, seed 7)')")
     p.add_argument("--out", default="runs/references")
     p.add_argument("--results", default=str(Path(__file__).parent / "results"
                                             / "references.json"))
@@ -176,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             lines_path.write_text("".join(json.dumps(x) + "\n" for x in lines))
             print(f"{row} / {dataset}: {results['rows'][row][dataset]}", flush=True)
     if args.learning:
-        for row, dataset, arm, records in learning_rows(Path(args.learning)):
+        for row, dataset, arm, records in learning_rows(Path(args.learning),
+                                                           args.learning_suffix):
             results["rows"].setdefault(row, {})[dataset] = {
                 **cell(records), "method": "research" if arm == "search" else arm,
                 "source": args.learning}

@@ -45,3 +45,13 @@ def test_bootstrap_interval_contains_the_mean_and_narrows_with_more_questions():
     assert refs.cell([{"em": 1.0, "f1": 1.0, "searches": 2}])["em_ci95"] == [1.0, 1.0]
     with pytest.raises(KeyError):
         refs.cell([{"em": 1.0}])
+
+
+def test_a_second_evidence_runs_rows_keep_apart_from_the_first(tmp_path):
+    refs = load_benchmark("references")
+    lines = tmp_path / "learning_dev.jsonl"
+    lines.write_text(json.dumps({"arm": "search", "stage": "after", "type": "bridge",
+                                 "em": 1.0, "f1": 1.0, "queries": ["a", "b"]}) + "\n")
+    rows = {row: dataset for row, dataset, _, _ in refs.learning_rows(lines, ", seed 7")}
+    assert rows == {"ReSearch (trained, seed 7)": "factbook-facts:bridge"}
+    assert [r for r, *_ in refs.learning_rows(lines)] == ["ReSearch (trained)"]
