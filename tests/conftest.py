@@ -193,8 +193,8 @@ def tiny_path(tmp_path_factory):
 
     try:
         return save_tiny_model(tmp_path_factory.mktemp("tiny"))
-    except ModelError as exc:
-        pytest.skip(f"cannot prepare the tiny model's tokenizer offline here: {exc}")
+    except ModelError as exc:  # a broken preparation fails every test that needs it, loudly
+        pytest.fail(f"cannot prepare the tiny model's tokenizer: {exc}")
 
 
 @pytest.fixture(scope="session")

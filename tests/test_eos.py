@@ -10,6 +10,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 import torch
+from conftest import missing
 
 from research.rollout.backends.hf import HFGenerator
 from research.rollout.engine import run_rollouts
@@ -72,7 +73,7 @@ def test_prepared_qwen_ends_at_both_end_of_text_ids():
     from research.models.prepare import REGISTRY, is_prepared, model_dir
 
     if not is_prepared(REGISTRY["qwen2.5-0.5b"]):
-        pytest.skip("qwen2.5-0.5b is not prepared here (research model prepare qwen2.5-0.5b)")
+        missing("qwen2.5-0.5b is not prepared here (research model prepare qwen2.5-0.5b)")
     from transformers import AutoTokenizer
 
     path = model_dir("qwen2.5-0.5b")

@@ -28,7 +28,7 @@ def smollm2_dir():
     try:
         return prepare_model("smollm2-135m")
     except ModelError as exc:
-        pytest.skip(f"cannot prepare smollm2-135m offline here: {exc}")
+        pytest.fail(f"cannot prepare smollm2-135m: {exc}")
 
 
 @pytest.fixture(scope="module")

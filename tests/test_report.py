@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from conftest import REPO, token  # noqa: E402
+from conftest import REPO, missing, token  # noqa: E402
 
 from research.cli import main  # noqa: E402
 from research.report import ReportError, write_report  # noqa: E402
@@ -127,7 +127,7 @@ def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         if found := shutil.which(name):
             return found
-    pytest.skip("no chromium binary (apt-get install -y chromium) for the headless load test")
+    missing("no chromium binary (apt-get install -y chromium) for the headless load test")
 
 
 def dump_dom(path: Path) -> str:
