@@ -151,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     from research.evaluation.config import load_config
     from research.evaluation.methods import resolve
     from research.evaluation.runner import METHOD_TITLES, run
+    from research.models.loading import cpu_runs_bf16
 
+    # the precision the model ran in (bf16 is asked for only where the CPU runs it at speed)
+    precision = "bfloat16" if args.dtype == "bfloat16" and cpu_runs_bf16() else "float32"
     path = Path(args.results)
     results = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
     lines_path = path.with_name(f"{path.stem}_dev.jsonl")
@@ -167,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             records = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines()]
             results["rows"].setdefault(row, {})[dataset] = {
                 **cell(records), "method": key, "model": None if key in SCRIPTED else args.model,
+                "dtype": None if key in SCRIPTED else precision,
                 "seconds_this_call": round(time.perf_counter() - start, 1),
                 "run": str(out)}
             lines = [x for x in lines if (x["row"], x["dataset"]) != (row, dataset)] + [

@@ -24,6 +24,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+GENERATION = "rollout: generation (prefill + decode)"
+SEARCH = "rollout: search requests"
+
 
 class Timers:
     """Seconds and calls per named part."""
@@ -88,18 +91,25 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, [*args.overrides, f"run.output_dir={args.out}",
                                        f"run.max_steps={args.steps}", "run.eval_steps=0",
                                        f"run.save_steps={args.steps + 1}"])
-    timers = Timers()
+    timers, nested = Timers(), set()
     with _quiet_trl_internals(), prepared_run(config) as run:
         trainer = run.trainer
         searcher = run.rollout.searcher
         if searcher is not None:
-            timers.wrap(searcher, "batch_search", "rollout: search requests")
+            timers.wrap(searcher, "batch_search", SEARCH)
         make = run.rollout.generator
 
         @contextlib.contextmanager
         def timed_generator(trl_trainer):
             with make(trl_trainer) as generator:
-                timers.wrap(generator, "generate", "rollout: generation (prefill + decode)")
+                # a continuously batching backend (the Hugging Face one) takes every turn in
+                # one call, and the turns' searches run inside it: their seconds are taken
+                # out of the generation's below
+                for attr in ("generate", "generate_continuous"):
+                    if hasattr(generator, attr):
+                        timers.wrap(generator, attr, GENERATION)
+                if getattr(generator, "continuous", False):
+                    nested.add(SEARCH)
                 yield generator
 
         run.rollout.generator = timed_generator
@@ -114,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - start
+    if nested and GENERATION in timers.seconds:
+        timers.seconds[GENERATION] -= sum(timers.seconds.get(name, 0.0) for name in nested)
     parts = {name: {"seconds": round(s, 2), "calls": timers.calls[name],
                     "share_of_steps": round(s / total, 3)}
              for name, s in sorted(timers.seconds.items(), key=lambda kv: -kv[1])}
