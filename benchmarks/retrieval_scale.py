@@ -261,7 +261,11 @@ def parse_args(argv=None):
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--work", default=None, help="default $RESEARCH_CACHE/bench-scale")
     ap.add_argument("--out", default="benchmarks/results/retrieval_scale.json")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.queries < 128:  # a warm-up batch of 64 and at least one timed one
+        ap.error(f"--queries {args.queries}: at least 128 (a warm-up batch of 64, then the "
+                 "timed ones)")
+    return args
 
 
 def main() -> int:
