@@ -9,10 +9,13 @@ For each batch size, ``--prompt`` tokens per sequence (passages of the embedded 
 a different text per sequence) and ``--new`` tokens decoded greedily without stopping at
 end of text, in fp32 and, where the CPU runs bf16 at speed, bf16 (``--dtypes``):
 
-* ``limit``: the decode step's matrix multiplications alone (every linear layer of the model
-  and the vocabulary projection, the model's own weights, at the batch's rows) timed in a
-  loop: the compute one decode step cannot avoid. Beside it, the memory bound: the weight
-  bytes a decode step reads over the machine's read bandwidth (a sum over a 1 GiB tensor);
+* ``limit``: the machine's limit for a decode step, a roofline: the step reads every weight
+  once (the weight bytes over the read bandwidth, measured by a sum over a 1 GiB tensor) and
+  does 2 x weights x batch FLOPs (over the rate of a 2048-square matrix product): it takes at
+  least the longer of the two. Beside it, what torch's own kernels reach on the decode
+  step's matrix multiplications alone (every linear layer and the vocabulary projection,
+  the model's weights, at the batch's rows, in a loop): the ceiling of any backend built on
+  torch's matmuls;
 * ``hf``: the project's backend (``HFGenerator``, its KV cache kept), the prefill and the
   decode told apart by its per-step callback;
 * ``llama.cpp``: ``llama-batched-bench`` (every sequence its own prompt) on a GGUF converted
@@ -24,8 +27,8 @@ end of text, in fp32 and, where the CPU runs bf16 at speed, bf16 (``--dtypes``):
   conversion of the same folder (float32 / bfloat16; the conversion timed).
 
 Decode tokens/s = batch x (new - 1) / decode seconds (the first new token comes from the
-prefill); prefill tokens/s = batch x prompt / prefill seconds. Each row's ratio to the
-matmul limit of its batch and dtype. Peers run in their own environment (``.venv-peers``)
+prefill); prefill tokens/s = batch x prompt / prefill seconds. Each row's share of the
+roofline of its batch and dtype. Peers run in their own environment (``.venv-peers``)
 and processes, built by ``scripts/setup_generation_peers.sh``; a system that is not built is
 reported as missing, with the command. Every system uses ``--threads`` threads (default:
 every core). Written to ``benchmarks/results/generation.json`` and printed as a table.
@@ -89,6 +92,21 @@ def read_bandwidth(seconds: float = 2.0) -> float:
         x.sum()
         best = min(best, time.perf_counter() - t)
     return x.numel() * 4 / best
+
+
+def gemm_gflops(dtype, size: int = 2048, seconds: float = 2.0) -> float:
+    """The machine's attainable matmul rate: a square matrix product of ``size`` in
+    ``dtype``, best of the runs in ``seconds``, in GFLOPS."""
+    import torch
+
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
 
 
 def matmul_limit(model, batch: int, seconds: float = 3.0) -> dict:
@@ -182,7 +200,7 @@ for b in spec["batches"]:
     res = gen.generate_batch(p, max_length=spec["new"], min_length=spec["new"], **kw)
     total = time.perf_counter() - t
     lengths = sorted({len(r.sequences_ids[0]) for r in res})
-    out[b] = {"prefill_s": prefill, "decode_s": total - prefill, "decode_steps": spec["new"],
+    out[b] = {"prefill_s": prefill, "decode_s": total - prefill, "decode_steps": spec["new"] - 1,
               "new_tokens": lengths}
 print(json.dumps(out))
 """
@@ -224,15 +242,15 @@ def row(system: str, dtype: str, batch: int, r: dict, prompt: int, new: int,
            "prefill_tok_per_s": round(batch * prompt / r["prefill_s"], 1),
            "decode_tok_per_s": round(batch * r["decode_steps"] / r["decode_s"], 2)}
     if limit:
-        out["share_of_matmul_limit"] = round(out["decode_tok_per_s"] / limit["tok_per_s"], 3)
+        out["share_of_limit"] = round(out["decode_tok_per_s"] / limit["tok_per_s"], 3)
     return out
 
 
 def table(results: dict) -> str:
-    lines = ["| system | dtype | batch | decode tok/s | share of the matmul limit | "
+    lines = ["| system | dtype | batch | decode tok/s | share of the limit | "
              "prefill tok/s |", "|---|---|---|---|---|---|"]
-    for r in results["rows"]:
-        share = r.get("share_of_matmul_limit")
+    for r in sorted(results["rows"], key=lambda r: (r["batch"], r["dtype"] == "Q4_K_M")):
+        share = r.get("share_of_limit")
         lines.append(f"| {r['system']} | {r['dtype']} | {r['batch']} | "
                      f"{r['decode_tok_per_s']} | {'-' if share is None else f'{share:.2f}'} | "
                      f"{r.get('prefill_tok_per_s', '-')} |")
@@ -285,19 +303,29 @@ def main(argv: list[str] | None = None) -> int:
     for dtype in dtypes:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
         if "limit" in args.systems or {"llama.cpp", "ctranslate2", "hf"} & set(args.systems):
-            weight_bytes = sum(w.numel() * w.element_size() for w, _ in linears(model))
-            bandwidth = read_bandwidth()
+            weights = linears(model)
+            weight_bytes = sum(w.numel() * w.element_size() for w, _ in weights)
+            flops_per_token = 2 * sum(w.numel() for w, _ in weights)
+            bandwidth, gflops = read_bandwidth(), gemm_gflops(getattr(torch, dtype))
             results.setdefault("read_bandwidth_gb_s", round(bandwidth / 1e9, 2))
+            results.setdefault("gemm_gflops", {})[dtype] = round(gflops, 1)
             for b in args.batches:
-                lim = matmul_limit(model, b)
-                limits[dtype, b] = lim
+                # the roofline: a decode step reads every weight once and does 2 x weights
+                # x batch FLOPs; it takes at least the longer of the two
+                step_s = max(weight_bytes / bandwidth, b * flops_per_token / (gflops * 1e9))
+                limits[dtype, b] = {"tok_per_s": b / step_s}
+                torch_mm = matmul_limit(model, b)
                 if "limit" in args.systems:
-                    note({"system": "limit: decode matmuls", "dtype": dtype, "batch": b,
-                          "decode_tok_per_s": round(lim["tok_per_s"], 2),
-                          "share_of_matmul_limit": 1.0, "matmul_gflops": round(lim["gflops"], 1)})
-                    note({"system": "limit: weight bytes / read bandwidth", "dtype": dtype,
-                          "batch": b, "weight_mb": round(weight_bytes / 2**20, 1),
-                          "decode_tok_per_s": round(b * bandwidth / weight_bytes, 2)})
+                    note({"system": "limit: roofline (weight bytes / read bandwidth, FLOPs / "
+                          "GEMM rate)", "dtype": dtype, "batch": b,
+                          "decode_tok_per_s": round(b / step_s, 2), "share_of_limit": 1.0,
+                          "bound": "memory" if weight_bytes / bandwidth
+                          >= b * flops_per_token / (gflops * 1e9) else "compute",
+                          "weight_mb": round(weight_bytes / 2**20, 1)})
+                    note({"system": "torch: the decode step's matmuls alone", "dtype": dtype,
+                          "batch": b, "decode_tok_per_s": round(torch_mm["tok_per_s"], 2),
+                          "share_of_limit": round(torch_mm["tok_per_s"] * step_s / b, 3),
+                          "matmul_gflops": round(torch_mm["gflops"], 1)})
         if "hf" in args.systems:
             for b in args.batches:
                 with torch.inference_mode():

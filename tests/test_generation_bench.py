@@ -20,17 +20,19 @@ def test_limits_and_the_backend_are_measured_side_by_side(tiny_path, tmp_path, m
     assert (r["prompt_tokens"], r["new_tokens"], r["threads"]) == (24, 5, 1)
     rows = {(x["system"], x["batch"]): x for x in r["rows"]}
     assert set(rows) == {(s, b) for b in (1, 2) for s in (
-        "limit: decode matmuls", "limit: weight bytes / read bandwidth",
+        "limit: roofline (weight bytes / read bandwidth, FLOPs / GEMM rate)",
+        "torch: the decode step's matmuls alone",
         "HFGenerator (this project)")}
     for b in (1, 2):
         hf = rows["HFGenerator (this project)", b]
-        limit = rows["limit: decode matmuls", b]
+        limit = rows["limit: roofline (weight bytes / read bandwidth, FLOPs / GEMM rate)", b]
         assert hf["decode_tok_per_s"] > 0 and hf["prefill_tok_per_s"] > 0
         share = hf["decode_tok_per_s"] / limit["decode_tok_per_s"]
-        assert abs(hf["share_of_matmul_limit"] - share) < 0.01 * max(1.0, share)
-        assert rows["limit: weight bytes / read bandwidth", b]["weight_mb"] > 0
+        assert abs(hf["share_of_limit"] - share) < 0.01 * max(1.0, share)
+        assert limit["weight_mb"] > 0 and limit["bound"] in ("memory", "compute")
+        assert rows["torch: the decode step's matmuls alone", b]["matmul_gflops"] > 0
     assert r["missing"] == {"llama.cpp": "bash scripts/setup_generation_peers.sh"}
-    assert r["read_bandwidth_gb_s"] > 0
+    assert r["read_bandwidth_gb_s"] > 0 and r["gemm_gflops"]["float32"] > 0
 
 
 def test_prompts_are_different_and_exactly_as_long_as_asked(tiny_path):
