@@ -49,6 +49,19 @@ REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = ("limit", "hf", "llama.cpp", "ctranslate2")
 
 
+def cpu_name() -> str:
+    """The CPU's model name and its vector extensions that matter here."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                 if ln.startswith("model name")), "unknown")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
+                      if ln.startswith("flags")), []))
+    return f"{name} ({', '.join(sorted(flags & {'avx2', 'avx512f', 'avx512_bf16', 'amx_bf16'}))})"
+
+
 def peers_dir() -> Path:
     from research.paths import cache_root
 
@@ -290,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "command": "python benchmarks/generation.py " + " ".join(
             sys.argv[1:] if argv is None else argv),
-        "date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cores": os.cpu_count(),
+        "threads": args.threads,
         "cpu_bf16": bf16, "model": args.model, "prompt_tokens": args.prompt,
         "new_tokens": args.new, "torch": torch.__version__, "rows": [], "missing": {},
         "conversions": {}}
