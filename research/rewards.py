@@ -39,7 +39,7 @@ Deviations from the original, all in how the caller is spoken to or in edge case
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
@@ -63,10 +63,36 @@ WRONG_ANSWER_SCORE = 0.1
 
 @dataclass(frozen=True)
 class RewardResult:
-    """A reward and the short human reason for it (shown in rollout dumps)."""
+    """A reward, the short human reason for it (shown in rollout dumps), and what the reward
+    found in the response, so that no caller parses the reason:
+
+    - ``answered``: a boxed answer could be extracted;
+    - ``correct``: that answer matches a golden answer under the reward's own rule (v1: equal
+      after lower-casing; f1: token F1 of 1; graded: normalised exact match), whatever the
+      format;
+    - ``format_ok``: the tags follow the protocol's format rules;
+    - ``complete``: generation ended properly (EOS or the answer's stop), not at the budget.
+
+    ``valid`` is every gate passed (format, a proper end, a box): the samples GRPO can tell
+    apart from broken ones. Two results are equal when their score and reason are (the facts
+    follow from the response and the reward).
+    """
 
     score: float
     reason: str
+    answered: bool = field(default=False, compare=False)
+    correct: bool = field(default=False, compare=False)
+    format_ok: bool = field(default=False, compare=False)
+    complete: bool = field(default=False, compare=False)
+
+    @property
+    def valid(self) -> bool:
+        return self.format_ok and self.complete and self.answered
+
+    @property
+    def correct_and_valid(self) -> bool:
+        """Full marks: the reason is "correct" (the accuracy every trainer logs)."""
+        return self.correct and self.valid
 
 
 class RewardFn(Protocol):
@@ -150,20 +176,53 @@ def _resolve_eos(
     return response, ended_with_eos
 
 
-def _gated_answer(
-    response: str, ended_with_eos: bool | None, eos_token: str | None
-) -> str | RewardResult:
-    """The boxed answer, or the zero reward of the first gate it fails (format, EOS, box)."""
+@dataclass(frozen=True)
+class _Found:
+    """What a response holds, before any score: its end, format problem and boxed answer."""
+
+    ended: bool
+    problem: str | None
+    answer: str | None
+
+    def result(self, score: float, reason: str, correct: bool) -> RewardResult:
+        return RewardResult(score, reason, answered=self.answer is not None,
+                            correct=correct, format_ok=self.problem is None,
+                            complete=self.ended)
+
+
+def _found(response: str, ended_with_eos: bool | None, eos_token: str | None) -> _Found:
     response, ended = _resolve_eos(response, ended_with_eos, eos_token)
-    problem = format_problem(response)
-    if problem:
-        return RewardResult(0.0, f"bad format: {problem}")
-    if not ended:
-        return RewardResult(0.0, "no eos (over length)")
-    answer = extract_answer(response)
-    if answer is None:
-        return RewardResult(0.0, "cannot extract boxed answer")
-    return answer
+    return _Found(ended, format_problem(response), extract_answer(response))
+
+
+def _gated(found: _Found, correct: bool) -> RewardResult | None:
+    """The zero reward of the first gate ``found`` fails (format, EOS, box), or None."""
+    if found.problem:
+        return found.result(0.0, f"bad format: {found.problem}", correct)
+    if not found.ended:
+        return found.result(0.0, "no eos (over length)", correct)
+    if found.answer is None:
+        return found.result(0.0, "cannot extract boxed answer", False)
+    return None
+
+
+def _matches(answer: str | None, ground_truth, rule) -> bool:
+    """Whether ``answer`` matches a golden answer under ``rule`` (no answer or no golden
+    answers: False; an empty ground truth is refused where the score needs it)."""
+    golds = golden_list(ground_truth)
+    return answer is not None and bool(golds) and rule(answer, golds)
+
+
+def _v1_rule(answer: str, golds: list[str]) -> bool:
+    return any(answer.lower() == gold.lower() for gold in golds)
+
+
+def _f1_rule(answer: str, golds: list[str]) -> bool:
+    return token_scores(answer, golds)["f1"] >= 1.0
+
+
+def _em_rule(answer: str, golds: list[str]) -> bool:
+    return em(answer, golds) == 1.0
 
 
 def reward_v1(
@@ -176,18 +235,20 @@ def reward_v1(
     """First-version reward: format and EOS gates, then lower-cased exact match.
 
     >>> ok = "<think> t </think> <answer> \\\\boxed{Paris} </answer>"
-    >>> reward_v1(ok, "paris", ended_with_eos=True)
-    RewardResult(score=1.0, reason='correct')
-    >>> reward_v1(ok + "<|endoftext|>", "Lyon", eos_token="<|endoftext|>")
-    RewardResult(score=0.1, reason='wrong answer')
+    >>> r = reward_v1(ok, "paris", ended_with_eos=True)
+    >>> r.score, r.reason, r.correct, r.valid
+    (1.0, 'correct', True, True)
+    >>> r = reward_v1(ok + "<|endoftext|>", "Lyon", eos_token="<|endoftext|>")
+    >>> r.score, r.reason, r.correct, r.valid
+    (0.1, 'wrong answer', False, True)
     """
-    answer = _gated_answer(response, ended_with_eos, eos_token)
-    if isinstance(answer, RewardResult):
-        return answer
-    golds = _checked_golds(ground_truth)
-    if any(answer.lower() == gold.lower() for gold in golds):
-        return RewardResult(1.0, "correct")
-    return RewardResult(WRONG_ANSWER_SCORE, "wrong answer")
+    found = _found(response, ended_with_eos, eos_token)
+    gated = _gated(found, _matches(found.answer, ground_truth, _v1_rule))
+    if gated is not None:
+        return gated
+    if _v1_rule(found.answer, _checked_golds(ground_truth)):
+        return found.result(1.0, "correct", True)
+    return found.result(WRONG_ANSWER_SCORE, "wrong answer", False)
 
 
 def reward_f1(
@@ -200,18 +261,20 @@ def reward_f1(
     """Paper-version reward: the same gates, then token F1 if above 0, else 0.1.
 
     >>> ok = "<think> t </think> <answer> \\\\boxed{Barack Obama} </answer>"
-    >>> reward_f1(ok, ["Obama"], ended_with_eos=True)
-    RewardResult(score=0.6666666666666666, reason='partial match')
+    >>> r = reward_f1(ok, ["Obama"], ended_with_eos=True)
+    >>> r.score, r.reason, r.correct, r.valid
+    (0.6666666666666666, 'partial match', False, True)
     """
-    answer = _gated_answer(response, ended_with_eos, eos_token)
-    if isinstance(answer, RewardResult):
-        return answer
-    score = token_scores(answer, _checked_golds(ground_truth))["f1"]
+    found = _found(response, ended_with_eos, eos_token)
+    gated = _gated(found, _matches(found.answer, ground_truth, _f1_rule))
+    if gated is not None:
+        return gated
+    score = token_scores(found.answer, _checked_golds(ground_truth))["f1"]
     if score >= 1.0:
-        return RewardResult(score, "correct")
+        return found.result(score, "correct", True)
     if score > 0.0:
-        return RewardResult(score, "partial match")
-    return RewardResult(WRONG_ANSWER_SCORE, "wrong answer")
+        return found.result(score, "partial match", False)
+    return found.result(WRONG_ANSWER_SCORE, "wrong answer", False)
 
 
 # Graded credit (Search-R1's later reward, arXiv 2505.15117): a named alternative, not the
@@ -233,23 +296,25 @@ def reward_graded(
     whose samples rarely pass the format (``reward.name=graded``).
 
     >>> ok = "<think> t </think> <answer> \\\\boxed{Paris} </answer>"
-    >>> reward_graded(ok, ["paris"], ended_with_eos=True)
-    RewardResult(score=1.0, reason='correct')
-    >>> reward_graded("<answer> \\\\boxed{Paris} </answer>", ["paris"], ended_with_eos=True)
-    RewardResult(score=0.8, reason='correct, bad format: no think tags')
-    >>> reward_graded(ok, ["Lyon"], ended_with_eos=False)
-    RewardResult(score=0.1, reason='wrong answer, no eos (over length)')
+    >>> r = reward_graded(ok, ["paris"], ended_with_eos=True)
+    >>> r.score, r.reason, r.correct, r.valid
+    (1.0, 'correct', True, True)
+    >>> r = reward_graded("<answer> \\\\boxed{Paris} </answer>", ["paris"], ended_with_eos=True)
+    >>> r.score, r.reason, r.correct, r.format_ok, r.valid
+    (0.8, 'correct, bad format: no think tags', True, False, False)
+    >>> r = reward_graded(ok, ["Lyon"], ended_with_eos=False)
+    >>> r.score, r.reason, r.correct, r.complete
+    (0.1, 'wrong answer, no eos (over length)', False, False)
     """
-    response, ended = _resolve_eos(response, ended_with_eos, eos_token)
-    answer = extract_answer(response)
-    if answer is None:
-        return RewardResult(0.0, "cannot extract boxed answer")
-    problem = format_problem(response) or (None if ended else "no eos (over length)")
-    correct = em(answer, _checked_golds(ground_truth)) == 1.0
+    found = _found(response, ended_with_eos, eos_token)
+    if found.answer is None:
+        return found.result(0.0, "cannot extract boxed answer", False)
+    problem = found.problem or (None if found.ended else "no eos (over length)")
+    correct = _em_rule(found.answer, _checked_golds(ground_truth))
     reason = "correct" if correct else "wrong answer"
     if problem is not None:
         reason += f", {problem if problem.startswith('no eos') else 'bad format: ' + problem}"
-    return RewardResult(GRADED_SCORES[(correct, problem is None)], reason)
+    return found.result(GRADED_SCORES[(correct, problem is None)], reason, correct)
 
 
 def _checked_golds(ground_truth: str | Sequence[str]) -> list[str]:

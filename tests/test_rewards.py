@@ -413,3 +413,33 @@ def test_graded_reward_gives_partial_credit(response, eos, truth, score, reason)
     assert (got.score, got.reason) == (score, reason)
     if score in (0.8, 0.1):
         assert rewards.reward_f1(response, truth, ended_with_eos=eos).score == 0.0
+
+
+# --- what the reward found: the facts beside the score ------------------------------------
+
+
+@pytest.mark.parametrize("name", ["v1", "f1", "graded"])
+@pytest.mark.parametrize(
+    ("response", "eos", "facts"),
+    [  # (answered, correct, format_ok, complete)
+        (answer(), True, (True, True, True, True)),
+        (answer("\\boxed{Lyon}"), True, (True, False, True, True)),
+        (answer(), False, (True, True, True, False)),
+        ("<answer> \\boxed{Paris} </answer>", True, (True, True, False, True)),
+        (answer("Paris"), True, (False, False, False, True)),  # no box: a format problem too
+        ("no tags at all", False, (False, False, False, False)),
+    ],
+)
+def test_every_reward_says_what_it_found(name, response, eos, facts) -> None:
+    r = get_reward_fn(name)(response, ["Paris"], ended_with_eos=eos)
+    assert (r.answered, r.correct, r.format_ok, r.complete) == facts
+    assert r.valid == (r.answered and r.format_ok and r.complete)
+    # full marks are exactly the "correct" reason, for every reward
+    assert r.correct_and_valid == (r.reason == "correct")
+
+
+def test_correct_follows_each_rewards_own_rule() -> None:
+    box = answer("\\boxed{the Paris}")  # equal after normalisation, not after lower-casing
+    assert not reward_v1(box, "Paris", ended_with_eos=True).correct
+    assert reward_f1(box, "Paris", ended_with_eos=True).correct
+    assert rewards.reward_graded(box, "Paris", ended_with_eos=True).correct

@@ -111,6 +111,19 @@ def test_reward_uses_the_response_and_golden_answers_and_logs_reasons():
     assert reward.__name__ == "reward_v1"
 
 
+def test_graded_rewards_broken_format_is_neither_valid_nor_accurate():
+    """Under reward.name=graded a correct answer in a broken format scores 0.8: it counts in
+    neither the valid share nor the accuracy (the reward says so, no reason is parsed)."""
+    logged = {}
+    reward = ReSearchReward("graded", StepSamples(records=[{}, {}]))
+    ok = "<think> t </think> <answer> \\boxed{Paris} </answer>"
+    scores = reward(prompts=["q"] * 2, completions=[ok, "<answer> \\boxed{Paris} </answer>"],
+                    golden_answers=[["paris"], ["paris"]], ended_with_eos=[True, True],
+                    log_metric=logged.__setitem__)
+    assert scores == [1.0, 0.8]
+    assert logged == {"accuracy": 0.5, "format_valid": 0.5}
+
+
 def test_rollout_monitors_count_queries_failures_notices_and_inserted_tokens():
     from research.trainers.trl_rollout import rollout_monitors
 

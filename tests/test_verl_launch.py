@@ -30,6 +30,11 @@ def test_reward_entry_scores_with_the_projects_reward():
     wrong = compute_score("hotpotqa", ANSWER, ["Lyon"], {"ended_with_eos": True},
                           reward_name="f1")
     assert wrong["score"] == 0.1 and wrong["acc"] == 0.0 and wrong["format_ok"] == 1.0
+    # graded: a correct answer in a broken format scores 0.8 but is neither ok nor accurate
+    # (its reason starts with "correct", which a reason-string check counted as ok)
+    broken = compute_score("hotpotqa", "<answer> \\boxed{Paris} </answer>", ["paris"],
+                           {"ended_with_eos": True}, reward_name="graded")
+    assert (broken["score"], broken["acc"], broken["format_ok"]) == (0.8, 0.0, 0.0)
 
 
 def test_launcher_writes_the_run_files_and_refuses_without_a_service(tmp_path):

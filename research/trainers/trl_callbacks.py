@@ -61,14 +61,14 @@ class ReSearchReward:
         if any(question_type or ()) and len(self.samples.records) == len(results):
             self.samples.monitors.update(behaviour(
                 {"type": kind or None, "bridge_entity": entity or None, "correct":
-                 r.reason == "correct", "queries": [turn["query"] for turn in rec["turns"]]}
+                 r.correct_and_valid, "queries": [turn["query"] for turn in rec["turns"]]}
                 for kind, entity, r, rec in zip(question_type, bridge_entity or [""] * len(results),
                                                 results, self.samples.records, strict=True)))
         if log_metric is not None:
-            log_metric("accuracy", reasons["correct"] / len(results))
+            log_metric("accuracy", sum(r.correct_and_valid for r in results) / len(results))
             # passes every gate of the reward (format, proper end, a box): the share GRPO
             # can tell apart from invalid samples at all
-            log_metric("format_valid", sum(r.score > 0 for r in results) / len(results))
+            log_metric("format_valid", sum(r.valid for r in results) / len(results))
             if num_searches is not None:
                 log_metric("searches_per_answer", sum(num_searches) / len(num_searches))
         logger.info("reward reasons: %s", dict(reasons.most_common()))
@@ -215,7 +215,7 @@ class ValidationCallback(TrainerCallback):
         n = len(results)
         record = {"step": state.global_step, "questions": n,
                   "reward": sum(x.score for x in results) / n,
-                  "accuracy": sum(x.reason == "correct" for x in results) / n,
+                  "accuracy": sum(x.correct_and_valid for x in results) / n,
                   "searches_per_answer": metrics["searches"],
                   "response_length": metrics["response_tokens"],
                   **{k: metrics[k] for k in ("em", "acc", "f1")}}

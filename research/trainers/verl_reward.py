@@ -7,7 +7,9 @@ response decoded without special tokens (the EOS is gone), so whether the respon
 EOS comes from the agent loop's ``extra_fields`` (merged into ``extra_info``). The result is a
 dict of numbers with the same keys for every sample (verl logs them at validation and keeps
 them in its rollout dumps): ``score``, ``acc``
-(the answer was correct), ``format_ok`` (it passed the format gates), ``searches``,
+(the answer was correct, every gate passed), ``format_ok`` (it passed every gate: format,
+a proper end, a boxed answer; under ``graded`` a correct answer in a broken format is not
+ok), ``searches``,
 ``prompt_too_long`` (1: the agent loop did not roll the prompt out, being over
 ``data.max_prompt_length``: its ``finish_reason``; score 0).
 ``reward_kwargs.reward_name`` picks the reward (``v1`` by default, or ``f1``).
@@ -22,8 +24,6 @@ from typing import Any
 
 from research.metrics import golden_list
 from research.rewards import get_reward_fn
-
-FORMAT_FAILURES = ("bad format", "no eos", "cannot extract")
 
 
 def compute_score(data_source: str | None = None, solution_str: str = "",
@@ -46,6 +46,6 @@ def compute_score(data_source: str | None = None, solution_str: str = "",
     result = get_reward_fn(reward_name)(solution_str, golden_list(ground_truth),
                                         ended_with_eos=ended)
     return {"score": float(result.score),
-            "acc": float(result.reason == "correct"),
-            "format_ok": float(not result.reason.startswith(FORMAT_FAILURES)),
+            "acc": float(result.correct_and_valid),
+            "format_ok": float(result.valid),
             "searches": float(info.get("num_searches", 0) or 0), "prompt_too_long": 0.0}
