@@ -129,7 +129,7 @@ def run_setting(name, config, model, tokenizer, client, items, samples, out_file
     records = []
     for t in trajectories:
         item = items[t.index // samples]
-        result = reward(t.text, item["golden_answers"], ended_with_eos=t.ended_with_eos)
+        result = reward(t.text, item["golden_answers"], complete=t.complete)
         record = {"setting": name, "id": item.get("id"), "question": item["question"],
                   "golden_answers": item["golden_answers"], "reward": result.score,
                   "reason": result.reason, "queries": [turn.query for turn in t.turns],

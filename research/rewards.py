@@ -1,6 +1,6 @@
 """Rule-based rewards of ReSearch, computed on the response text alone.
 
-Two rewards share one signature, ``fn(response, ground_truth, *, ended_with_eos=None,
+Two rewards share one signature, ``fn(response, ground_truth, *, complete=None,
 eos_token=None) -> RewardResult``:
 
 - ``"v1"`` (alias ``"em"``), the first version: 0 for a bad format, a response that did not
@@ -25,7 +25,8 @@ Deviations from the original, all in how the caller is spoken to or in edge case
 
 - the response is never split on the prompt template (the original split the decoded
   prompt + response on "Assistant:"); the caller passes the response only;
-- whether generation stopped at EOS comes from the caller (``ended_with_eos``), or from
+- whether generation ended properly (at EOS, or at ``</answer>`` where the rollout stops
+  there) comes from the caller (``complete``: the rollout's ``Trajectory.complete``), or from
   the literal ``eos_token`` at the end of the text when that flag is not given (the original
   only had the second, with ``"<|endoftext|>"`` hard-coded in the first version);
 - the box is found by :func:`research.protocol.extract_answer`: the last ``\\boxed``, which
@@ -103,7 +104,7 @@ class RewardFn(Protocol):
         response: str,
         ground_truth: str | Sequence[str],
         *,
-        ended_with_eos: bool | None = None,
+        complete: bool | None = None,
         eos_token: str | None = None,
     ) -> RewardResult: ...
 
@@ -160,20 +161,21 @@ def format_problem(response: str) -> str | None:
 
 
 def _resolve_eos(
-    response: str, ended_with_eos: bool | None, eos_token: str | None
+    response: str, complete: bool | None, eos_token: str | None
 ) -> tuple[str, bool]:
     """The response without a trailing ``eos_token``, and whether generation ended at EOS."""
     has_token = bool(eos_token) and response.endswith(eos_token)
     if has_token:
         response = response[: -len(eos_token)]
-    if ended_with_eos is None:
+    if complete is None:
         if not eos_token:
             raise ValueError(
-                "pass ended_with_eos (from the rollout's finish reason) or eos_token "
+                "pass complete (whether generation ended properly: the rollout's "
+                "Trajectory.complete) or eos_token "
                 "(the literal EOS text at the end of the response)"
             )
         return response, has_token
-    return response, ended_with_eos
+    return response, complete
 
 
 @dataclass(frozen=True)
@@ -190,8 +192,8 @@ class _Found:
                             complete=self.ended)
 
 
-def _found(response: str, ended_with_eos: bool | None, eos_token: str | None) -> _Found:
-    response, ended = _resolve_eos(response, ended_with_eos, eos_token)
+def _found(response: str, complete: bool | None, eos_token: str | None) -> _Found:
+    response, ended = _resolve_eos(response, complete, eos_token)
     return _Found(ended, format_problem(response), extract_answer(response))
 
 
@@ -229,20 +231,20 @@ def reward_v1(
     response: str,
     ground_truth: str | Sequence[str],
     *,
-    ended_with_eos: bool | None = None,
+    complete: bool | None = None,
     eos_token: str | None = None,
 ) -> RewardResult:
     """First-version reward: format and EOS gates, then lower-cased exact match.
 
     >>> ok = "<think> t </think> <answer> \\\\boxed{Paris} </answer>"
-    >>> r = reward_v1(ok, "paris", ended_with_eos=True)
+    >>> r = reward_v1(ok, "paris", complete=True)
     >>> r.score, r.reason, r.correct, r.valid
     (1.0, 'correct', True, True)
     >>> r = reward_v1(ok + "<|endoftext|>", "Lyon", eos_token="<|endoftext|>")
     >>> r.score, r.reason, r.correct, r.valid
     (0.1, 'wrong answer', False, True)
     """
-    found = _found(response, ended_with_eos, eos_token)
+    found = _found(response, complete, eos_token)
     gated = _gated(found, _matches(found.answer, ground_truth, _v1_rule))
     if gated is not None:
         return gated
@@ -255,17 +257,17 @@ def reward_f1(
     response: str,
     ground_truth: str | Sequence[str],
     *,
-    ended_with_eos: bool | None = None,
+    complete: bool | None = None,
     eos_token: str | None = None,
 ) -> RewardResult:
     """Paper-version reward: the same gates, then token F1 if above 0, else 0.1.
 
     >>> ok = "<think> t </think> <answer> \\\\boxed{Barack Obama} </answer>"
-    >>> r = reward_f1(ok, ["Obama"], ended_with_eos=True)
+    >>> r = reward_f1(ok, ["Obama"], complete=True)
     >>> r.score, r.reason, r.correct, r.valid
     (0.6666666666666666, 'partial match', False, True)
     """
-    found = _found(response, ended_with_eos, eos_token)
+    found = _found(response, complete, eos_token)
     gated = _gated(found, _matches(found.answer, ground_truth, _f1_rule))
     if gated is not None:
         return gated
@@ -287,7 +289,7 @@ def reward_graded(
     response: str,
     ground_truth: str | Sequence[str],
     *,
-    ended_with_eos: bool | None = None,
+    complete: bool | None = None,
     eos_token: str | None = None,
 ) -> RewardResult:
     """Partial credit: a correct answer (normalised exact match) scores 1.0 in a valid
@@ -296,17 +298,17 @@ def reward_graded(
     whose samples rarely pass the format (``reward.name=graded``).
 
     >>> ok = "<think> t </think> <answer> \\\\boxed{Paris} </answer>"
-    >>> r = reward_graded(ok, ["paris"], ended_with_eos=True)
+    >>> r = reward_graded(ok, ["paris"], complete=True)
     >>> r.score, r.reason, r.correct, r.valid
     (1.0, 'correct', True, True)
-    >>> r = reward_graded("<answer> \\\\boxed{Paris} </answer>", ["paris"], ended_with_eos=True)
+    >>> r = reward_graded("<answer> \\\\boxed{Paris} </answer>", ["paris"], complete=True)
     >>> r.score, r.reason, r.correct, r.format_ok, r.valid
     (0.8, 'correct, bad format: no think tags', True, False, False)
-    >>> r = reward_graded(ok, ["Lyon"], ended_with_eos=False)
+    >>> r = reward_graded(ok, ["Lyon"], complete=False)
     >>> r.score, r.reason, r.correct, r.complete
     (0.1, 'wrong answer, no eos (over length)', False, False)
     """
-    found = _found(response, ended_with_eos, eos_token)
+    found = _found(response, complete, eos_token)
     if found.answer is None:
         return found.result(0.0, "cannot extract boxed answer", False)
     problem = found.problem or (None if found.ended else "no eos (over length)")

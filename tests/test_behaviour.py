@@ -68,7 +68,7 @@ def test_the_training_reward_adds_the_monitors_of_its_step():
         {"turns": [{"query": "France capital"}]}])
     reward = ReSearchReward("v1", samples)
     reward(prompts=["q"] * 3, completions=[ok, ok, ok],
-           golden_answers=[["paris"], ["Lyon"], ["paris"]], ended_with_eos=[True] * 3,
+           golden_answers=[["paris"], ["Lyon"], ["paris"]], complete=[True] * 3,
            question_type=["bridge", "bridge", "one-hop"],
            bridge_entity=["France", "France", ""])
     m = samples.monitors

@@ -260,7 +260,7 @@ class InProcessService:
 
 def _check_no_failed_turn(trajectories, turns=4):
     for t in trajectories:
-        assert t.num_failures == 0, [turn.failure for turn in t.turns]
+        assert t.search_failures == 0, [turn.failure for turn in t.turns]
         assert [turn.doc_ids[0] for turn in t.turns] == [f"doc-{t.index * 10 + i}"
                                                          for i in range(turns)]
 

@@ -166,7 +166,7 @@ def _problem(expected: RewardResult) -> str | None:
 )
 def test_format_rules(response: str, expected: RewardResult) -> None:
     assert format_problem(response) == _problem(expected)
-    assert reward_v1(response, "Paris", ended_with_eos=True) == expected
+    assert reward_v1(response, "Paris", complete=True) == expected
 
 
 @pytest.mark.parametrize(
@@ -177,8 +177,8 @@ def test_format_rules(response: str, expected: RewardResult) -> None:
 def test_bad_format_scores_zero_in_both_rewards(
     response: str, expected: RewardResult, eos: bool
 ) -> None:
-    assert reward_v1(response, "Paris", ended_with_eos=eos) == expected
-    assert reward_f1(response, "Paris", ended_with_eos=eos) == expected
+    assert reward_v1(response, "Paris", complete=eos) == expected
+    assert reward_f1(response, "Paris", complete=eos) == expected
 
 
 # --- the v1 reward, gate by gate -----------------------------------------------------------
@@ -234,14 +234,14 @@ V1_CASES = [
     [pytest.param(*case[1:], id=case[0]) for case in V1_CASES],
 )
 def test_reward_v1(response: str, truth, eos: bool, score: float, reason: str) -> None:
-    assert reward_v1(response, truth, ended_with_eos=eos) == RewardResult(score, reason)
+    assert reward_v1(response, truth, complete=eos) == RewardResult(score, reason)
 
 
 # --- EOS handling --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("suffix", "ended_with_eos", "eos_token", "score", "reason"),
+    ("suffix", "complete", "eos_token", "score", "reason"),
     [
         (EOS, None, EOS, 1.0, "correct"),
         ("", None, EOS, 0.0, "no eos (over length)"),
@@ -255,9 +255,9 @@ def test_reward_v1(response: str, truth, eos: bool, score: float, reason: str) -
         ("<|im_end|>", None, "<|im_end|>", 1.0, "correct"),
     ],
 )
-def test_eos(suffix: str, ended_with_eos, eos_token, score: float, reason: str) -> None:
+def test_eos(suffix: str, complete, eos_token, score: float, reason: str) -> None:
     response = answer() + suffix
-    result = reward_v1(response, "Paris", ended_with_eos=ended_with_eos, eos_token=eos_token)
+    result = reward_v1(response, "Paris", complete=complete, eos_token=eos_token)
     assert result == RewardResult(score, reason)
 
 
@@ -268,22 +268,22 @@ def test_eos_token_must_end_the_response() -> None:
 
 @pytest.mark.parametrize("reward_fn", [reward_v1, reward_f1])
 def test_eos_information_is_required(reward_fn) -> None:
-    with pytest.raises(ValueError, match="ended_with_eos"):
+    with pytest.raises(ValueError, match="complete"):
         reward_fn(answer(), "Paris")
-    with pytest.raises(ValueError, match="ended_with_eos"):
+    with pytest.raises(ValueError, match="complete"):
         reward_fn(answer(), "Paris", eos_token="")
 
 
 def test_response_is_not_split_on_the_prompt_template() -> None:
     response = "<think> User: x. Assistant: y </think> <answer> \\boxed{Paris} </answer>"
-    assert reward_v1(response, "Paris", ended_with_eos=True).score == 1.0
+    assert reward_v1(response, "Paris", complete=True).score == 1.0
 
 
 @pytest.mark.parametrize("reward_fn", [reward_v1, reward_f1])
 @pytest.mark.parametrize("truth", [[], ()])
 def test_empty_ground_truth_is_an_error(reward_fn, truth) -> None:
     with pytest.raises(ValueError, match="ground_truth is empty"):
-        reward_fn(answer(), truth, ended_with_eos=True)
+        reward_fn(answer(), truth, complete=True)
 
 
 # --- the F1 reward -------------------------------------------------------------------------
@@ -306,7 +306,7 @@ F1_CASES = [
     [pytest.param(*case[1:], id=case[0]) for case in F1_CASES],
 )
 def test_reward_f1(box: str, truth, score: float, reason: str) -> None:
-    result = reward_f1(answer(box), truth, ended_with_eos=True)
+    result = reward_f1(answer(box), truth, complete=True)
     assert result.score == pytest.approx(score)
     assert result.reason == reason
 
@@ -320,7 +320,7 @@ def test_reward_f1(box: str, truth, score: float, reason: str) -> None:
     ],
 )
 def test_reward_f1_gates(response: str, eos: bool, reason: str) -> None:
-    assert reward_f1(response, "Paris", ended_with_eos=eos) == RewardResult(0.0, reason)
+    assert reward_f1(response, "Paris", complete=eos) == RewardResult(0.0, reason)
 
 
 # --- registry ------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ _RESPONSES = st.lists(_PIECES, max_size=16).map("".join)
 
 @given(_RESPONSES, st.booleans())
 def test_v1_scores_are_the_three_levels(response: str, eos: bool) -> None:
-    result = reward_v1(response, "Paris", ended_with_eos=eos)
+    result = reward_v1(response, "Paris", complete=eos)
     assert result.score in (0.0, 0.1, 1.0)
     assert result.reason
     if format_problem(response) is not None:
@@ -378,15 +378,15 @@ def test_v1_scores_are_the_three_levels(response: str, eos: bool) -> None:
 
 @given(_RESPONSES, st.booleans())
 def test_f1_scores_are_bounded(response: str, eos: bool) -> None:
-    result = reward_f1(response, ["Paris", "x"], ended_with_eos=eos)
+    result = reward_f1(response, ["Paris", "x"], complete=eos)
     assert 0.0 <= result.score <= 1.0
-    assert (result.score == 0.0) == (reward_v1(response, "x", ended_with_eos=eos).score == 0.0)
+    assert (result.score == 0.0) == (reward_v1(response, "x", complete=eos).score == 0.0)
 
 
 @given(st.text(alphabet=st.characters(exclude_characters="{}\\<>"), min_size=1, max_size=20))
 def test_v1_correct_on_own_answer(text: str) -> None:
     response = answer(f"\\boxed{{{text}}}")
-    assert reward_v1(response, text, ended_with_eos=True) == RewardResult(1.0, "correct")
+    assert reward_v1(response, text, complete=True) == RewardResult(1.0, "correct")
 
 
 @pytest.mark.parametrize(
@@ -409,10 +409,10 @@ def test_v1_correct_on_own_answer(text: str) -> None:
 def test_graded_reward_gives_partial_credit(response, eos, truth, score, reason) -> None:
     """The named alternative: correctness counts even in a broken format, format even when
     wrong; the protocol's rewards give 0 to both."""
-    got = rewards.get_reward_fn("graded")(response, truth, ended_with_eos=eos)
+    got = rewards.get_reward_fn("graded")(response, truth, complete=eos)
     assert (got.score, got.reason) == (score, reason)
     if score in (0.8, 0.1):
-        assert rewards.reward_f1(response, truth, ended_with_eos=eos).score == 0.0
+        assert rewards.reward_f1(response, truth, complete=eos).score == 0.0
 
 
 # --- what the reward found: the facts beside the score ------------------------------------
@@ -431,7 +431,7 @@ def test_graded_reward_gives_partial_credit(response, eos, truth, score, reason)
     ],
 )
 def test_every_reward_says_what_it_found(name, response, eos, facts) -> None:
-    r = get_reward_fn(name)(response, ["Paris"], ended_with_eos=eos)
+    r = get_reward_fn(name)(response, ["Paris"], complete=eos)
     assert (r.answered, r.correct, r.format_ok, r.complete) == facts
     assert r.valid == (r.answered and r.format_ok and r.complete)
     # full marks are exactly the "correct" reason, for every reward
@@ -440,6 +440,6 @@ def test_every_reward_says_what_it_found(name, response, eos, facts) -> None:
 
 def test_correct_follows_each_rewards_own_rule() -> None:
     box = answer("\\boxed{the Paris}")  # equal after normalisation, not after lower-casing
-    assert not reward_v1(box, "Paris", ended_with_eos=True).correct
-    assert reward_f1(box, "Paris", ended_with_eos=True).correct
-    assert rewards.reward_graded(box, "Paris", ended_with_eos=True).correct
+    assert not reward_v1(box, "Paris", complete=True).correct
+    assert reward_f1(box, "Paris", complete=True).correct
+    assert rewards.reward_graded(box, "Paris", complete=True).correct

@@ -98,7 +98,7 @@ def parts(t):
 def test_search_then_answer():
     (t,), gen, search = roll({1: ["<think>hm</think> <search> zhou dynasty </search>",
                                   " <answer> \\boxed{Wu} </answer><eos>"]})
-    assert t.finish_reason == "eos" and t.ended_with_eos
+    assert t.finish_reason == "eos" and t.complete
     assert search.calls == [["zhou dynasty"]]
     assert [turn.query for turn in t.turns] == ["zhou dynasty"]
     assert t.turns[0].doc_ids == ["zhou dynasty-0", "zhou dynasty-1"]
@@ -189,7 +189,7 @@ def test_one_rejected_query_fails_alone_and_the_others_get_their_documents():
     (bad, good), _, search = roll(scripts, search=Picky())
     assert search.calls[0] == ["bad", "good"]  # one request first, then each query alone
     assert sorted(map(tuple, search.calls[1:])) == [("bad",), ("good",)]
-    assert bad.turns[0].failure.startswith("search failed: HTTP 400") and bad.num_failures == 1
+    assert bad.turns[0].failure.startswith("search failed: HTTP 400") and bad.search_failures == 1
     assert good.turns[0].failure is None and good.turns[0].doc_ids == ["good-0", "good-1"]
 
 
@@ -206,14 +206,14 @@ def test_empty_query_gets_invalid_query_text_without_a_request():
     assert search.calls == []
     assert t.turns[0].failure == protocol.INVALID_QUERY_TEXT
     assert parts(t)[1] == protocol.format_result_text(protocol.INVALID_QUERY_TEXT)
-    assert t.num_failures == 0
+    assert t.search_failures == 0
 
 
 def test_failing_service_gives_visible_counted_failure_not_a_crash():
     (t,), _, _ = roll({1: ["<search> a </search>", "<search> b </search>", "end<eos>"]},
                       search=FakeSearch(fail=True))
     assert t.finish_reason == "eos"
-    assert t.num_failures == 2
+    assert t.search_failures == 2
     assert all(turn.failure.startswith("search failed: ") for turn in t.turns)
     inserted = parts(t)[1]
     assert inserted == 2 * protocol.format_result_text(protocol.SEARCH_FAILURE_TEXT)
@@ -273,7 +273,7 @@ def test_a_search_beyond_the_cap_gets_the_notice_once_and_the_model_answers():
     (t,), gen, search = roll({1: script}, max_turns=2)
     assert search.calls == [["a"], ["b"]]  # the third query is never sent
     assert t.num_searches == 2 and t.turn_limit_notices == 1
-    assert t.finish_reason == "eos" and t.ended_with_eos
+    assert t.finish_reason == "eos" and t.complete
     notice = protocol.format_result_text(protocol.TURN_LIMIT_TEXT)
     model, inserted = parts(t)
     assert inserted.endswith(notice) and notice not in model
@@ -287,7 +287,7 @@ def test_a_search_beyond_the_cap_gets_the_notice_once_and_the_model_answers():
 def test_stop_at_answer_ends_the_response_at_the_first_answer_end():
     text = "<think> t </think> <answer> \\boxed{x} </answer> User: next? Assistant: <eos>"
     (t,), _, _ = roll({1: [text]}, stop_at_answer=True)
-    assert t.finish_reason == "answer" and t.ended_with_eos
+    assert t.finish_reason == "answer" and t.complete
     assert t.text == "<think> t </think> <answer> \\boxed{x} </answer>"
     (full,), _, _ = roll({1: [text]})  # the original: on to EOS
     assert full.finish_reason == "eos" and "User: next?" in full.text

@@ -114,7 +114,7 @@ def test_full_rollout_with_real_service(tiny, service_url):
     with SearchClient(service_url) as client:
         (t,) = run_rollouts(prompts(tok, ["Question: what is doc 31?"]), gen, client, tok,
                             RolloutSettings(max_response_tokens=2048, top_k=2, temperature=1.0))
-    assert t.finish_reason == "eos" and t.num_searches == 1 and t.num_failures == 0
+    assert t.finish_reason == "eos" and t.num_searches == 1 and t.search_failures == 0
     assert t.turns[0].query == token(31) and t.turns[0].doc_ids[0] == "doc-31"
     inserted = tok.decode([i for i, m in zip(t.response_ids, t.loss_mask, strict=True) if not m])
     assert inserted.startswith(f" {protocol.RESULT_START}\n\"Title 31\"")

@@ -360,7 +360,7 @@ def test_full_rollout_through_the_http_backend(tiny, gen):
         (t,) = run_rollouts(prompts(tok, ["Question: capital of France?"]), gen, searcher, tok,
                             RolloutSettings(max_response_tokens=256, top_k=2, temperature=0))
     assert searcher.queries == ["capital of France"]
-    assert t.finish_reason == "eos" and t.num_searches == 1 and t.num_failures == 0
+    assert t.finish_reason == "eos" and t.num_searches == 1 and t.search_failures == 0
     assert t.response_ids[-1] == tok.eos_token_id
     assert len(t.response_ids) == len(t.loss_mask) == len(t.logprobs)
     assert protocol.extract_answer(t.text) == "Paris"

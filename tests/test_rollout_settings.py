@@ -79,7 +79,7 @@ def test_one_settings_object_reaches_the_trl_rollout_and_validation(tmp_path, mo
     def fake_evaluate(items, generator, tokenizer, searcher, settings, **kwargs):
         seen.append(settings)
         return ({"searches": 0.0, "response_tokens": 0.0, "em": 0.0, "acc": 0.0, "f1": 0.0},
-                [{"response": "", "golden_answers": ["a"], "ended_with_eos": True,
+                [{"response": "", "golden_answers": ["a"], "complete": True,
                   **dict.fromkeys(("id", "question", "prediction", "em", "f1", "searches",
                                    "queries", "finish_reason", "response_tokens"))}])
 

@@ -73,7 +73,7 @@ def test_agent_loop_reads_the_models_end_of_turn_tokens(tiny, tiny_path, tmp_pat
     server = ScriptedServer(tok, [" <answer> \\boxed{a} </answer><|im_end|> more"], eos=False)
     out = run_loop(lambda: agent_loop(tok, server, "http://127.0.0.1:9", model_path=str(model)),
                    "Q?")
-    assert out.extra_fields["ended_with_eos"] and out.response_ids[-1] == chat_end
+    assert out.extra_fields["complete"] and out.response_ids[-1] == chat_end
 
 
 def test_agent_loop_ends_an_aborted_generation(tiny):
@@ -83,7 +83,7 @@ def test_agent_loop_ends_an_aborted_generation(tiny):
     out = run_loop(lambda: agent_loop(tok, server, "http://127.0.0.1:9"), "Q?")
     assert len(server.requests) == 1 and out.extra_fields["aborted"]
     assert out.extra_fields["finish_reason"] == "aborted"
-    assert not out.extra_fields["ended_with_eos"] and out.num_turns == 2
+    assert not out.extra_fields["complete"] and out.num_turns == 2
 
 
 def test_agent_loop_skips_a_prompt_over_the_budget(tiny, caplog):
@@ -102,7 +102,7 @@ def test_agent_loop_skips_a_prompt_over_the_budget(tiny, caplog):
     assert len(out.prompt_ids) == 16 and out.num_turns == 1
     extra = out.extra_fields
     assert extra["finish_reason"] == "prompt_too_long"
-    assert not extra["ended_with_eos"] and extra["num_searches"] == 0
+    assert not extra["complete"] and extra["num_searches"] == 0
     assert (extra["min_global_steps"], extra["max_global_steps"]) == (3, 3)  # the v1 tags
     [record] = [r for r in caplog.records if r.name == "research.trainers.verl_agent"]
     assert re.search(r"has \d+ tokens, over data.max_prompt_length=16", record.getMessage())
@@ -139,7 +139,7 @@ def test_agent_loop_masks_results_and_keeps_the_budget(tiny, service_url):
                    f"What is {token(3)}?")
     text = tok.decode(out.response_ids)
     assert "made up" not in text  # the tokens after </search> are dropped
-    assert out.extra_fields["num_searches"] == 1 and out.extra_fields["ended_with_eos"]
+    assert out.extra_fields["num_searches"] == 1 and out.extra_fields["complete"]
     assert len(out.response_ids) == len(out.response_mask) == len(out.response_logprobs)
     inserted = [i for i, m in enumerate(out.response_mask) if m == 0]
     block = tok.decode([out.response_ids[i] for i in inserted])
@@ -187,7 +187,7 @@ def test_agent_loop_budget_and_failures(tiny):
     server = ScriptedServer(tok, [long, long, "x " * 100], eos=False)
     out = run_loop(lambda: agent_loop(tok, server, "http://127.0.0.1:9", response_length=64,
                                       search_retries=0, search_timeout=2), "Q?")
-    assert out.extra_fields["num_search_failures"] >= 1
+    assert out.extra_fields["search_failures"] >= 1
     assert "search failed" in tok.decode(out.response_ids)
     assert out.extra_fields["finish_reason"] == "length"
     start = len(server.requests[0]["prompt_ids"])
@@ -377,11 +377,11 @@ def check_trajectories(tok, found: list[dict]):
         assert t["scores"][-1] == 1.0 and sum(t["scores"]) == 1.0  # on the last token only
         assert (t["reward"]["format_ok"], t["reward"]["searches"], t["reward"]["acc"]) == (
             1.0, 1.0, 1.0)
-        assert t["loop"]["num_searches"] == 1 and t["loop"]["ended_with_eos"]
+        assert t["loop"]["num_searches"] == 1 and t["loop"]["complete"]
         assert t["num_turns"] == 4
     for t in rambled:  # the budget spent exactly, every token the model's, no reward
         assert len(t["response"]) == BUDGET and set(t["mask"]) == {1}
-        assert t["loop"]["finish_reason"] == "length" and not t["loop"]["ended_with_eos"]
+        assert t["loop"]["finish_reason"] == "length" and not t["loop"]["complete"]
         assert tok.eos_token_id not in t["response"] and ANSWER in tok.decode(t["response"])
         assert set(t["scores"]) == {0.0}  # a correct answer, but over length
         assert (t["reward"]["format_ok"], t["reward"]["acc"]) == (0.0, 0.0)
@@ -423,7 +423,7 @@ def test_legacy_trainers_agent_loop_worker_takes_the_loops_output(
             "mask": out.batch["response_mask"][i, :n].tolist(),
             "scores": out.batch["rm_scores"][i, :n].tolist(),
             "reward": {k: extra[k][i] for k in out.meta_info["reward_extra_keys"]},
-            "loop": {k: extra[k][i] for k in ("num_searches", "finish_reason", "ended_with_eos")},
+            "loop": {k: extra[k][i] for k in ("num_searches", "finish_reason", "complete")},
             "num_turns": int(extra["__num_turns__"][i])})
     check_trajectories(tok, found)
     assert {"format_ok", "searches", "acc"} <= set(out.meta_info["reward_extra_keys"])

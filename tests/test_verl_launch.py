@@ -20,20 +20,20 @@ def test_reward_entry_scores_with_the_projects_reward():
 
     keys = {"score", "acc", "format_ok", "searches", "prompt_too_long"}
     ok = compute_score("hotpotqa", ANSWER, np.array(["Paris", "paris city"]),
-                       {"ended_with_eos": True, "num_searches": 2})
+                       {"complete": True, "num_searches": 2})
     assert ok == {"score": 1.0, "acc": 1.0, "format_ok": 1.0, "searches": 2.0,
                   "prompt_too_long": 0.0}
     skipped = compute_score("hotpotqa", "", "Paris", {"finish_reason": "prompt_too_long"})
     assert set(skipped) == keys and skipped["score"] == 0.0 and skipped["prompt_too_long"] == 1.0
-    cut = compute_score("hotpotqa", ANSWER, "Paris", {"ended_with_eos": False})
+    cut = compute_score("hotpotqa", ANSWER, "Paris", {"complete": False})
     assert set(cut) == keys and cut["score"] == 0.0 and cut["format_ok"] == 0.0
-    wrong = compute_score("hotpotqa", ANSWER, ["Lyon"], {"ended_with_eos": True},
+    wrong = compute_score("hotpotqa", ANSWER, ["Lyon"], {"complete": True},
                           reward_name="f1")
     assert wrong["score"] == 0.1 and wrong["acc"] == 0.0 and wrong["format_ok"] == 1.0
     # graded: a correct answer in a broken format scores 0.8 but is neither ok nor accurate
     # (its reason starts with "correct", which a reason-string check counted as ok)
     broken = compute_score("hotpotqa", "<answer> \\boxed{Paris} </answer>", ["paris"],
-                           {"ended_with_eos": True}, reward_name="graded")
+                           {"complete": True}, reward_name="graded")
     assert (broken["score"], broken["acc"], broken["format_ok"]) == (0.8, 0.0, 0.0)
 
 

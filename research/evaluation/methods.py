@@ -404,7 +404,7 @@ def research(items: Sequence[dict], ctx: Context) -> list[Answer]:
 
     def answer(r: dict) -> Answer:
         return Answer(r["prediction"], trajectory=r["turns"], searches=r["searches"],
-                      search_failures=r["failures"], generated_tokens=r["generated_tokens"],
+                      search_failures=r["search_failures"], generated_tokens=r["generated_tokens"],
                       response=r["response"])
 
     on_record = None if ctx.on_answer is None else (lambda i, r: ctx.on_answer(i, answer(r)))

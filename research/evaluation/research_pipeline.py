@@ -57,7 +57,8 @@ def evaluate(
         with RolloutProgress(len(chunk), desc="research", enabled=progress) as bar:
             run_rollouts(prompts, generator, searcher, tokenizer, greedy, progress=bar,
                          on_finish=done)
-    keys = ("em", "acc", "f1", "precision", "recall", "searches", "failures", "response_tokens")
+    keys = ("em", "acc", "f1", "precision", "recall", "searches", "search_failures",
+            "response_tokens")
     return average_metrics([{k: r[k] for k in keys} for r in records]), records
 
 
@@ -67,8 +68,8 @@ def record_of(item: dict, t) -> dict:
     return {
         "id": item.get("id"), "question": item["question"],
         "golden_answers": item["golden_answers"], "prediction": prediction,
-        "finish_reason": t.finish_reason, "ended_with_eos": t.ended_with_eos,
-        "searches": t.num_searches, "failures": t.num_failures,
+        "finish_reason": t.finish_reason, "complete": t.complete,
+        "searches": t.num_searches, "search_failures": t.search_failures,
         "response_tokens": len(t.response_ids), "queries": [turn.query for turn in t.turns],
         "response": t.text, "turns": [asdict(turn) for turn in t.turns],
         "generated_tokens": len(t.inserted) - sum(t.inserted),

@@ -74,7 +74,7 @@ def run_inspection(args) -> int:
     with out.open("w") as f:
         for t in trajectories:
             item = items[t.index // args.n]
-            r = reward(t.text, item["golden_answers"], ended_with_eos=t.ended_with_eos)
+            r = reward(t.text, item["golden_answers"], complete=t.complete)
             f.write(json.dumps({"question": item["question"], "golden_answers":
                                 item["golden_answers"], "reward": r.score, "reason": r.reason,
                                 **t.to_dict()}) + "\n")

@@ -98,12 +98,12 @@ class Trajectory:
         return len(self.turns)
 
     @property
-    def num_failures(self) -> int:
+    def search_failures(self) -> int:
         return sum(t.failure is not None and t.failure != protocol.INVALID_QUERY_TEXT
                    for t in self.turns)
 
     @property
-    def ended_with_eos(self) -> bool:
+    def complete(self) -> bool:
         """Whether the response ended properly: at EOS, or at ``</answer>`` when the rollout
         stops there (what the reward's EOS gate asks; over length and the turn cap do not)."""
         return self.finish_reason in COMPLETE_FINISHES

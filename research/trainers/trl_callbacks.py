@@ -37,7 +37,7 @@ class ReSearchReward:
     >>> reward = ReSearchReward("v1", StepSamples())
     >>> ok = "<think> t </think> <answer> \\\\boxed{Paris} </answer>"
     >>> reward(prompts=["q"], completions=[ok], golden_answers=[["paris"]],
-    ...        ended_with_eos=[True], num_searches=[0])
+    ...        complete=[True], num_searches=[0])
     [1.0]
     """
 
@@ -48,11 +48,11 @@ class ReSearchReward:
         self.samples = samples
         self.__name__ = f"reward_{name}"  # TRL names the reward's metrics after it
 
-    def __call__(self, prompts, completions, golden_answers, ended_with_eos, num_searches=None,
+    def __call__(self, prompts, completions, golden_answers, complete, num_searches=None,
                  log_metric=None, question_type=None, bridge_entity=None, **kwargs) -> list[float]:
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-        results = [self.fn(text, list(golds), ended_with_eos=bool(eos))
-                   for text, golds, eos in zip(texts, golden_answers, ended_with_eos,
+        results = [self.fn(text, list(golds), complete=bool(eos))
+                   for text, golds, eos in zip(texts, golden_answers, complete,
                                                strict=True)]
         reasons = Counter(r.reason for r in results)
         self.samples.reasons.update(reasons)
@@ -211,7 +211,7 @@ class ValidationCallback(TrainerCallback):
                                         batch_size=max(1, len(self.items)),
                                         progress=shows_progress(self.trainer))
         results = [self.reward_fn(rec["response"], rec["golden_answers"],
-                                  ended_with_eos=rec["ended_with_eos"]) for rec in records]
+                                  complete=rec["complete"]) for rec in records]
         n = len(results)
         record = {"step": state.global_step, "questions": n,
                   "reward": sum(x.score for x in results) / n,

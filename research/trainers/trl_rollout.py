@@ -26,7 +26,7 @@ from research.trainers.config import ConfigError, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-EXTRA_FIELDS = ("ended_with_eos", "num_searches", "num_failures", "finish_reason")
+EXTRA_FIELDS = ("complete", "num_searches", "search_failures", "finish_reason")
 
 
 def to_trl_output(trajectories) -> dict[str, list]:
@@ -42,9 +42,9 @@ def to_trl_output(trajectories) -> dict[str, list]:
         out["completion_ids"].append(list(t.response_ids))
         out["logprobs"].append(list(t.logprobs))
         out["env_mask"].append(list(t.loss_mask))
-        out["ended_with_eos"].append(t.ended_with_eos)
+        out["complete"].append(t.complete)
         out["num_searches"].append(t.num_searches)
-        out["num_failures"].append(t.num_failures)
+        out["search_failures"].append(t.search_failures)
         out["finish_reason"].append(t.finish_reason)
     return out
 
@@ -60,7 +60,7 @@ def rollout_monitors(trajectories) -> dict[str, float]:
         "rollout/searches": sum(map(len, queries)) / n,
         "rollout/empty_queries": sum(not q.strip() for qs in queries for q in qs) / n,
         "rollout/repeated_queries": sum(len(qs) - len(set(qs)) for qs in queries) / n,
-        "rollout/search_failures": sum(t.num_failures for t in trajectories) / n,
+        "rollout/search_failures": sum(t.search_failures for t in trajectories) / n,
         "rollout/turn_limit_notices": sum(t.turn_limit_notices for t in trajectories) / n,
         "rollout/inserted_share": sum(t.inserted_tokens for t in trajectories) / max(1, tokens),
     }

@@ -157,8 +157,8 @@ class ReSearchAgentLoop(AgentLoopBase):
             prompt_ids=t.prompt_ids, response_ids=t.response_ids, response_mask=t.loss_mask,
             response_logprobs=t.logprobs, metrics=clock,
             num_turns=2 * t.num_searches + 2,  # verl counts the prompt: user, assistant, ...
-            extra_fields={"num_searches": t.num_searches, "num_search_failures": t.num_failures,
-                          "ended_with_eos": t.ended_with_eos,
+            extra_fields={"num_searches": t.num_searches, "search_failures": t.search_failures,
+                          "complete": t.complete,
                           "aborted": t.finish_reason == "aborted",
                           "finish_reason": t.finish_reason, **tags})
 
@@ -185,7 +185,7 @@ class ReSearchAgentLoop(AgentLoopBase):
             prompt_ids=prompt_ids[-self.prompt_length:], response_ids=[self.end_id],
             response_mask=[0], response_logprobs=[0.0],
             metrics={"generate_sequences": 0.0, "tool_calls": 0.0}, num_turns=1,
-            extra_fields={"num_searches": 0, "num_search_failures": 0, "ended_with_eos": False,
+            extra_fields={"num_searches": 0, "search_failures": 0, "complete": False,
                           "aborted": False, "finish_reason": "prompt_too_long", **tags})
 
 

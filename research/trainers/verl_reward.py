@@ -3,8 +3,9 @@
 
 verl 0.9.1's reward loop calls ``compute_score(data_source=..., solution_str=...,
 ground_truth=..., extra_info=..., **reward_kwargs)`` per sample. ``solution_str`` is the
-response decoded without special tokens (the EOS is gone), so whether the response ended with
-EOS comes from the agent loop's ``extra_fields`` (merged into ``extra_info``). The result is a
+response decoded without special tokens (the EOS is gone), so whether the response ended
+properly (``complete``: at EOS, or at ``</answer>`` where the rollout stops there) comes from
+the agent loop's ``extra_fields`` (merged into ``extra_info``). The result is a
 dict of numbers with the same keys for every sample (verl logs them at validation and keeps
 them in its rollout dumps): ``score``, ``acc``
 (the answer was correct, every gate passed), ``format_ok`` (it passed every gate: format,
@@ -32,7 +33,7 @@ def compute_score(data_source: str | None = None, solution_str: str = "",
     """Score one response; see the module docstring.
 
     >>> r = compute_score("hotpotqa", "<think> t </think> <answer> \\\\boxed{Paris} </answer>",
-    ...                   "paris", {"ended_with_eos": True, "num_searches": 1})
+    ...                   "paris", {"complete": True, "num_searches": 1})
     >>> r["score"], r["acc"], r["format_ok"], r["searches"]
     (1.0, 1.0, 1.0, 1.0)
     """
@@ -42,9 +43,9 @@ def compute_score(data_source: str | None = None, solution_str: str = "",
                 "prompt_too_long": 1.0}
     # the research_agent loop always says; a row rolled out by another loop counts as not
     # ended (reward 0) rather than stopping verl's reward worker
-    ended = bool(info.get("ended_with_eos", False))
+    ended = bool(info.get("complete", False))
     result = get_reward_fn(reward_name)(solution_str, golden_list(ground_truth),
-                                        ended_with_eos=ended)
+                                        complete=ended)
     return {"score": float(result.score),
             "acc": float(result.correct_and_valid),
             "format_ok": float(result.valid),
