@@ -91,7 +91,7 @@ def test_trajectories_become_trls_rollout_output():
     out = to_trl_output([t])
     assert out["prompt_ids"] == [[1, 2]] and out["completion_ids"] == [[5, 6, 7, 8, 9]]
     assert out["env_mask"] == [[1, 0, 0, 1, 1]] and out["logprobs"][0][1] == 0.0
-    assert (out["complete"], out["num_searches"], out["search_failures"]) == ([True], [1], [0])
+    assert (out["complete"], out["searches"], out["search_failures"]) == ([True], [1], [0])
 
 
 def test_reward_uses_the_response_and_golden_answers_and_logs_reasons():
@@ -101,7 +101,7 @@ def test_reward_uses_the_response_and_golden_answers_and_logs_reasons():
     ok = "<think> t </think> <answer> \\boxed{Paris} </answer>"
     scores = reward(prompts=["q"] * 3, completions=[ok, ok, "no tags"],
                     golden_answers=[["paris"], ["Lyon"], ["paris"]],
-                    complete=[True, True, True], num_searches=[1, 0, 2],
+                    complete=[True, True, True], searches=[1, 0, 2],
                     log_metric=logged.__setitem__, trainer_state=None)
     assert scores == [1.0, 0.1, 0.0]
     assert samples.reasons == {"correct": 1, "wrong answer": 1, "bad format: no think tags": 1}

@@ -102,8 +102,14 @@ def test_agent_loop_skips_a_prompt_over_the_budget(tiny, caplog):
     assert len(out.prompt_ids) == 16 and out.num_turns == 1
     extra = out.extra_fields
     assert extra["finish_reason"] == "prompt_too_long"
-    assert not extra["complete"] and extra["num_searches"] == 0
+    assert not extra["complete"] and extra["searches"] == 0
     assert (extra["min_global_steps"], extra["max_global_steps"]) == (3, 3)  # the v1 tags
+    # the same fields as a rolled-out trajectory's (verl stacks each across the batch)
+    from research.rollout.engine import Trajectory
+    from research.trainers.verl_agent import extra_fields
+
+    rolled = extra_fields(Trajectory(index=0, prompt_ids=[1]))
+    assert set(extra) == {*rolled, "aborted", "min_global_steps", "max_global_steps"}
     [record] = [r for r in caplog.records if r.name == "research.trainers.verl_agent"]
     assert re.search(r"has \d+ tokens, over data.max_prompt_length=16", record.getMessage())
 
@@ -139,7 +145,7 @@ def test_agent_loop_masks_results_and_keeps_the_budget(tiny, service_url):
                    f"What is {token(3)}?")
     text = tok.decode(out.response_ids)
     assert "made up" not in text  # the tokens after </search> are dropped
-    assert out.extra_fields["num_searches"] == 1 and out.extra_fields["complete"]
+    assert out.extra_fields["searches"] == 1 and out.extra_fields["complete"]
     assert len(out.response_ids) == len(out.response_mask) == len(out.response_logprobs)
     inserted = [i for i, m in enumerate(out.response_mask) if m == 0]
     block = tok.decode([out.response_ids[i] for i in inserted])
@@ -178,7 +184,7 @@ def test_agent_loop_keeps_the_weight_versions_of_resumed_generations(tiny, servi
     server = Resumed(tok, [f"<search> {token(3)} </search>", " <answer> \\boxed{a} </answer>"])
     out = run_loop(lambda: agent_loop(tok, server, service_url), f"What is {token(3)}?")
     assert (out.extra_fields["min_global_steps"], out.extra_fields["max_global_steps"]) == (5, 8)
-    assert out.extra_fields["num_searches"] == 1
+    assert out.extra_fields["searches"] == 1
 
 
 def test_agent_loop_budget_and_failures(tiny):
@@ -377,7 +383,7 @@ def check_trajectories(tok, found: list[dict]):
         assert t["scores"][-1] == 1.0 and sum(t["scores"]) == 1.0  # on the last token only
         assert (t["reward"]["format_ok"], t["reward"]["searches"], t["reward"]["acc"]) == (
             1.0, 1.0, 1.0)
-        assert t["loop"]["num_searches"] == 1 and t["loop"]["complete"]
+        assert t["loop"]["searches"] == 1 and t["loop"]["complete"]
         assert t["num_turns"] == 4
     for t in rambled:  # the budget spent exactly, every token the model's, no reward
         assert len(t["response"]) == BUDGET and set(t["mask"]) == {1}
@@ -385,7 +391,7 @@ def check_trajectories(tok, found: list[dict]):
         assert tok.eos_token_id not in t["response"] and ANSWER in tok.decode(t["response"])
         assert set(t["scores"]) == {0.0}  # a correct answer, but over length
         assert (t["reward"]["format_ok"], t["reward"]["acc"]) == (0.0, 0.0)
-        assert t["loop"]["num_searches"] == 0 and t["num_turns"] == 2
+        assert t["loop"]["searches"] == 0 and t["num_turns"] == 2
 
 
 def test_legacy_trainers_agent_loop_worker_takes_the_loops_output(
@@ -423,7 +429,7 @@ def test_legacy_trainers_agent_loop_worker_takes_the_loops_output(
             "mask": out.batch["response_mask"][i, :n].tolist(),
             "scores": out.batch["rm_scores"][i, :n].tolist(),
             "reward": {k: extra[k][i] for k in out.meta_info["reward_extra_keys"]},
-            "loop": {k: extra[k][i] for k in ("num_searches", "finish_reason", "complete")},
+            "loop": {k: extra[k][i] for k in ("searches", "finish_reason", "complete")},
             "num_turns": int(extra["__num_turns__"][i])})
     check_trajectories(tok, found)
     assert {"format_ok", "searches", "acc"} <= set(out.meta_info["reward_extra_keys"])

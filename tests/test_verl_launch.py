@@ -20,7 +20,7 @@ def test_reward_entry_scores_with_the_projects_reward():
 
     keys = {"score", "acc", "format_ok", "searches", "prompt_too_long"}
     ok = compute_score("hotpotqa", ANSWER, np.array(["Paris", "paris city"]),
-                       {"complete": True, "num_searches": 2})
+                       {"complete": True, "searches": 2})
     assert ok == {"score": 1.0, "acc": 1.0, "format_ok": 1.0, "searches": 2.0,
                   "prompt_too_long": 0.0}
     skipped = compute_score("hotpotqa", "", "Paris", {"finish_reason": "prompt_too_long"})

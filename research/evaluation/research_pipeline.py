@@ -68,9 +68,7 @@ def record_of(item: dict, t) -> dict:
     return {
         "id": item.get("id"), "question": item["question"],
         "golden_answers": item["golden_answers"], "prediction": prediction,
-        "finish_reason": t.finish_reason, "complete": t.complete,
-        "searches": t.num_searches, "search_failures": t.search_failures,
-        "response_tokens": len(t.response_ids), "queries": [turn.query for turn in t.turns],
+        **t.summary(), "response_tokens": len(t.response_ids),
         "response": t.text, "turns": [asdict(turn) for turn in t.turns],
         "generated_tokens": len(t.inserted) - sum(t.inserted),
         **compute_metrics(prediction, item["golden_answers"]),

@@ -112,6 +112,13 @@ class Trajectory:
     def inserted_tokens(self) -> int:
         return sum(self.inserted)
 
+    def summary(self) -> dict:
+        """What every consumer records of a trajectory, under one set of names: TRL's extra
+        fields, verl's, the evaluation records, validation and rollout dumps."""
+        return {"searches": self.num_searches, "search_failures": self.search_failures,
+                "complete": self.complete, "finish_reason": self.finish_reason,
+                "queries": [turn.query for turn in self.turns]}
+
     def to_dict(self) -> dict:
         return asdict(self)
 

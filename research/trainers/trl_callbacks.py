@@ -37,7 +37,7 @@ class ReSearchReward:
     >>> reward = ReSearchReward("v1", StepSamples())
     >>> ok = "<think> t </think> <answer> \\\\boxed{Paris} </answer>"
     >>> reward(prompts=["q"], completions=[ok], golden_answers=[["paris"]],
-    ...        complete=[True], num_searches=[0])
+    ...        complete=[True], searches=[0])
     [1.0]
     """
 
@@ -48,7 +48,7 @@ class ReSearchReward:
         self.samples = samples
         self.__name__ = f"reward_{name}"  # TRL names the reward's metrics after it
 
-    def __call__(self, prompts, completions, golden_answers, complete, num_searches=None,
+    def __call__(self, prompts, completions, golden_answers, complete, searches=None,
                  log_metric=None, question_type=None, bridge_entity=None, **kwargs) -> list[float]:
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         results = [self.fn(text, list(golds), complete=bool(eos))
@@ -69,8 +69,8 @@ class ReSearchReward:
             # passes every gate of the reward (format, proper end, a box): the share GRPO
             # can tell apart from invalid samples at all
             log_metric("format_valid", sum(r.valid for r in results) / len(results))
-            if num_searches is not None:
-                log_metric("searches_per_answer", sum(num_searches) / len(num_searches))
+            if searches is not None:
+                log_metric("searches_per_answer", sum(searches) / len(searches))
         logger.info("reward reasons: %s", dict(reasons.most_common()))
         return [r.score for r in results]
 

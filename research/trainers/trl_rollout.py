@@ -26,7 +26,7 @@ from research.trainers.config import ConfigError, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-EXTRA_FIELDS = ("complete", "num_searches", "search_failures", "finish_reason")
+EXTRA_FIELDS = ("searches", "search_failures", "complete", "finish_reason", "queries")  # summary()
 
 
 def to_trl_output(trajectories) -> dict[str, list]:
@@ -42,10 +42,8 @@ def to_trl_output(trajectories) -> dict[str, list]:
         out["completion_ids"].append(list(t.response_ids))
         out["logprobs"].append(list(t.logprobs))
         out["env_mask"].append(list(t.loss_mask))
-        out["complete"].append(t.complete)
-        out["num_searches"].append(t.num_searches)
-        out["search_failures"].append(t.search_failures)
-        out["finish_reason"].append(t.finish_reason)
+        for key, value in t.summary().items():
+            out[key].append(value)
     return out
 
 

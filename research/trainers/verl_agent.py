@@ -157,10 +157,7 @@ class ReSearchAgentLoop(AgentLoopBase):
             prompt_ids=t.prompt_ids, response_ids=t.response_ids, response_mask=t.loss_mask,
             response_logprobs=t.logprobs, metrics=clock,
             num_turns=2 * t.num_searches + 2,  # verl counts the prompt: user, assistant, ...
-            extra_fields={"num_searches": t.num_searches, "search_failures": t.search_failures,
-                          "complete": t.complete,
-                          "aborted": t.finish_reason == "aborted",
-                          "finish_reason": t.finish_reason, **tags})
+            extra_fields={**extra_fields(t), "aborted": t.finish_reason == "aborted", **tags})
 
     def prompt_too_long(self, question: str, prompt_ids: list[int],
                         global_steps: int | None) -> AgentLoopOutput:
@@ -185,8 +182,15 @@ class ReSearchAgentLoop(AgentLoopBase):
             prompt_ids=prompt_ids[-self.prompt_length:], response_ids=[self.end_id],
             response_mask=[0], response_logprobs=[0.0],
             metrics={"generate_sequences": 0.0, "tool_calls": 0.0}, num_turns=1,
-            extra_fields={"num_searches": 0, "search_failures": 0, "complete": False,
-                          "aborted": False, "finish_reason": "prompt_too_long", **tags})
+            extra_fields={"searches": 0, "search_failures": 0, "complete": False,
+                          "finish_reason": "prompt_too_long", "aborted": False, **tags})
+
+
+def extra_fields(t) -> dict:
+    """The trajectory's summary as verl's extra fields, without its queries: verl stacks each
+    field across a batch into a numpy object array, where lists of queries (ragged, or of one
+    length within a worker's batch and another in the next) would not concatenate."""
+    return {k: v for k, v in t.summary().items() if k != "queries"}
 
 
 def weight_versions(server_fields: list[dict]) -> dict[str, int]:

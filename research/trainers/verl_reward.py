@@ -33,7 +33,7 @@ def compute_score(data_source: str | None = None, solution_str: str = "",
     """Score one response; see the module docstring.
 
     >>> r = compute_score("hotpotqa", "<think> t </think> <answer> \\\\boxed{Paris} </answer>",
-    ...                   "paris", {"complete": True, "num_searches": 1})
+    ...                   "paris", {"complete": True, "searches": 1})
     >>> r["score"], r["acc"], r["format_ok"], r["searches"]
     (1.0, 1.0, 1.0, 1.0)
     """
@@ -49,4 +49,4 @@ def compute_score(data_source: str | None = None, solution_str: str = "",
     return {"score": float(result.score),
             "acc": float(result.correct_and_valid),
             "format_ok": float(result.valid),
-            "searches": float(info.get("num_searches", 0) or 0), "prompt_too_long": 0.0}
+            "searches": float(info.get("searches", 0) or 0), "prompt_too_long": 0.0}
