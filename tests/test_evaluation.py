@@ -281,7 +281,7 @@ def model_server(tiny):
     import uvicorn
     from conftest import free_port
 
-    from research.models.server import create_model_app
+    from research.rollout.server import create_model_app
 
     model, tok = tiny
     port = free_port()

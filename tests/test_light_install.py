@@ -13,7 +13,7 @@ LIGHT_MODULES = [
     "research.serving.app", "research.serving.config", "research.serving.loading",
     "research.serving.launch",
     "research.rollout.engine", "research.rollout.generation", "research.rollout.backends.vllm",
-    "research.rollout.backends.openai_http", "research.models.server",
+    "research.rollout.backends.openai_http", "research.rollout.server",
     "research.models.loading", "research.rollout.commands",
     "research.trainers", "research.trainers.trl_settings", "research.trainers.config",
     "research.trainers.commands", "research.trainers.trl_rollout",

@@ -44,7 +44,7 @@ def server(tiny):
     import uvicorn
     from conftest import free_port
 
-    from research.models.server import create_model_app
+    from research.rollout.server import create_model_app
 
     model, tok = tiny
     app = create_model_app(model, tok, model_name="tiny")

@@ -52,7 +52,7 @@ class DataSection:
 @dataclass
 class GeneratorSection:
     backend: str = _f("local", "local: a Hugging Face model in this process; openai: an "
-                      "OpenAI-compatible server (vLLM, SGLang, research.models.server)",
+                      "OpenAI-compatible server (vLLM, SGLang, research.rollout.server)",
                       ("local", "openai"))
     model: str = _f("qwen2.5-0.5b", "local: a packaged model name or a model folder; openai: "
                     "the tokenizer's folder (prompts travel as token ids)")

@@ -1,6 +1,7 @@
 """Models usable offline: packaged small models turned into local Hugging Face folders, loaded
-for generation (:func:`load_model`) or served with an OpenAI-compatible API
-(:mod:`research.models.server`), and the tiny randomly initialised model the tests use.
+for generation (:func:`load_model`; served with an OpenAI-compatible API by
+:mod:`research.rollout.server`), and the tiny randomly initialised model the tests use. A
+leaf of the package: nothing here imports the rollout, trainers or evaluation.
 
 Heavy imports (torch, transformers) happen inside the functions, not at import time.
 """

@@ -1,5 +1,5 @@
 """OpenAI-compatible HTTP backend: ``/v1/completions`` of vLLM, SGLang or
-``research.models.server``, with token-id prompts and token-id results.
+``research.rollout.server``, with token-id prompts and token-id results.
 
 One request per sequence, sent concurrently from a bounded thread pool; in a rollout
 (:meth:`OpenAIGenerator.generate_continuous`) each sequence's next turn is sent as soon as its

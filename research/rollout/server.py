@@ -29,7 +29,7 @@ Hugging Face backend records them. With ``logprobs >= 2`` the top-N alternatives
 teacher-forced forward pass over prompt + completion after generation; with ``logprobs`` 0 or
 1, ``top_logprobs`` holds the sampled token only (vLLM adds the top-1 at 1).
 
-Run: ``python -m research.models.server --model PATH --port 8001``.
+Run: ``python -m research.rollout.server --model PATH --port 8001``.
 """
 
 from __future__ import annotations
