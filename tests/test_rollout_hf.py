@@ -472,3 +472,35 @@ def test_continuous_rollouts_equal_turn_by_turn_ones_with_fewer_decode_steps(tin
                                    atol=2e-4, rtol=1e-4)
     assert runs[True][1].turns[0].doc_ids == ["doc-7"]
     assert runs[True, "steps"] < runs[False, "steps"]
+
+
+def test_the_backends_declare_their_abilities(tiny):
+    """The rollout loop finds a backend's optional abilities through declared protocols, not
+    attribute probing: continuous batching, KV caches kept across turns, per-step reports."""
+    from research.rollout.backends.openai_http import OpenAIGenerator
+    from research.rollout.generation import (
+        ContinuousGenerator,
+        Generator,
+        KeepsTurns,
+        ReportsSteps,
+        runs_continuously,
+    )
+
+    model, tok = tiny
+    hf = HFGenerator(model, tok)
+    assert isinstance(hf, Generator) and isinstance(hf, ContinuousGenerator)
+    assert isinstance(hf, KeepsTurns) and isinstance(hf, ReportsSteps)
+    assert runs_continuously(hf) and not runs_continuously(HFGenerator(model, tok,
+                                                                       continuous=False))
+    with OpenAIGenerator("http://127.0.0.1:9", "m", tok,
+                         eos_token_ids=[tok.eos_token_id]) as remote:
+        assert runs_continuously(remote) and not isinstance(remote, KeepsTurns)
+
+    class Plain:
+        eos_token_ids = frozenset({0})
+
+        def generate(self, prompts, params):
+            return []
+
+    assert isinstance(Plain(), Generator) and not runs_continuously(Plain())
+    assert not isinstance(Plain(), (KeepsTurns, ReportsSteps))

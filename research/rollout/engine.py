@@ -43,7 +43,14 @@ from typing import Literal, NamedTuple, Protocol
 from research import protocol
 from research.retrieval.base import Hit
 from research.retrieval.client import SearchError, SearchRequestError
-from research.rollout.generation import Generation, Generator, SamplingParams
+from research.rollout.generation import (
+    Generation,
+    Generator,
+    KeepsTurns,
+    ReportsSteps,
+    SamplingParams,
+    runs_continuously,
+)
 from research.rollout.settings import RolloutSettings
 
 logger = logging.getLogger(__name__)
@@ -317,12 +324,12 @@ def run_rollouts(
     """
     state = RolloutState(settings or RolloutSettings(), tokenizer)
     trajectories = [Trajectory(index=i, prompt_ids=list(p)) for i, p in enumerate(prompts)]
-    if getattr(generator, "continuous", False):
+    if runs_continuously(generator):
         with _reporting(generator, progress):
             _run_continuous(trajectories, generator, searcher, state, progress, on_finish)
         return trajectories
-    turns = getattr(generator, "turns", None)  # a backend that keeps KV caches across turns
-    with _reporting(generator, progress), (turns() if turns else contextlib.nullcontext()):
+    keeps = generator.turns() if isinstance(generator, KeepsTurns) else contextlib.nullcontext()
+    with _reporting(generator, progress), keeps:
         turn = 0
         while active := [t for t in trajectories if t.finish_reason is None]:
             turn += 1
@@ -372,7 +379,7 @@ def _run_continuous(trajectories: list[Trajectory], generator, searcher, state: 
 @contextlib.contextmanager
 def _reporting(generator: Generator, progress):
     """Hand ``progress.tokens`` to a backend that reports its decode steps (``on_step``)."""
-    if progress is None or not hasattr(generator, "on_step"):
+    if progress is None or not isinstance(generator, ReportsSteps):
         yield
         return
     before = generator.on_step

@@ -15,6 +15,7 @@ sample: where a server does not return it, the generation ends without it (its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -82,6 +83,43 @@ class Generator(Protocol):
 # gets back, for each, None (done) or ``(token_ids, params)``: that sequence's next turn.
 NextTurn = Callable[[list[tuple[int, "Generation"]]],
                     list["tuple[Sequence[int], SamplingParams] | None"]]
+
+
+@runtime_checkable
+class ContinuousGenerator(Generator, Protocol):
+    """A backend that batches continuously across turns (the Hugging Face and the
+    OpenAI-compatible ones): a sequence that ends a turn gets its next turn at once, while the
+    others go on decoding. ``continuous`` False: offered but switched off (the rollout then
+    goes turn by turn through ``generate``)."""
+
+    continuous: bool
+
+    def generate_continuous(self, prompts: Sequence[Sequence[int]],
+                            params: Sequence[SamplingParams], next_turn: NextTurn) -> None:
+        """Generate every prompt; whenever sequences end, ``next_turn`` answers for each
+        None (done) or its next turn, which joins the running batch."""
+        ...
+
+
+@runtime_checkable
+class KeepsTurns(Protocol):
+    """A backend that keeps each sequence's KV cache from one ``generate`` call to the next
+    inside ``turns()`` (the weights do not change meanwhile)."""
+
+    def turns(self) -> contextlib.AbstractContextManager: ...
+
+
+@runtime_checkable
+class ReportsSteps(Protocol):
+    """A backend that tells ``on_step`` (when set) how many tokens each decode step sampled
+    (the progress line moves inside a long turn)."""
+
+    on_step: Callable[[int], None] | None
+
+
+def runs_continuously(generator) -> bool:
+    """Whether the rollout loop drives ``generator`` continuously."""
+    return isinstance(generator, ContinuousGenerator) and bool(generator.continuous)
 
 
 class FirstTurns:
