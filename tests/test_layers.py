@@ -1,5 +1,6 @@
-"""The package's floors: a lower room never imports a higher one. Read from the source (every
-``import`` and ``from ... import``, at any depth, deferred ones included)."""
+"""The package's floors: no room imports a room above it, and ``research.models`` is a leaf.
+Read from the source (every ``import`` and ``from ... import``, at any depth, deferred ones
+included), so an import inside a function counts as much as one at the top."""
 
 from __future__ import annotations
 
@@ -12,38 +13,58 @@ import research
 
 ROOT = Path(research.__file__).parent
 
-# what each room may import from the project, beside itself (the leaves first)
-ALLOWED = {
-    "models": {"research.paths", "research.errors"},
+# each room (a subpackage, or a module directly under research/) and its floor: a room may
+# import its own floor and those below, never one above
+FLOORS = {
+    "errors": 0, "paths": 0, "protocol": 0, "http": 0, "metrics": 0, "configtree": 0,
+    "behaviour": 1, "rewards": 1, "data": 1, "models": 1, "retrieval": 1,
+    "serving": 2, "rollout": 2,
+    "evaluation": 3, "report": 3,
+    "trainers": 4,
+    "quickstart": 5,
+    "cli": 6,
 }
+LEAVES = {"models": {"errors", "paths"}}  # what a leaf may import beside itself
 
 
-def project_imports(room: str) -> dict[str, set[str]]:
-    """``{file: {imported research modules}}`` of every module in ``research/<room>``."""
-    out = {}
-    for path in sorted((ROOT / room).rglob("*.py")):
+def rooms_imported() -> dict[str, dict[str, set[str]]]:
+    """``{room: {file: {rooms it imports}}}`` over every module of the package."""
+    out: dict[str, dict[str, set[str]]] = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.name == "__init__.py" and len(rel.parts) == 1:
+            continue
+        room = rel.parts[0] if len(rel.parts) > 1 else rel.stem
         names = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module)
-        out[str(path.relative_to(ROOT))] = {n for n in names if n.startswith("research")}
+                names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        rooms = {n.split(".")[1] for n in names if n.startswith("research.")}
+        out.setdefault(room, {})[str(rel)] = {r for r in rooms if r in FLOORS and r != room}
     return out
 
 
-@pytest.mark.parametrize("room", sorted(ALLOWED))
-def test_a_leaf_imports_nothing_above_it(room):
-    own = f"research.{room}"
-    found = {f: {n for n in names if not (n == own or n.startswith(own + "."))
-                 and n not in ALLOWED[room]}
-             for f, names in project_imports(room).items()}
-    assert not {f: n for f, n in found.items() if n}, found
-    assert project_imports(room)  # the walk found the room's files
+def test_every_room_has_a_floor():
+    assert set(rooms_imported()) <= set(FLOORS), set(rooms_imported()) - set(FLOORS)
+
+
+def test_no_room_imports_a_room_above_it():
+    upward = {f"{file} ({room}, floor {FLOORS[room]})": sorted(
+                  f"{r} (floor {FLOORS[r]})" for r in imported if FLOORS[r] > FLOORS[room])
+              for room, files in rooms_imported().items() for file, imported in files.items()}
+    assert not {k: v for k, v in upward.items() if v}
+
+
+@pytest.mark.parametrize("room", sorted(LEAVES))
+def test_a_leaf_imports_only_what_it_may(room):
+    files = rooms_imported()[room]
+    assert files and all(imported <= LEAVES[room] for imported in files.values()), files
 
 
 def test_the_walk_sees_deferred_imports(tmp_path, monkeypatch):
-    (tmp_path / "leaf").mkdir()
-    (tmp_path / "leaf" / "m.py").write_text("def f():\n    from research.rollout import x\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.py").write_text("def f():\n    from research.rollout import x\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
-    assert project_imports("leaf") == {"leaf/m.py": {"research.rollout"}}
+    assert rooms_imported() == {"models": {"models/m.py": {"rollout"}}}
