@@ -131,7 +131,7 @@ EXAMPLES: dict[str, tuple[str, str]] = {
         r"<answer> The final answer is \[ \boxed{King Wu of Zhou} \] </answer>",
     ),
     # one search, a short fact copied into the box (measured: small models pass the format
-    # more often with it; benchmarks/signal.py)
+    # more often with it: benchmarks/probe.py, benchmarks/results/probe.json)
     "one-search": (
         "In which year was the Eiffel Tower completed?",
         "<think> I need the year the Eiffel Tower was completed. </think> "
