@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     from research.models.prepare import prepare_model
     from research.serving.launch import search_client
     from research.trainers.config import load_config
-    from research.trainers.trl_engine import set_threads, training_questions
+    from research.trainers.run_setup import training_questions
+    from research.trainers.trl_engine import set_threads
 
     settings = args.setting or [("config", [])]
     configs = {name: load_config(args.config, [*args.overrides, *extra])

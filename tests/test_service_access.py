@@ -89,3 +89,22 @@ def test_a_run_that_starts_its_own_service_guards_it_with_the_same_variable(tmp_
         assert "api_key_env: RUN_TOKEN" in (tmp_path / "serving_config.yaml").read_text()
         assert client.batch_search(["Aruba population"], 1)[0][0].id == "ff-aa-population"
         assert httpx.post(f"{client.base_url}/search", json={"query": "x"}).status_code == 401
+
+
+def test_a_runs_search_client_is_one_function_for_both_engines(tmp_path, service_url):
+    """run_searcher: None when the run never searches, a clear error without a URL or an
+    embedded corpus, a working client on a URL (training and evaluation both call it)."""
+    from types import SimpleNamespace as NS
+
+    from research.errors import ConfigError
+    from research.serving.launch import run_searcher
+
+    section = NS(search_url=None, timeout=5.0, retries=0, api_key_env=None)
+    with run_searcher(section, "squad-open-mini", tmp_path, needed=False) as client:
+        assert client is None
+    with pytest.raises(ConfigError, match="retrieval.search_url.*retrieval.corpus"), \
+            run_searcher(section, "my-own.jsonl", tmp_path):
+        pass
+    with run_searcher(NS(**{**vars(section), "search_url": service_url}), None,
+                      tmp_path) as client:
+        assert client.health()["status"] == "healthy"

@@ -566,7 +566,7 @@ def test_verls_wandb_tracking_starts_offline_without_a_key(tmp_path):
     import subprocess
     import sys
 
-    from research.trainers.verl_launch import wandb_env
+    from research.trainers.run_setup import wandb_env
 
     config = load_config("original", [f"run.output_dir={tmp_path}"], engine="verl")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}

@@ -181,27 +181,6 @@ def open_generator(config: EvalConfig) -> Iterator[tuple[object, object]]:
         yield generator, tokenizer
 
 
-@contextlib.contextmanager
-def open_searcher(config: EvalConfig, out: Path, needed: bool) -> Iterator[object | None]:
-    """A ``SearchClient`` on ``retrieval.search_url`` or on a service started for the run."""
-    from research.data import embedded
-    from research.serving.launch import search_client
-
-    r = config.retrieval
-    if not needed:
-        yield None
-        return
-    corpus = r.corpus or config.data.dataset_name
-    if r.search_url is None and corpus not in embedded.EMBEDDED:
-        raise ConfigError(
-            f"no retrieval service for {config.data.dataset_name}: set retrieval.search_url to "
-            "a running service (python rag_serving/serving.py), or retrieval.corpus to an "
-            f"embedded corpus ({', '.join(embedded.EMBEDDED)})")
-    with search_client(r.search_url, corpus, out, r.timeout, r.retries,
-                       r.api_key_env) as client:
-        yield client
-
-
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -293,9 +272,13 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
         if warning:
             logger.warning(warning)
     if pending:
+        from research.serving.launch import run_searcher
+
         with (contextlib.nullcontext(backend) if backend else open_generator(config)) as (
                 generator, tokenizer), \
-                open_searcher(config, out, method not in RETRIEVAL_FREE) as searcher:
+                run_searcher(config.retrieval, config.retrieval.corpus
+                             or config.data.dataset_name, out,
+                             method not in RETRIEVAL_FREE) as searcher:
             bar = tqdm(total=len(items), initial=len(done), desc=f"{method} {run_name(config)}",
                        unit="q", disable=not progress, dynamic_ncols=True)
             with bar, items_path.open("a", encoding="utf-8") as sink:

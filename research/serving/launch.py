@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from research.errors import ResearchError
+from research.errors import ConfigError, ResearchError
 from research.retrieval.client import SearchClient
 
 
@@ -72,6 +72,30 @@ def running_service(config: Path, log_path: Path, timeout: float = 300
     finally:
         service.process.terminate()
         service.process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def run_searcher(retrieval, corpus: str | None, out: Path, needed: bool = True
+                 ) -> Iterator[SearchClient | None]:
+    """The search client of a training or evaluation run: on ``retrieval.search_url``, or on
+    a BM25 service over the embedded ``corpus`` started for the run (its files in ``out``);
+    None when the run never searches (``needed`` false: the closed-book control, the
+    retrieval-free methods). ``retrieval`` is the config's retrieval section (``search_url``,
+    ``timeout``, ``retries``, ``api_key_env``); a ConfigError names the keys when there is
+    neither a URL nor an embedded corpus."""
+    if not needed:
+        yield None
+        return
+    from research.data import embedded
+
+    if retrieval.search_url is None and corpus not in embedded.EMBEDDED:
+        raise ConfigError(
+            f"no retrieval service for the corpus {corpus!r}: set retrieval.search_url to a "
+            "running service (python rag_serving/serving.py), or retrieval.corpus to an "
+            f"embedded corpus ({', '.join(embedded.EMBEDDED)})")
+    with search_client(retrieval.search_url, corpus, out, retrieval.timeout,
+                       retrieval.retries, retrieval.api_key_env) as client:
+        yield client
 
 
 @contextlib.contextmanager

@@ -9,10 +9,12 @@ logging; the engine is three modules:
 - :mod:`research.trainers.trl_callbacks`: :class:`~research.trainers.trl_callbacks.ReSearchReward`
   (the reward function) and the ``TrainerCallback`` s writing ``metrics.jsonl``,
   ``rollouts.jsonl`` and ``validation.jsonl`` in the run directory.
-- this module, the run: the questions (:func:`training_questions`, :func:`build_dataset`),
-  ``trl.GRPOConfig`` (:func:`grpo_config`), checkpoints and resuming (:func:`check_resume`),
-  the retrieval service, LoRA, the final model (:func:`save_final`), the figures and the
-  report (``report.html``, :mod:`research.report`).
+- this module, the run: TRL's dataset (:func:`build_dataset`), ``trl.GRPOConfig``
+  (:func:`grpo_config`), checkpoints and resuming (:func:`check_resume`), LoRA, the final
+  model (:func:`save_final`), the figures and the report (``report.html``,
+  :mod:`research.report`); what both engines set up alike (the questions, wandb, the LoRA
+  scaling) is :mod:`research.trainers.run_setup`, the run's search client
+  :func:`research.serving.launch.run_searcher`.
 
 :func:`train` runs a :class:`~research.trainers.config.TrainConfig` and returns the run
 directory; :func:`prepared_run` builds everything without training (tests use it).
@@ -34,6 +36,7 @@ from research.report import write_report
 from research.rollout import settings as rollout_settings
 from research.trainers.config import ConfigError, TrainConfig, world_size
 from research.trainers.plot import plot_training, plot_validation
+from research.trainers.run_setup import lora_alpha, training_questions, wandb_env
 from research.trainers.trl_callbacks import (
     ProgressBar,
     ReSearchReward,
@@ -47,21 +50,6 @@ logger = logging.getLogger(__name__)
 
 
 # --- data -----------------------------------------------------------------------------------
-
-
-def training_questions(source: str, split: str, limit: int | None, kind: str | None = None,
-                       seed: int | None = None) -> list[dict]:
-    """The questions of ``data.train`` / ``data.dev``
-    (:func:`research.data.questions.load_questions`), or a ConfigError naming the keys to
-    check when none are left."""
-    from research.data.questions import load_questions
-
-    items = load_questions(source, split, limit, kind, seed)
-    if not items:
-        raise ConfigError(f"no questions in {source} ({split}"
-                          f"{f', metadata.type {kind}' if kind else ''}): check data.train / "
-                          "data.dev and data.train_type / data.dev_type")
-    return items
 
 
 def build_dataset(items: Sequence[dict]):
@@ -177,21 +165,6 @@ def check_resume(config: TrainConfig) -> Path | None:
     return checkpoint
 
 
-@contextlib.contextmanager
-def retrieval(config: TrainConfig, out: Path) -> Iterator:
-    """A ``SearchClient`` on ``retrieval.search_url``, or on a service started for the run;
-    None for the closed-book control (``rollout.search: false``), which never searches."""
-    from research.serving.launch import search_client
-
-    rc = config.retrieval
-    if not config.rollout.search:
-        yield None
-        return
-    with search_client(rc.search_url, rc.corpus, out, rc.timeout, rc.retries,
-                       rc.api_key_env) as client:
-        yield client
-
-
 def _wandb_env(config: TrainConfig) -> None:
     if config.run.wandb == "off":
         return
@@ -200,11 +173,8 @@ def _wandb_env(config: TrainConfig) -> None:
     if importlib.util.find_spec("wandb") is None:
         raise ConfigError(f"run.wandb={config.run.wandb} needs the wandb package: pip install "
                           "wandb, or set run.wandb=off")
+    os.environ.update(wandb_env(config))
     os.environ.setdefault("WANDB_PROJECT", config.run.wandb_project)
-    os.environ["WANDB_MODE"] = config.run.wandb
-    if config.run.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
-        raise ConfigError("run.wandb=online needs WANDB_API_KEY in the environment (never a "
-                          "flag); or use run.wandb=offline")
 
 
 def lora_config(config: TrainConfig, model_path: str | None = None):
@@ -222,7 +192,7 @@ def lora_config(config: TrainConfig, model_path: str | None = None):
     targets, layers = "all-linear", None
     if m.lora_layers is not None:
         targets, layers = _top_layer_targets(model_path, m.lora_layers)
-    return LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha or 2 * m.lora_rank,
+    return LoraConfig(r=m.lora_rank, lora_alpha=lora_alpha(m),
                       lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM",
                       layers_to_transform=layers)
 
@@ -301,7 +271,11 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
     (out / "train_config.yaml").write_text(_yaml(config.to_dict()), encoding="utf-8")
     rollout_settings.save(config.rollout, out)
     samples = StepSamples()
-    with retrieval(config, out) as client, _silence_experimental():
+    from research.serving.launch import run_searcher
+
+    # None for the closed-book control (rollout.search: false), which never searches
+    with run_searcher(config.retrieval, config.retrieval.corpus, out,
+                      config.rollout.search) as client, _silence_experimental():
         rollout = ReSearchRollout(config, tokenizer, client, samples, make_logits_processors)
         callbacks = [RunRecorder(out, samples, config.run.rollout_samples)]
         if config.run.eval_steps:

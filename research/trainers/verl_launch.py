@@ -35,6 +35,7 @@ import yaml
 
 from research.errors import MissingDependency, cli_command
 from research.trainers.config import ConfigError, TrainConfig, load_config
+from research.trainers.run_setup import CHECKOUT, lora_alpha, training_questions, wandb_env
 
 AGENT_NAME = "research_agent"
 log = logging.getLogger(__name__)
@@ -61,18 +62,6 @@ def agent_loop_entries(config: TrainConfig, search_url: str) -> list[dict]:
              "search_timeout": rc.timeout, "search_retries": rc.retries,
              "search_api_key_env": rc.api_key_env,
              "max_concurrent_searches": config.cluster.max_concurrent_searches}]
-
-
-def wandb_env(config: TrainConfig, environ=os.environ) -> dict[str, str]:
-    """The wandb variables of the driver and of every Ray worker (never the key: that stays
-    in the environment); refuses ``online`` without ``WANDB_API_KEY``."""
-    mode = config.run.wandb
-    if mode == "online" and not environ.get("WANDB_API_KEY"):
-        raise ConfigError("run.wandb=online needs WANDB_API_KEY in the environment of the "
-                          "launch (and of every `ray start` on a running cluster); never a "
-                          "flag. Or set run.wandb=offline")
-    return {"WANDB_MODE": "disabled" if mode == "off" else mode,
-            "WANDB_DIR": str(Path(config.run.output_dir).resolve())}
 
 
 def warn_wandb_key_on_every_node(config: TrainConfig) -> None:
@@ -110,7 +99,7 @@ def runtime_env(config: TrainConfig) -> dict[str, str]:
     o = {env + k: v for k, v in wandb_env(config).items()}
     if config.cluster.nnodes > 1:
         o["ray_kwargs.ray_init.runtime_env.py_executable"] = sys.executable
-        o[env + "PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+        o[env + "PYTHONPATH"] = str(CHECKOUT)
     return o
 
 
@@ -142,7 +131,7 @@ def _model(config: TrainConfig, model_path: str) -> dict:
          "actor_rollout_ref.ref.fsdp_config.model_dtype": "bf16"}
     if m.lora_rank:
         o |= {"actor_rollout_ref.model.lora_rank": m.lora_rank,
-              "actor_rollout_ref.model.lora_alpha": m.lora_alpha or 2 * m.lora_rank,
+              "actor_rollout_ref.model.lora_alpha": lora_alpha(m),
               "actor_rollout_ref.model.target_modules": "all-linear"}
     return o
 
@@ -237,14 +226,9 @@ def rows_file(source: str, split: str, limit: int | None, out: Path, kind: str |
                               f"which rows .parquet files do not carry: give {source}'s "
                               "embedded set or .jsonl instead, or set the type to null")
         return str(Path(source).resolve())
-    from research.data.questions import load_questions
     from research.data.rows import make_row, write_rows
 
-    items = load_questions(source, split, limit, kind=kind, seed=seed)
-    if not items:
-        raise ConfigError(f"no questions in {source} ({split}"
-                          f"{f', metadata.type {kind}' if kind else ''}): check data.train / "
-                          "data.dev and data.train_type / data.dev_type")
+    items = training_questions(source, split, limit, kind, seed)
     name = Path(source).parent.name if source.endswith(".jsonl") else source  # NAME/SPLIT.jsonl
     rows = [make_row(it["question"], [str(a) for a in it["golden_answers"]],
                      id=str(it.get("id", i)), data_source=name, index=i)
@@ -352,7 +336,7 @@ def shared_paths(hydra: list[str]) -> list[str]:
             "actor_rollout_ref.rollout.agent.agent_loop_config_path=",
             "reward.custom_reward_function.path=", "trainer.default_local_dir=")
     found = [line.split("=", 1)[1] for line in hydra if line.startswith(keys)]
-    return [sys.executable, str(Path(__file__).resolve().parents[2]), *dict.fromkeys(found)]
+    return [sys.executable, str(CHECKOUT), *dict.fromkeys(found)]
 
 
 def main(argv: list[str] | None = None) -> int:
