@@ -287,14 +287,14 @@ def test_restart_during_a_rollout_short_downtime(bm25_index):
 
 @pytest.mark.slow
 def test_restart_during_a_rollout_ten_seconds_down(bm25_index, tmp_path):
-    """The service process stopped and started again, unreachable for 10 s (the new process
-    is launched so that its load and warm-up end the 10 s)."""
+    """The service process stopped and started again, unreachable for at least 10 s (the new
+    process is launched 10 s after the old one stopped; its start adds a few seconds, within
+    the client's 30 s retry budget). Launching it earlier, to end its start at 10 s, assumed
+    the second start takes as long as the first: on a loaded machine it did not (9.9 s)."""
     cfg = tmp_path / "serving.yaml"
     cfg.write_text(f"retriever:\n  index_dir: {bm25_index}\n")
     port = free_port()
-    began = time.monotonic()
     procs = [start_service(cfg, port=port)[0]]
-    start_time = time.monotonic() - began
     down = {}
 
     def restart():
@@ -305,11 +305,11 @@ def test_restart_during_a_rollout_ten_seconds_down(bm25_index, tmp_path):
             procs.append(start_service(cfg, port=port)[0])
             down["for"] = time.monotonic() - down["at"]
 
-        threading.Timer(max(0.0, 10.0 - start_time), again).start()
+        threading.Timer(10.0, again).start()
 
     try:
         _check_no_failed_turn(_rollout_across(f"http://127.0.0.1:{port}", restart))
         print(f"\nservice unreachable for {down['for']:.1f} s; no failed turn")
-        assert down["for"] >= 10.0
+        assert 10.0 <= down["for"] < 30.0  # inside the client's retry budget
     finally:
         stop(procs[-1])
