@@ -49,19 +49,6 @@ REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = ("limit", "hf", "llama.cpp", "ctranslate2")
 
 
-def cpu_name() -> str:
-    """The CPU's model name and its vector extensions that matter here."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                 if ln.startswith("model name")), "unknown")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
-                      if ln.startswith("flags")), []))
-    return f"{name} ({', '.join(sorted(flags & {'avx2', 'avx512f', 'avx512_bf16', 'amx_bf16'}))})"
-
-
 def peers_dir() -> Path:
     from research.paths import cache_root
 
@@ -198,7 +185,7 @@ def llama_bench(binary: Path, gguf: Path, batches: list[int], prompt: int, new: 
 CT2_CHILD = r"""
 import json, sys, time
 import ctranslate2
-spec = json.loads(sys.argv[1])
+spec = json.load(open(sys.argv[1]))  # the spec's file (the prompts are long for argv)
 gen = ctranslate2.Generator(spec["model"], device="cpu", compute_type=spec["compute_type"],
                             inter_threads=1, intra_threads=spec["threads"])
 kw = dict(sampling_topk=1, include_prompt_in_result=False)
@@ -226,9 +213,8 @@ def run_ct2(python: Path, folder: Path, compute_type: str, tokens: list[list[str
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     try:
-        done = subprocess.run([str(python), "-c", CT2_CHILD.replace(
-            "json.loads(sys.argv[1])", f"json.load(open({f.name!r}))")],
-            capture_output=True, text=True, timeout=3600)
+        done = subprocess.run([str(python), "-c", CT2_CHILD, f.name],
+                              capture_output=True, text=True, timeout=3600)
     finally:
         os.unlink(f.name)
     if done.returncode != 0:
@@ -289,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from research.models.loading import cpu_runs_bf16
+    from research.models.loading import cpu_description, cpu_runs_bf16
     from research.models.prepare import REGISTRY, prepare_model
 
     torch.set_num_threads(args.threads)
@@ -303,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "command": "python benchmarks/generation.py " + " ".join(
             sys.argv[1:] if argv is None else argv),
-        "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "cores": os.cpu_count(),
         "threads": args.threads,
         "cpu_bf16": bf16, "model": args.model, "prompt_tokens": args.prompt,
         "new_tokens": args.new, "torch": torch.__version__, "rows": [], "missing": {},

@@ -112,21 +112,6 @@ def _limit(model, tok, trajectories, seed):
     return prefill_s, decode_s, prefilled, len(marks) - 1
 
 
-def _cpu() -> str:
-    """The CPU's model name and whether it has bf16 instructions (bf16 matmuls are hundreds
-    of times slower without them)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                 if ln.startswith("model name")), "unknown")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
-                      if ln.startswith("flags")), []))
-    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"}) or ["no bf16 instructions"]
-    return f"{name} ({', '.join(bf16)})"
-
-
 def _side(trajectories, seconds, prefilled=None) -> dict:
     sampled = sum(sum(t.loss_mask) for t in trajectories)
     out = {"sampled_tokens": sampled, "seconds": round(seconds, 2),
@@ -171,6 +156,7 @@ def main() -> int:
     if args.samples < 1 or (args.sequential is not None and args.sequential < 1):
         ap.error("--samples and --sequential take a positive count")
 
+    from research.models.loading import cpu_description
     from research.paths import cache_root
     from research.retrieval.client import SearchClient
     from research.rollout.backends.hf import HFGenerator
@@ -221,7 +207,7 @@ def main() -> int:
                  "template": args.template, "cpu_count": os.cpu_count(),
                  "max_response_tokens": args.max_response_tokens, "max_turns": args.max_turns,
                  "top_k": config.top_k, "max_result_tokens": config.max_result_tokens,
-                 "load_average_at_start": load, "cpu": _cpu(),
+                 "load_average_at_start": load, "cpu": cpu_description(),
                  "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)},
         **sides,
         "ratios": {

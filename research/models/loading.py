@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +21,21 @@ def cpu_runs_bf16() -> bool:
         logger.warning("cannot tell whether this CPU runs bf16 at speed (%s: %s): computing "
                        "in float32", type(exc).__name__, exc)
         return False
+
+
+def cpu_description() -> str:
+    """The CPU's model name and its bf16 instructions, for benchmark records, e.g. "AMD EPYC
+    (avx512_bf16)" or "AMD EPYC (no bf16 instructions)"."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                 if ln.startswith("model name")), "unknown")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
+                      if ln.startswith("flags")), []))
+    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"}) or ["no bf16 instructions"]
+    return f"{name} ({', '.join(bf16)})"
 
 
 def cpu_bf16_or_fp32(bf16: bool, setting: str, silence: str) -> bool:
