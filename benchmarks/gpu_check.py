@@ -121,6 +121,8 @@ def sync(device: str) -> None:
 
 
 def rollout(model, tokenizer, items, samples: int, max_tokens: int, device: str):
+    import torch
+
     from research.rollout.backends.hf import HFGenerator
     from research.rollout.engine import run_rollouts
     from research.rollout.settings import RolloutSettings
@@ -133,8 +135,6 @@ def rollout(model, tokenizer, items, samples: int, max_tokens: int, device: str)
     generator = HFGenerator(model, tokenizer)
     sync(device)
     start = time.perf_counter()
-    import torch
-
     with torch.inference_mode():
         trajectories = run_rollouts(prompts, generator, OnePassage(), tokenizer, settings)
     sync(device)

@@ -219,10 +219,6 @@ def _v1_rule(answer: str, golds: list[str]) -> bool:
     return any(answer.lower() == gold.lower() for gold in golds)
 
 
-def _f1_rule(answer: str, golds: list[str]) -> bool:
-    return token_scores(answer, golds)["f1"] >= 1.0
-
-
 def _em_rule(answer: str, golds: list[str]) -> bool:
     return em(answer, golds) == 1.0
 
@@ -245,10 +241,12 @@ def reward_v1(
     (0.1, 'wrong answer', False, True)
     """
     found = _found(response, complete, eos_token)
-    gated = _gated(found, _matches(found.answer, ground_truth, _v1_rule))
+    correct = _matches(found.answer, ground_truth, _v1_rule)
+    gated = _gated(found, correct)
     if gated is not None:
         return gated
-    if _v1_rule(found.answer, _checked_golds(ground_truth)):
+    _checked_golds(ground_truth)  # an empty ground truth is refused here
+    if correct:
         return found.result(1.0, "correct", True)
     return found.result(WRONG_ANSWER_SCORE, "wrong answer", False)
 
@@ -268,10 +266,12 @@ def reward_f1(
     (0.6666666666666666, 'partial match', False, True)
     """
     found = _found(response, complete, eos_token)
-    gated = _gated(found, _matches(found.answer, ground_truth, _f1_rule))
+    golds = golden_list(ground_truth)
+    score = token_scores(found.answer, golds)["f1"] if found.answer is not None and golds else 0.0
+    gated = _gated(found, score >= 1.0)
     if gated is not None:
         return gated
-    score = token_scores(found.answer, _checked_golds(ground_truth))["f1"]
+    _checked_golds(ground_truth)  # an empty ground truth is refused here
     if score >= 1.0:
         return found.result(score, "correct", True)
     if score > 0.0:
