@@ -51,9 +51,9 @@ class ReSearchReward:
     def __call__(self, prompts, completions, golden_answers, complete, searches=None,
                  log_metric=None, question_type=None, bridge_entity=None, **kwargs) -> list[float]:
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-        results = [self.fn(text, list(golds), complete=bool(eos))
-                   for text, golds, eos in zip(texts, golden_answers, complete,
-                                               strict=True)]
+        results = [self.fn(text, list(golds), complete=bool(ended))
+                   for text, golds, ended in zip(texts, golden_answers, complete,
+                                                 strict=True)]
         reasons = Counter(r.reason for r in results)
         self.samples.reasons.update(reasons)
         for record, r in zip(self.samples.records, results, strict=False):
