@@ -91,7 +91,7 @@ def dataset_label(config: EvalConfig) -> str:
 # --- what a run will cost here ----------------------------------------------------------------
 
 # One decode step of a 16-row ReSearch batch of the packaged Qwen2.5-0.5B on 2 CPU cores, bf16:
-# 16 rows / 29.5 model tokens per second (benchmarks/results/rollout.json, README "Rollouts").
+# 16 rows / 29.5 model tokens per second (benchmarks/results/rollout.json, docs/performance.md, "Rollouts, 2 cores").
 CPU_STEP_SECONDS = 16 / 29.5
 REFERENCE_PARAMETERS = 494e6  # Qwen2.5-0.5B
 

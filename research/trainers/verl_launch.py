@@ -306,7 +306,7 @@ def check_shared_paths(paths: list[str], nnodes: int, address: str = "auto", **i
         ray.init(address=address, log_to_driver=False, **init)
     except ConnectionError as exc:
         raise ConfigError(f"cluster.nnodes={nnodes} needs a running Ray cluster ({exc}): "
-                          "start it with .venv-verl/bin/ray start on every node (README, "
+                          "start it with .venv-verl/bin/ray start on every node (docs/clusters.md, "
                           "Several nodes)") from exc
     try:
         nodes = [n for n in ray.nodes() if n["Alive"]]
