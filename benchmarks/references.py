@@ -1,4 +1,4 @@
-"""The references a trained model is measured against, in the seed's table shape: every
+"""The references a trained model is measured against, in the original's table shape: every
 method of ``research eval`` (and the scripted policies) on held-out questions by type, EM
 with a 95% bootstrap interval.
 

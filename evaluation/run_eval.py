@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint with ReSearch and the RAG baselines (the seed's entry point).
+"""Evaluate a checkpoint with ReSearch and the RAG baselines (the original's entry point).
 
     python evaluation/run_eval.py --method_name research --split dev \
         --dataset_name hotpotqa --data_dir /data/flashrag

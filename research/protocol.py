@@ -45,7 +45,7 @@ _FORMAT_RULES = (
 )
 
 # The instruction of the base-model template, as rendered by ``str.format``. Source:
-# Agent-RL/ReSearch, first version, ``verl/verl/utils/dataset/template.py`` (``qa_template``,
+# Agent-RL/ReSearch (the original), ``verl/verl/utils/dataset/template.py`` (``qa_template``,
 # commit 12f6cb1), identical to ``re_search_template`` of the paper version
 # (``src/verl/utils/dataset/template.py``, commit c820a43). Both are triple-quoted strings with
 # a backslash line continuation at the end of each line, so the lines join with the single
@@ -118,7 +118,7 @@ SEARCH_FAILURE_TEMPLATE = "search failed: {error}"
 # should write to it; :func:`base_prompt` renders it as a previous ``User: ... Assistant: ...``
 # turn, :func:`chat_messages` as a previous user / assistant exchange.
 EXAMPLES: dict[str, tuple[str, str]] = {
-    # the seed's evaluation case, shortened: two chained searches
+    # the original's evaluation case, shortened: two chained searches
     "two-search": (
         "Who was the first king of the longest Chinese dynasty?",
         "<think> I need the longest Chinese dynasty first. </think> "

@@ -3,14 +3,14 @@
 Two rewards share one signature, ``fn(response, ground_truth, *, complete=None,
 eos_token=None) -> RewardResult``:
 
-- ``"v1"`` (alias ``"em"``), the first version: 0 for a bad format, a response that did not
+- ``"v1"`` (alias ``"em"``), the original's: 0 for a bad format, a response that did not
   end with EOS, or no extractable ``\\boxed{}`` answer; 1.0 if the boxed answer equals a
   ground truth after lower-casing only; else 0.1.
 - ``"f1"``, the paper version: the same gates, then the token F1 (SQuAD normalization, max
   over golden answers) if it is above 0, else 0.1.
 
 The format rules follow ``validate_template_format`` / ``validate_format`` of
-Agent-RL/ReSearch (``verl/verl/utils/reward_score/qa.py`` in the first version,
+Agent-RL/ReSearch (``verl/verl/utils/reward_score/qa.py`` in the original,
 ``src/verl/utils/reward_score/re_search.py`` in the paper version) exactly, in the same
 order. Their quirks are kept on purpose:
 
@@ -28,7 +28,7 @@ Deviations from the original, all in how the caller is spoken to or in edge case
 - whether generation ended properly (at EOS, or at ``</answer>`` where the rollout stops
   there) comes from the caller (``complete``: the rollout's ``Trajectory.complete``), or from
   the literal ``eos_token`` at the end of the text when that flag is not given (the original
-  only had the second, with ``"<|endoftext|>"`` hard-coded in the first version);
+  only had the second, with ``"<|endoftext|>"`` hard-coded in the original);
 - the box is found by :func:`research.protocol.extract_answer`: the last ``\\boxed``, which
   must be followed by ``{`` (brace-matched) or a space; the original let any ``\\boxed ``
   space form win over a later ``\\boxed{``, and the space form's content is stripped here;

@@ -320,7 +320,7 @@ def test_token_mean_spans_the_micro_batches_of_a_step(make_trainer, generated, m
                           entropy[i * 6:(i + 1) * 6])[0] for i, half in enumerate(halves))
     policy, _, _ = _our_loss(logp, old, out["advantages"], ref, torch.zeros(N, T))
     # TRL's entropy bonus is a mean per micro-batch, averaged over the micro-batches (as the
-    # first version's verl did); the policy and KL terms are one token mean over the step
+    # original's verl did); the policy and KL terms are one token mean over the step
     bonus = sum(token_mean(entropy[s], MASK[s]) for s in (slice(0, 6), slice(6, 12))) / 2
     assert abs(total.item() - (policy.item() - 0.001 * bonus.item())) < 1e-5
 

@@ -267,7 +267,7 @@ def _check_no_failed_turn(trajectories, turns=4):
 
 def test_restart_during_a_rollout_short_downtime(bm25_index):
     """The fast variant: the same app restarted in process after 5 s down (longer than the
-    first version's 3.5 s of retries)."""
+    original's 3.5 s of retries)."""
     service = InProcessService(bm25_index)
     service.start()
     down = {}

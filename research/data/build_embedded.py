@@ -66,23 +66,23 @@ def split_keys(keys: Sequence[str], seed: int, dev_fraction: float = DEV_FRACTIO
 
 
 def bm25_hits(docs: Sequence[dict], queries: Sequence[str], k: int = RECALL_K) -> list[list[str]]:
-    """Top-``k`` doc ids per query with the project's default BM25 (bm25s, Lucene, k1 1.5,
-    b 0.75, English stopwords, PyStemmer's english stemmer) over the docs' ``contents``."""
-    import bm25s
-    import Stemmer
+    """Top-``k`` doc ids per query from the project's own BM25 index with its default settings
+    (what the retrieval service serves for these sets), over the docs' ``contents``."""
+    import tempfile
 
-    stemmer = Stemmer.Stemmer("english")
-    tokens = bm25s.tokenize(
-        [d["contents"] for d in docs], stopwords="en", stemmer=stemmer, show_progress=False
-    )
-    model = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
-    model.index(tokens, show_progress=False)
-    query_tokens = bm25s.tokenize(
-        list(queries), stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
-    )
-    k = min(k, len(docs))
-    ids, _ = model.retrieve(query_tokens, k=k, show_progress=False, n_threads=1)
-    return [[docs[int(i)]["id"] for i in row] for row in ids]
+    from research.retrieval.index import build_index, load_retriever
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.jsonl"
+        corpus.write_text("".join(json.dumps({"id": d["id"], "contents": d["contents"]}) + "\n"
+                                  for d in docs))
+        build_index(corpus, Path(tmp) / "index", "bm25")
+        retriever = load_retriever(Path(tmp) / "index")
+        try:
+            hits = retriever.batch_search(list(queries), min(k, len(docs)))
+        finally:
+            retriever.close()
+        return [[hit.id for hit in row] for row in hits]
 
 
 def recall(hits: list[list[str]], gold: Sequence[str]) -> float:

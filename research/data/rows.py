@@ -13,7 +13,7 @@ Every converter in :mod:`research.data` writes the same row, the one the origina
 
 Ground truth. ``reward_model.ground_truth`` is either one string or a list of strings:
 
-- a string, as the first version wrote it from HotpotQA's ``answer`` (its reward compares the
+- a string, as the original wrote it from HotpotQA's ``answer`` (its reward compares the
   boxed answer with this one string after lower-casing);
 - a list of strings, as the paper version wrote it from FlashRAG's ``golden_answers`` (its
   F1 reward takes the best match over the list).

@@ -9,7 +9,7 @@
     research eval --table RUN_DIR ... [--metric em]
     research eval --keys
 
-The seed's flags map onto config keys (``--sgl_remote_url`` selects the OpenAI-compatible
+the original's flags map onto config keys (``--sgl_remote_url`` selects the OpenAI-compatible
 backend: SGLang and vLLM both serve it). Several methods and datasets run one after the other
 and end with one table. Expected failures (:func:`research.errors.cli_command`) print one line
 on stderr and exit with code 2.
@@ -62,8 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "openai and generator.base_url")
     p.add_argument("--apply_chat", nargs="?", const="True", default=None, type=_flag_value,
                    help="the ReSearch prompt through the chat template (rollout.template="
-                        "chat); as the seed, any non-empty value turns it on")
-    p.add_argument("--gpu_id", default=None, help="accepted for the seed's command lines; "
+                        "chat); as the original, any non-empty value turns it on")
+    p.add_argument("--gpu_id", default=None, help="accepted for the original's command lines; "
                    "GPUs are the model server's (set CUDA_VISIBLE_DEVICES for a local model)")
     p.add_argument("--table", nargs="+", metavar="RUN_DIR", default=None,
                    help="print the results table of finished run folders and exit")

@@ -9,8 +9,8 @@ number of searches and of generated tokens.
 Prompts and settings are FlashRAG's standard ones (``flashrag/prompt/base_prompt.py``,
 ``flashrag/pipeline/{pipeline,active_pipeline}.py``, ``examples/methods/run_exp.py``):
 
-* ``direct`` (FlashRAG's naive generation, the seed's ``zero-shot``): the question alone.
-* ``naive-rag`` (standard RAG, the seed's ``naive``): the top-k documents of the question in
+* ``direct`` (FlashRAG's naive generation, the original's ``zero-shot``): the question alone.
+* ``naive-rag`` (standard RAG, the original's ``naive``): the top-k documents of the question in
   the system prompt.
 * ``iter-retgen``: 3 rounds; round i > 0 retrieves with the question plus round i-1's output;
   the prediction is the last round's output.
@@ -147,7 +147,7 @@ def register(name: str):
 
 
 def resolve(name: str) -> str:
-    """The registry name of ``name`` (the seed's names are aliases), or a clear error."""
+    """The registry name of ``name`` (the original's names are aliases), or a clear error."""
     key = ALIASES.get(name, name)
     if key not in METHODS:
         raise ConfigError(f"unknown method {name!r}; valid: {', '.join(METHODS)} (aliases: "

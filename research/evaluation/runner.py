@@ -8,7 +8,7 @@ A run folder ``SAVE_DIR/DATASET_SPLIT_METHOD[_NOTE]`` holds:
   interrupt keeps the finished lines; running the same command again skips them (resume).
 * ``metrics.json``: FlashRAG's ``em``, ``acc``, ``f1``, ``precision``, ``recall`` averaged,
   plus mean searches, failures and generated tokens (and ``judge_acc`` with a judge).
-* ``table.md``: the seed's results table for this run; :func:`assemble_table` joins several.
+* ``table.md``: the original's results table for this run; :func:`assemble_table` joins several.
 * ``config.yaml``: the config that produced it.
 """
 
@@ -91,7 +91,8 @@ def dataset_label(config: EvalConfig) -> str:
 # --- what a run will cost here ----------------------------------------------------------------
 
 # One decode step of a 16-row ReSearch batch of the packaged Qwen2.5-0.5B on 2 CPU cores, bf16:
-# 16 rows / 29.5 model tokens per second (benchmarks/results/rollout.json, docs/performance.md, "Rollouts, 2 cores").
+# 16 rows / 29.5 model tokens per second (benchmarks/results/rollout.json; docs/performance.md,
+# "Rollouts, 2 cores").
 CPU_STEP_SECONDS = 16 / 29.5
 REFERENCE_PARAMETERS = 494e6  # Qwen2.5-0.5B
 
@@ -336,7 +337,7 @@ def to_record(item: dict, answer) -> dict:
 
 
 def assemble_table(run_dirs: Sequence[str | Path], metric: str = "em") -> str:
-    """The seed's results table (methods x datasets, ``metric`` x 100) from run folders: one
+    """the original's results table (methods x datasets, ``metric`` x 100) from run folders: one
     row per method, model and note, so that a trained folder and its base model stand side by
     side (a method run with several models or notes names them in its rows)."""
     cells: dict[tuple, dict[str, float]] = {}

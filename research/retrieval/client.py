@@ -30,7 +30,7 @@ class SearchRequestError(SearchError, RequestRejected):
     """The service rejected the request (4xx): retrying cannot help."""
 
 
-# What a service that does not report its limits is assumed to take (the first version's).
+# What a service that does not report its limits is assumed to take (the original's).
 FALLBACK_LIMITS = {"max_batch": 1024, "max_body_bytes": 1024 * 1024}
 
 
@@ -122,7 +122,7 @@ class SearchClient:
         return out
 
     def limits(self) -> dict:
-        """The service's request limits (from ``/health``, asked once); the first version's
+        """The service's request limits (from ``/health``, asked once); the original's
         when the service does not say or cannot be reached now."""
         if self._limits is None:
             try:

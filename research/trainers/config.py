@@ -86,7 +86,7 @@ class RetrievalConfig:
 
 @dataclass
 class RewardConfig:
-    name: str = _f("v1", "v1: the first version's exact match; f1: the paper's token F1; "
+    name: str = _f("v1", "v1: the original's exact match; f1: the paper's token F1; "
                    "graded: partial credit for format and answer (Search-R1's later reward, "
                    "not the protocol's)", ("v1", "em", "f1", "graded"))
 
@@ -102,7 +102,7 @@ class GRPOSection:
     clip: float = _f(0.2, "PPO ratio clip")
     entropy_coef: float = _f(0.001, "entropy bonus coefficient")
     loss_type: str = _f("dapo", "dapo: one token mean per step (the protocol); bnpo: per "
-                        "micro-batch (the first version's verl)", ("dapo", "bnpo", "grpo"))
+                        "micro-batch (the original's verl)", ("dapo", "bnpo", "grpo"))
     epochs: int = _f(10, "passes over the training questions (when run.max_steps is -1)")
     bf16: bool = _f(False, "bf16 mixed precision: fp32 weights, bf16 matmuls in the update and "
                     "the rollout (GPUs, and CPUs with bf16 support: about 2x faster there; a "

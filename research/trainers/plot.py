@@ -1,4 +1,4 @@
-"""The run's figures: validation score and response length over training steps (as the seed's
+"""The run's figures: validation score and response length over training steps (as the original's
 ``asset/validation.png``), drawn from ``validation.jsonl``; and the training monitors of every
 step (``training.png``: reward, accuracy, valid share, groups with reward spread, searches,
 searches and exact share by question type, response length, entropy, clipping, KL), drawn
