@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from research.protocol import EXAMPLE_NAMES
+
 
 def _setup(args):
     from research.data.questions import load_questions
@@ -50,7 +52,8 @@ def _setup(args):
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model, args.dtype)
     questions = [q["question"] for q in load_questions("squad-open-mini", "dev", args.prompts)]
-    return model, tok, [encode_prompt(tok, q, args.template, example=args.example)
+    example = None if args.example == "none" else args.example
+    return model, tok, [encode_prompt(tok, q, args.template, example=example)
                         for q in questions]
 
 
@@ -140,8 +143,9 @@ def main() -> int:
                     help="trajectories the one-at-a-time loop runs (default: all of them, "
                          "prompts x samples; its rate is per sampled token either way)")
     ap.add_argument("--template", choices=("base", "chat"), default="base")
-    ap.add_argument("--example", action=argparse.BooleanOptionalAction, default=True,
-                    help="worked example in the base prompt, so that small models search")
+    ap.add_argument("--example", choices=(*EXAMPLE_NAMES, "none"), default="two-search",
+                    help="worked example in the base prompt, so that small models search "
+                         "(none: no example)")
     ap.add_argument("--max-response-tokens", type=int, default=512)
     ap.add_argument("--max-turns", type=int, default=3)
     ap.add_argument("--top-k", type=int, default=None,

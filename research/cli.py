@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
     from research.data.commands import register as register_data
     from research.evaluation.commands import register as register_eval
+    from research.evaluation.inspect_rollouts import register as register_rollout
     from research.models.commands import register as register_model
-    from research.rollout.commands import register as register_rollout
     from research.trainers.commands import register as register_train
 
     for register in (register_data, register_model, register_rollout, register_train,

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import os
 import types
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,8 @@ from typing import Any
 import yaml
 
 from research.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def option(default: Any, help: str, choices: tuple | None = None,
@@ -50,7 +55,10 @@ def _check_value(key: str, value: Any, hint: Any, choices: tuple | None,
                  aliases: dict | None = None) -> Any:
     """``value`` for a field of type ``hint``, or a ConfigError naming the expected type."""
     if aliases and isinstance(value, bool) and value in aliases:
-        value = aliases[value]
+        new = aliases[value]
+        logger.warning("%s: %s is an older form, read as %s; write %s: %s", key,
+                       str(value).lower(), _show(new), key.rpartition(".")[2], _show(new))
+        value = new
     args = typing.get_args(hint)
     optional = isinstance(hint, types.UnionType) and type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if optional else hint
@@ -161,3 +169,38 @@ def apply_override(tree: dict, item: str, names: tuple[str, ...] = ()) -> None:
     node[parts[-1]] = value
 
 
+
+
+def resolve(path: str | os.PathLike | None, what: str, *,
+            named: Mapping[str, Path] | None = None, default: Path | None = None
+            ) -> Path | None:
+    """The file of a ``--config`` value: an existing path, else a named config of the package
+    (``named``: name -> file), else a ConfigError that lists the names; ``None`` gives
+    ``default`` (``None``: no file, every key at its default)."""
+    named = named or {}
+    if path is None:
+        return default
+    if not Path(path).exists() and str(path) in named:
+        return named[str(path)]
+    if Path(path).is_file():
+        return Path(path)
+    names = f"the named configs: {', '.join(named)}" if named else "there are no named configs"
+    fallback = (f"; without a config the default {default} is used" if default is not None
+                else "")
+    raise ConfigError(f"config file {path} not found; {names}{fallback}")
+
+
+def load_tree(root: type, path: str | os.PathLike | None, overrides: Sequence[str], what: str,
+              *, named: Mapping[str, Path] | None = None, default: Path | None = None,
+              relative_to_file: Callable[[dict, Path], None] | None = None) -> dict:
+    """The config tree of ``path`` (see :func:`resolve`) with ``overrides``
+    (``section.key=value``) applied: what :func:`from_dict` builds. ``relative_to_file`` may
+    adjust the file's own values (e.g. paths relative to the file) before the overrides."""
+    file = resolve(path, what, named=named, default=default)
+    tree = {} if file is None else read_yaml(file, what)
+    if file is not None and relative_to_file is not None:
+        relative_to_file(tree, file.resolve().parent)
+    names = tuple(sections(root))
+    for item in overrides:
+        apply_override(tree, item, names)
+    return tree

@@ -165,19 +165,19 @@ CLOSED_BOOK_EXAMPLE_RESPONSE = (
 )
 
 
-def example_pair(example: bool | str | None, search: bool = True) -> tuple[str, str] | None:
-    """The ``(question, response)`` of a worked example: ``True`` is the default
-    (``"two-search"``), a name picks one of :data:`EXAMPLES`, ``False`` / None gives None.
-    The closed-book prompt (``search=False``) has one example, answered from memory.
+def example_pair(example: str | None, search: bool = True) -> tuple[str, str] | None:
+    """The ``(question, response)`` of the worked example named ``example`` (one of
+    :data:`EXAMPLES`; None: no example). The closed-book prompt (``search=False``) has one
+    example, answered from memory.
 
     >>> example_pair("one-search")[0]
     'In which year was the Eiffel Tower completed?'
-    >>> example_pair(False) is None
+    >>> example_pair(None) is None
     True
     """
-    if example is None or example is False:
+    if example is None:
         return None
-    name = DEFAULT_EXAMPLE if example is True else example
+    name = example
     if name not in EXAMPLES:
         raise ConfigError(f"unknown worked example {name!r}; valid names: "
                          f"{', '.join(EXAMPLE_NAMES)}")
@@ -186,17 +186,17 @@ def example_pair(example: bool | str | None, search: bool = True) -> tuple[str, 
     return EXAMPLES[name]
 
 
-def _example_turn(example: bool | str | None, search: bool) -> str | None:
+def _example_turn(example: str | None, search: bool) -> str | None:
     pair = example_pair(example, search)
     return None if pair is None else f"User: {pair[0]}. Assistant: {pair[1]}"
 
 
 # The default worked example and the closed-book one, as the base prompt renders them.
-WORKED_EXAMPLE = _example_turn(True, True)
-CLOSED_BOOK_EXAMPLE = _example_turn(True, False)
+WORKED_EXAMPLE = _example_turn(DEFAULT_EXAMPLE, True)
+CLOSED_BOOK_EXAMPLE = _example_turn(DEFAULT_EXAMPLE, False)
 
 
-def base_prompt(question: str, clean: bool = False, example: bool | str = False,
+def base_prompt(question: str, clean: bool = False, example: str | None = None,
                 search: bool = True) -> str:
     """The base-model prompt: the instruction, then ``User: {question}. Assistant:``.
 
@@ -209,9 +209,9 @@ def base_prompt(question: str, clean: bool = False, example: bool | str = False,
     >>> base_prompt("Who?", clean=True).endswith("User: Who? Assistant:")
     True
 
-    ``example=True`` puts :data:`WORKED_EXAMPLE` between the instruction and the question
-    (a project option for small models; the original had no example); a name of
-    :data:`EXAMPLES` (``"one-search"``) puts that example there instead.
+    ``example`` (a name of :data:`EXAMPLES`, e.g. ``"two-search"``, which gives
+    :data:`WORKED_EXAMPLE`) puts that worked example between the instruction and the question
+    (a project option for small models; the original had no example).
 
     ``search=False`` gives the closed-book control: the instruction without the search tool
     (:data:`CLOSED_BOOK_INSTRUCTION`) and, with ``example``, :data:`CLOSED_BOOK_EXAMPLE`.
@@ -231,7 +231,7 @@ def base_prompt(question: str, clean: bool = False, example: bool | str = False,
     return f"{instruction}{shot}User: {question} Assistant:"
 
 
-def chat_messages(question: str, search: bool = True, example: bool | str = False
+def chat_messages(question: str, search: bool = True, example: str | None = None
                   ) -> list[dict[str, str]]:
     """The chat variant for instruct models: the system instruction and the question as user
     (``search=False``: the closed-book system prompt). ``example`` puts a worked example
@@ -252,13 +252,13 @@ def chat_messages(question: str, search: bool = True, example: bool | str = Fals
 
 
 def build_prompt(
-    question: str, template: str = "base", clean: bool = False, example: bool | str = False,
+    question: str, template: str = "base", clean: bool = False, example: str | None = None,
     search: bool = True,
 ) -> str | list[dict[str, str]]:
     """The prompt of one question: a string (``"base"``) or chat messages (``"chat"``).
 
     ``clean`` only affects the base form (the chat form passes the question unchanged);
-    ``example`` (True or a name of :data:`EXAMPLES`) adds a worked example to either form;
+    ``example`` (a name of :data:`EXAMPLES`) adds that worked example to either form;
     ``search=False`` is the closed-book control (no search tool in the prompt).
 
     >>> build_prompt("Who?", template="chat")[1]

@@ -14,7 +14,7 @@ LIGHT_MODULES = [
     "research.serving.launch",
     "research.rollout.engine", "research.rollout.generation", "research.rollout.backends.vllm",
     "research.rollout.backends.openai_http", "research.rollout.server",
-    "research.models.loading", "research.rollout.commands",
+    "research.models.loading", "research.evaluation.inspect_rollouts",
     "research.trainers", "research.trainers.trl_settings", "research.trainers.config",
     "research.trainers.commands", "research.trainers.trl_rollout",
 ]

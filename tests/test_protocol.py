@@ -305,14 +305,14 @@ def test_worked_example_is_opt_in_and_sits_before_the_question():
     from research.protocol import WORKED_EXAMPLE, base_prompt, build_prompt
 
     plain = base_prompt("Who?")
-    shot = build_prompt("Who?", example=True)
+    shot = build_prompt("Who?", example="two-search")
     assert WORKED_EXAMPLE not in plain
     assert shot.startswith(plain.split(" User: Who?")[0])
     assert shot.endswith(f"{WORKED_EXAMPLE}\nUser: Who?. Assistant:")
     assert "<search> first king of the Zhou dynasty </search>" in WORKED_EXAMPLE
 
 
-@pytest.mark.parametrize("example", [False, True])
+@pytest.mark.parametrize("example", [None, "two-search"])
 def test_closed_book_prompt_keeps_the_answer_format_without_the_search_tool(example):
     closed = protocol.build_prompt("Who?", example=example, search=False)
     assert "search" not in closed and "<result>" not in closed

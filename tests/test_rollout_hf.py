@@ -126,6 +126,7 @@ def test_full_rollout_with_real_service(tiny, service_url):
 
 
 def test_rollout_command_writes_and_shows_trajectories(tmp_path, service_url):
+    """``research rollout`` reads the evaluation's config: --config, then key=value."""
     import json
     import subprocess
     import sys
@@ -135,21 +136,54 @@ def test_rollout_command_writes_and_shows_trajectories(tmp_path, service_url):
     model_dir = save_tiny_model(tmp_path / "tiny")
     out = tmp_path / "r.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "research.cli", "rollout", "--model", str(model_dir),
-         "--data", "squad-open-mini", "--search-url", service_url, "--n", "2", "--limit", "2",
-         "--max-response-tokens", "24", "--out", str(out), "--threads", "1", "--color", "always"],
+        [sys.executable, "-m", "research.cli", "rollout", "--config", "cpu",
+         f"generator.model={model_dir}", "generator.dtype=float32", "generator.threads=1",
+         "data.dataset_name=squad-open-mini", f"retrieval.search_url={service_url}",
+         "rollout.max_response_tokens=24", "--n", "2", "--limit", "2", "--out", str(out),
+         "--color", "always"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert "older flag" not in result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4
     assert {"question", "golden_answers", "reward", "reason", "response_ids", "loss_mask",
             "finish_reason", "turns"} <= set(rows[0])
     assert rows[0]["question"] == rows[1]["question"] != rows[2]["question"]
     assert "4 trajectories" in result.stdout and "=== " in result.stdout
+    # the cpu preset's rollout settings and the override reached the rollout: its worked
+    # example in the prompt, at most 2 searches, 24 sampled tokens
+    from transformers import AutoTokenizer
+
+    from research.evaluation.config import load_config
+
+    settings = load_config("cpu").rollout
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert rows[0]["prompt_ids"] == settings.encode_prompt(tokenizer, rows[0]["question"])
+    assert settings.example == "two-search" and settings.max_turns == 2
+    assert all(len(r["turns"]) <= 2 and sum(r["loss_mask"]) <= 24 for r in rows)
+
+
+def test_rollout_command_reads_the_older_flags_as_keys(caplog):
+    from research.cli import build_parser
+    from research.evaluation.config import load_config
+    from research.evaluation.inspect_rollouts import overrides_of
+
+    args = build_parser().parse_args(["rollout", "--model", "m", "--example", "--max-turns",
+                                      "2", "--stop-at-answer", "rollout.max_turns=3"])
+    with caplog.at_level("WARNING", logger="research.evaluation.inspect_rollouts"):
+        overrides = overrides_of(args)
+    assert overrides == ["generator.model=m", "rollout.example=two-search",
+                         "rollout.max_turns=2", "rollout.stop_at_answer=true",
+                         "rollout.max_turns=3"]
+    assert "--max-turns is an older flag of research rollout, read as rollout.max_turns=2" in \
+        caplog.text
+    config = load_config("cpu", overrides)
+    assert config.rollout.max_turns == 3 and config.rollout.example == "two-search"
+    assert config.generator.model == "m"
 
 
 def test_colourise_marks_tag_spans():
-    from research.rollout.commands import colourise
+    from research.evaluation.inspect_rollouts import colourise
 
     text = "<think>a</think><search>q</search><result>r</result><answer>x</answer>"
     coloured = colourise(text)

@@ -32,7 +32,7 @@ def test_training_and_evaluation_share_the_defaults_and_the_yaml_shape():
     assert rs.from_dict(yaml.safe_load(yaml.safe_dump(RolloutSettings().to_dict()))) == train
 
 
-def test_the_checks_name_the_key():
+def test_the_checks_name_the_key(caplog):
     with pytest.raises(ConfigError, match="rollout.example must be one of two-search, "
                                           "one-search, bridge, null"):
         rs.from_dict({"example": "three-search"})
@@ -40,9 +40,16 @@ def test_the_checks_name_the_key():
         RolloutSettings(top_k=0)
     with pytest.raises(ConfigError, match="unknown key rollout.example_style"):
         load_eval_config(None, ["rollout.example_style=one-search"])
-    # the boolean form of older configs still reads
-    assert rs.from_dict({"example": True}).example == "two-search"
-    assert rs.from_dict({"example": False}).example is None
+    # the boolean form of older configs still reads, with a warning that names the new form
+    with caplog.at_level("WARNING", logger="research.configtree"):
+        assert rs.from_dict({"example": True}).example == "two-search"
+        assert rs.from_dict({"example": False}).example is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "rollout.example: true is an older form, read as two-search; write example: two-search",
+        "rollout.example: false is an older form, read as null; write example: null"]
+    # built directly, the field takes a name or None, never a boolean
+    with pytest.raises(ConfigError, match="rollout.example must be one of .*; got True"):
+        RolloutSettings(example=True)
 
 
 def test_the_closed_book_control_has_no_searches_and_no_search_prompt():

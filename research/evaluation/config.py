@@ -154,9 +154,6 @@ class EvalConfig:
         return MethodSettings(topk=self.retrieval.topk, rollout=self.rollout, **kwargs)
 
 
-SECTIONS = tuple(configtree.sections(EvalConfig))
-
-
 def default_config_path() -> Path:
     """The default config, shipped with the package (``research/configs/eval_config.yaml``)."""
     return package_path("configs", "eval_config.yaml")
@@ -195,27 +192,13 @@ def validate(config: EvalConfig) -> None:
 NAMED = {"default": "eval_config.yaml", "cpu": "eval_cpu.yaml"}  # research/configs/
 
 
-def resolve_config_path(path: str | os.PathLike | None) -> Path:
-    """A YAML path, or a named config shipped with the package (``default``, ``cpu``)."""
-    if path is None:
-        return default_config_path()
-    if not Path(path).exists() and str(path) in NAMED:
-        return package_path("configs", NAMED[str(path)])
-    return Path(path)
-
-
 def load_config(path: str | os.PathLike | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> EvalConfig:
     """The config of ``path`` (a file, or a named one: ``default``, ``cpu``; default:
     :func:`default_config_path`) with overrides."""
-    path = resolve_config_path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found; the named configs are "
-                          f"{', '.join(NAMED)} (without a config path the default "
-                          f"{default_config_path()} is used)")
-    tree = configtree.read_yaml(path, "an evaluation config")
-    for item in overrides:
-        configtree.apply_override(tree, item, SECTIONS)
+    tree = configtree.load_tree(
+        EvalConfig, path, overrides, "an evaluation config", default=default_config_path(),
+        named={name: package_path("configs", file) for name, file in NAMED.items()})
     config = configtree.from_dict(EvalConfig, tree, "an evaluation config")
     config.given_rollout = frozenset(tree.get("rollout") or {})
     validate(config)

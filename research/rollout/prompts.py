@@ -7,11 +7,11 @@ from research.errors import ConfigError
 
 
 def encode_prompt(tokenizer, question: str, template: str = "base", clean: bool = False,
-                  example: bool | str = False, search: bool = True) -> list[int]:
+                  example: str | None = None, search: bool = True) -> list[int]:
     """Token ids of the prompt for ``question``.
 
     ``base``: the original's plain-text template (no chat template, for base models).
-    ``example`` (True or a name of :data:`research.protocol.EXAMPLES`) adds a worked example
+    ``example`` (a name of :data:`research.protocol.EXAMPLES`; None: none) adds a worked example
     (small models need it to search): in the base form before the question, in the chat
     form as a previous user / assistant exchange.
     ``chat``: the instruction as the system message, rendered with the tokenizer's chat

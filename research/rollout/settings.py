@@ -75,8 +75,6 @@ class RolloutSettings:
                             "version's bug)")
 
     def __post_init__(self):
-        if self.example is True or self.example is False:  # built directly, not from YAML
-            object.__setattr__(self, "example", EXAMPLE_NAMES[0] if self.example else None)
         for key in ("max_response_tokens", "top_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"rollout.{key} must be >= 1")
@@ -118,7 +116,7 @@ class RolloutSettings:
         from research.rollout.prompts import encode_prompt
 
         return encode_prompt(tokenizer, question, self.template, clean=self.clean,
-                             example=self.example or False, search=self.search)
+                             example=self.example, search=self.search)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -98,9 +98,6 @@ class ServingConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
-SECTIONS = tuple(configtree.sections(ServingConfig))
-
-
 def validate(config: ServingConfig) -> ServingConfig:
     """Checks across fields; each message says the fix."""
     spec = config.retriever
@@ -203,14 +200,8 @@ def load_config(path: str | os.PathLike | None = None,
     """The config of ``path`` (default: :func:`default_config_path`) with ``overrides``
     (``section.key=value``) applied, then the ``server`` keywords that are not None (the
     command line's ``--port``, ``--host``, ``--num_retriever``)."""
-    path = Path(path) if path is not None else default_config_path()
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found; without --config the default "
-                          f"{default_config_path()} is used")
-    tree = configtree.read_yaml(path, "a serving config")
-    _resolve_paths(tree, path.resolve().parent)
-    for item in overrides:
-        configtree.apply_override(tree, item, SECTIONS)
+    tree = configtree.load_tree(ServingConfig, path, overrides, "a serving config",
+                                default=default_config_path(), relative_to_file=_resolve_paths)
     _resolve_paths(tree, Path.cwd())
     flags = {k: v for k, v in server.items() if v is not None}
     if flags:

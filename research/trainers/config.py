@@ -168,9 +168,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = tuple(configtree.sections(TrainConfig))
-
-
 # --- building from a tree -----------------------------------------------------------------------
 
 
@@ -184,46 +181,24 @@ def from_dict(tree: dict | None, engine: str = "trl") -> TrainConfig:
     return config
 
 
-def apply_override(tree: dict, item: str) -> None:
-    """Apply one ``section.key=value`` override to ``tree`` (value parsed as a YAML scalar)."""
-    configtree.apply_override(tree, item, SECTIONS)
-
-
-def read_tree(path: str | os.PathLike | None) -> dict:
-    if path is None:
-        return {}
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found; the named configs (in "
-                          f"{config_dir()}): {', '.join(named_configs()) or 'none'}")
-    return configtree.read_yaml(path, "a training config")
-
-
 def config_dir() -> Path:
     """The named configs, shipped with the package (``research/configs/training``)."""
     return package_path("configs", "training")
 
 
-def named_configs() -> list[str]:
-    """The names ``--config`` accepts besides a file (``cpu-small``, ``original``, ...)."""
-    return sorted(p.stem for p in config_dir().glob("*.yaml"))
-
-
-def resolve_config_path(name: str | os.PathLike) -> Path:
-    """A path, or a named config (``cpu-small``, ``original``) of the package."""
-    path = Path(name)
-    named = config_dir() / f"{name}.yaml"
-    return named if not path.exists() and named.is_file() else path
+def named_paths() -> dict[str, Path]:
+    """``{name: file}`` of the named configs ``--config`` accepts besides a file
+    (``cpu-small``, ``original``, ...)."""
+    return {p.stem: p for p in sorted(config_dir().glob("*.yaml"))}
 
 
 def load_config(path: str | os.PathLike | None = None,
                 overrides: list[str] | tuple[str, ...] = (), engine: str = "trl"
                 ) -> TrainConfig:
-    """The config of ``path`` (a YAML file or a named config) with ``overrides`` applied,
-    validated for ``engine`` (trl or verl)."""
-    tree = read_tree(None if path is None else resolve_config_path(path))
-    for item in overrides:
-        apply_override(tree, item)
+    """The config of ``path`` (a YAML file or a named config; ``None``: every default) with
+    ``overrides`` applied, validated for ``engine`` (trl or verl)."""
+    tree = configtree.load_tree(TrainConfig, path, overrides, "a training config",
+                                named=named_paths())
     return from_dict(tree, engine)
 
 
