@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from research.data.questions import load_questions
-    from research.serving.launch import search_client
+    from research.serving.launch import run_searcher
     from research.trainers.config import load_config
     from research.trainers.trl_engine import find_checkpoint, train
 
@@ -269,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         items = load_questions(d.dev, d.dev_split, args.dev_limit, d.dev_type)
         rc, scoring = config.retrieval, out / "scoring"  # the service's files of the scoring
         scoring.mkdir(exist_ok=True)
-        with search_client(rc.search_url, rc.corpus, scoring, rc.timeout, rc.retries,
-                           rc.api_key_env) as client:
+        with run_searcher(rc, d.dev, scoring) as client:
             scored = {stage: score_dev(arm, stage, model, config, items, client,
                                        out / f"dev_{stage}.jsonl")
                       for stage, model in (("before", config.model.path),

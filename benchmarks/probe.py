@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from research.models.prepare import prepare_model
-    from research.serving.launch import search_client
+    from research.serving.launch import run_searcher
     from research.trainers.config import load_config
     from research.trainers.run_setup import training_questions
     from research.trainers.trl_engine import set_threads
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                "data_type": d.train_type, "cores": os.cpu_count(),
                "date": time.strftime("%Y-%m-%d"), "settings": {}}
     rc = base.retrieval
-    with search_client(rc.search_url, rc.corpus, out, rc.timeout, rc.retries) as client, \
+    with run_searcher(rc, d.train, out) as client, \
             open(out / "samples.jsonl", "w") as samples_file:
         for name, config in configs.items():
             print(f"== {name}: {len(items)} questions x {args.samples} samples", flush=True)

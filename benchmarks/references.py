@@ -110,7 +110,7 @@ def learning_rows(path: Path, suffix: str = ""):
 def overrides_for(method: str, dataset: str, args) -> list[str]:
     name, _, kind = dataset.partition(":")
     out = [f"method.name={method}", f"data.dataset_name={name}", f"run.save_dir={args.out}",
-           f"retrieval.topk={args.topk}", f"generator.model={args.model}",
+           f"method.top_k={args.topk}", f"generator.model={args.model}",
            f"run.batch_size={args.batch_size}", f"generator.dtype={args.dtype}"]
     if kind:
         out.append(f"data.type={kind}")

@@ -192,15 +192,31 @@ def resolve(path: str | os.PathLike | None, what: str, *,
 
 def load_tree(root: type, path: str | os.PathLike | None, overrides: Sequence[str], what: str,
               *, named: Mapping[str, Path] | None = None, default: Path | None = None,
-              relative_to_file: Callable[[dict, Path], None] | None = None) -> dict:
+              relative_to_file: Callable[[dict, Path], None] | None = None,
+              renamed: Mapping[str, str] | None = None) -> dict:
     """The config tree of ``path`` (see :func:`resolve`) with ``overrides``
     (``section.key=value``) applied: what :func:`from_dict` builds. ``relative_to_file`` may
-    adjust the file's own values (e.g. paths relative to the file) before the overrides."""
+    adjust the file's own values (e.g. paths relative to the file) before the overrides;
+    ``renamed`` maps an older ``section.key`` to its key now (read with a warning)."""
     file = resolve(path, what, named=named, default=default)
     tree = {} if file is None else read_yaml(file, what)
     if file is not None and relative_to_file is not None:
         relative_to_file(tree, file.resolve().parent)
+    renamed = renamed or {}
+    for old, new in renamed.items():  # the file's older keys
+        section, _, key = old.partition(".")
+        values = tree.get(section)
+        if isinstance(values, dict) and key in values:
+            logger.warning("%s is an older key, read as %s; write %s", old, new, new)
+            value = values.pop(key)
+            target, _, new_key = new.partition(".")
+            tree.setdefault(target, {}).setdefault(new_key, value)
     names = tuple(sections(root))
     for item in overrides:
+        key, sep, value = item.partition("=")
+        if key.strip() in renamed:
+            new = renamed[key.strip()]
+            logger.warning("%s is an older key, read as %s; write %s", key.strip(), new, new)
+            item = f"{new}{sep}{value}"
         apply_override(tree, item, names)
     return tree

@@ -44,3 +44,15 @@ def test_a_smaller_model_is_estimated_smaller(tiny_path):
     tiny = cpu_warning(load_config(None), questions=64, model_dir=tiny_path)
     assert tiny is None or float(tiny.split("up to ")[1].split(" h")[0]) < float(
         full.split("up to ")[1].split(" h")[0])
+
+
+def test_an_older_key_reads_as_its_key_now_with_a_warning(caplog):
+    from research.evaluation.config import load_config
+
+    with caplog.at_level("WARNING", logger="research.configtree"):
+        config = load_config("cpu", ["retrieval.topk=2"])
+    assert config.method.top_k == 2
+    assert "retrieval.topk is an older key, read as method.top_k; write method.top_k" in \
+        caplog.text
+    # the key now wins over the older one when both are given
+    assert load_config("cpu", ["retrieval.topk=2", "method.top_k=4"]).method.top_k == 4

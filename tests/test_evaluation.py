@@ -68,8 +68,11 @@ def question(i: int) -> dict:
     return {"id": f"q{i}", "question": f"What is {token(i)}?", "golden_answers": ["alpha"]}
 
 
-def ctx(gen, tok, client, **settings):
-    return M.Context(gen, tok, client, M.MethodSettings(**settings))
+def ctx(gen, tok, client, rollout=None, **method):
+    from research.evaluation.config import MethodSection
+    from research.rollout.settings import RolloutSettings
+
+    return M.Context(gen, tok, client, MethodSection(**method), rollout or RolloutSettings())
 
 
 # --- the methods ------------------------------------------------------------------------------
@@ -83,7 +86,7 @@ def test_direct_and_naive_rag_use_flashrags_prompts(tok, client):
     assert M.DIRECT_SYSTEM in prompt and f"Question: What is {token(3)}?" in prompt
     assert gen.calls[0][1].temperature == 0 and gen.calls[0][1].max_new_tokens == 32
 
-    [a] = M.METHODS["naive-rag"]([question(3)], ctx(gen, tok, client, topk=2))
+    [a] = M.METHODS["naive-rag"]([question(3)], ctx(gen, tok, client, top_k=2))
     prompt = gen.calls[1][0]
     assert "Answer the question based on the given document.Only give me" in prompt
     assert 'Doc 1(Title: "Title 3") ' in prompt and f"{token(3)}\n<|im_end|>" in prompt
@@ -142,7 +145,7 @@ def test_ircot_stops_at_the_answer_and_keeps_a_sorted_pool(tok, client):
         return (f" It is {token(5)}.", None) if i == 0 else (" So the answer is: alpha.", None)
 
     gen = Scripted(tok, reply)
-    [a] = M.METHODS["ircot"]([question(3)], ctx(gen, tok, client, topk=2))
+    [a] = M.METHODS["ircot"]([question(3)], ctx(gen, tok, client, top_k=2))
     assert a.prediction == "alpha." and a.searches == 2  # the question, then one thought
     assert [s["query"] for s in a.trajectory if "query" in s][1] == f" It is {token(5)}."
     second = gen.calls[1][0]
@@ -193,7 +196,7 @@ def test_research_method_is_the_rollout(tok, client):
         return f"<think> t </think> <search> {token(4)} </search>", None
 
     gen = Scripted(tok, reply)
-    [a] = M.METHODS["research"]([question(4)], ctx(gen, tok, client, topk=1))
+    [a] = M.METHODS["research"]([question(4)], ctx(gen, tok, client, top_k=1))
     assert gen.calls[0][0].startswith("A conversation between User and Assistant.")
     assert gen.calls[0][0].endswith(f"User: What is {token(4)}?. Assistant:")
     assert gen.calls[0][1].stop == ("</search>",) and gen.calls[0][1].temperature == 0

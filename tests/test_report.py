@@ -66,7 +66,7 @@ def eval_dir(tiny, service_url, tmp_path_factory) -> Path:
 
     base = [f"data.data_dir={root / 'data'}", "data.dataset_name=toy",
             f"run.save_dir={root / 'out'}", f"retrieval.search_url={service_url}",
-            "retrieval.topk=1"]
+            "method.top_k=1"]
     for method, reply in (("research", research), ("direct", lambda text, i: ("beta", None))):
         run(load_config(None, [*base, f"method.name={method}"]), progress=False,
             backend=(Scripted(tok, reply), tok))

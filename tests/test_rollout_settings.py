@@ -119,7 +119,6 @@ def test_evaluation_starts_from_the_settings_the_model_was_trained_with(tmp_path
 
     evaluation = load_eval_config(None, [f"generator.model={model}"]).resolved()
     assert evaluation.rollout == config.rollout
-    assert evaluation.settings().rollout == config.rollout  # what the research method runs
     # a key given explicitly wins; the others stay the recorded ones
     given = load_eval_config(None, [f"generator.model={model}", "rollout.top_k=4"]).resolved()
     assert given.rollout == dataclasses.replace(config.rollout, top_k=4)

@@ -15,7 +15,7 @@ from research.evaluation.scripted import first_number, title_entity
 def evaluate(tmp_path, method: str, kind: str, n: int = 24) -> list[dict]:
     config = load_eval_config(None, [f"method.name={method}", "data.dataset_name=factbook-facts",
                                      f"data.type={kind}", f"data.sample_num={n}",
-                                     "data.random_sample=true", "retrieval.topk=1",
+                                     "data.random_sample=true", "method.top_k=1",
                                      f"run.save_dir={tmp_path}"])
     out = runner.run(config, progress=False)
     assert out.name == f"factbook-facts-{kind}_dev_{method}"

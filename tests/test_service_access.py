@@ -93,18 +93,20 @@ def test_a_run_that_starts_its_own_service_guards_it_with_the_same_variable(tmp_
 
 def test_a_runs_search_client_is_one_function_for_both_engines(tmp_path, service_url):
     """run_searcher: None when the run never searches, a clear error without a URL or an
-    embedded corpus, a working client on a URL (training and evaluation both call it)."""
-    from types import SimpleNamespace as NS
-
+    embedded corpus, a working client on a URL (training and evaluation both call it, with
+    one retrieval section)."""
     from research.errors import ConfigError
-    from research.serving.launch import run_searcher
+    from research.evaluation.config import EvalConfig
+    from research.serving.launch import RetrievalSection, run_searcher
+    from research.trainers.config import TrainConfig
 
-    section = NS(search_url=None, timeout=5.0, retries=0, api_key_env=None)
+    assert type(TrainConfig().retrieval) is type(EvalConfig().retrieval) is RetrievalSection
+    section = RetrievalSection(timeout=5.0, retries=0)
     with run_searcher(section, "squad-open-mini", tmp_path, needed=False) as client:
         assert client is None
     with pytest.raises(ConfigError, match="retrieval.search_url.*retrieval.corpus"), \
             run_searcher(section, "my-own.jsonl", tmp_path):
         pass
-    with run_searcher(NS(**{**vars(section), "search_url": service_url}), None,
+    with run_searcher(RetrievalSection(search_url=service_url, timeout=5.0), None,
                       tmp_path) as client:
         assert client.health()["status"] == "healthy"

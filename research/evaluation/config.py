@@ -28,6 +28,7 @@ from research.errors import ConfigError
 from research.paths import package_path
 from research.rollout import settings as rollout_settings
 from research.rollout.settings import RolloutSettings
+from research.serving.launch import RetrievalSection
 
 _f = configtree.option
 
@@ -68,24 +69,12 @@ class GeneratorSection:
 
 
 @dataclass
-class RetrievalSection:
-    search_url: str | None = _f(None, "URL of a running retrieval service (null: start one on "
-                                "loopback over `corpus` for the run)")
-    corpus: str | None = _f(None, "embedded corpus of the service started when search_url is "
-                            "null (null: the dataset's own, for embedded sets)")
-    topk: int = _f(5, "documents per retrieval")
-    timeout: float = _f(60.0, "seconds per search request")
-    api_key_env: str | None = _f(None, "the environment variable holding the service's "
-                                 "access token (its server.api_key_env; null: none)")
-    retries: int | None = _f(None, "most retries of a failed search request (null: as "
-                             "many as the client's 30 s retry budget allows)")
-
-
-@dataclass
 class MethodSection:
     name: str = _f("research", "research, direct, naive-rag, iter-retgen, flare, ircot (the "
                    "seed's names zero-shot, naive, iterretgen are aliases), or a scripted "
                    "policy with no model: one-search-rule, oracle-chain")
+    top_k: int = _f(5, "documents per retrieval of naive-rag, iter-retgen, flare and ircot "
+                    "(ReSearch's are rollout.top_k)")
     answer_tokens: int = _f(32, "answer budget of direct, naive-rag and iter-retgen (FlashRAG's "
                             "standard)")
     chat: str = _f("auto", "baselines' chat template: auto (when the tokenizer has one), on, "
@@ -144,15 +133,6 @@ class EvalConfig:
         out.given_rollout = self.given_rollout
         return out
 
-    def settings(self):
-        """The methods' :class:`~research.evaluation.methods.MethodSettings`."""
-        from research.evaluation.methods import MethodSettings
-
-        m = self.method
-        kwargs = {f.name: getattr(m, f.name) for f in dataclasses.fields(MethodSettings)
-                  if hasattr(m, f.name)}
-        return MethodSettings(topk=self.retrieval.topk, rollout=self.rollout, **kwargs)
-
 
 def default_config_path() -> Path:
     """The default config, shipped with the package (``research/configs/eval_config.yaml``)."""
@@ -173,7 +153,7 @@ def validate(config: EvalConfig) -> None:
     if g.api_key_env and g.api_key_env not in os.environ:
         raise ConfigError(f"generator.api_key_env names {g.api_key_env}, which is not set in the "
                           "environment")
-    for key in ("retrieval.topk", "run.batch_size", "method.answer_tokens",
+    for key in ("method.top_k", "run.batch_size", "method.answer_tokens",
                 "method.iter_retgen_iterations", "method.flare_look_ahead",
                 "method.flare_max_tokens", "method.flare_max_iterations",
                 "method.ircot_max_iterations", "method.ircot_thought_tokens",
@@ -190,6 +170,7 @@ def validate(config: EvalConfig) -> None:
 
 
 NAMED = {"default": "eval_config.yaml", "cpu": "eval_cpu.yaml"}  # research/configs/
+RENAMED = {"retrieval.topk": "method.top_k"}  # older key: its key now
 
 
 def load_config(path: str | os.PathLike | None = None,
@@ -198,7 +179,8 @@ def load_config(path: str | os.PathLike | None = None,
     :func:`default_config_path`) with overrides."""
     tree = configtree.load_tree(
         EvalConfig, path, overrides, "an evaluation config", default=default_config_path(),
-        named={name: package_path("configs", file) for name, file in NAMED.items()})
+        named={name: package_path("configs", file) for name, file in NAMED.items()},
+        renamed=RENAMED)
     config = configtree.from_dict(EvalConfig, tree, "an evaluation config")
     config.given_rollout = frozenset(tree.get("rollout") or {})
     validate(config)

@@ -59,7 +59,8 @@ def _pipeline_class():
         raise MissingDependency("ReSearchPipeline needs FlashRAG: pip install flashrag-dev "
                           f"(import failed: {e})") from None
 
-    from research.evaluation.methods import Context, MethodSettings, research
+    from research.evaluation.config import MethodSection
+    from research.evaluation.methods import Context, research
     from research.rollout import settings as rollout_settings
     from research.rollout.settings import RolloutSettings
 
@@ -76,14 +77,14 @@ def _pipeline_class():
             if rollout is None:  # what the model was trained with, FlashRAG's top-k
                 rollout = rollout_settings.from_dict({**rollout_settings.recorded(
                     config["generator_model_path"]), "top_k": topk})
-            self.settings = MethodSettings(topk=topk, rollout=rollout)
+            self.method, self.rollout = MethodSection(top_k=topk), rollout
             self.generator, self.tokenizer = generator, None
             if generator is None:
                 self.generator, self.tokenizer = _generator(config, base_url, served_model_name)
 
         def run(self, dataset, do_eval=True, pred_process_fun=None):
             ctx = Context(self.generator, self.tokenizer, FlashRAGSearcher(self.retriever),
-                          self.settings)
+                          self.method, self.rollout)
             items = [{"id": str(i), "question": q, "golden_answers": g}
                      for i, (q, g) in enumerate(zip(dataset.question, dataset.golden_answers,
                                                     strict=True))]

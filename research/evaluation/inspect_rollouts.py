@@ -87,7 +87,7 @@ def run_inspection(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open_generator(config) as (generator, tokenizer), \
-            run_searcher(config.retrieval, config.retrieval.corpus or config.data.dataset_name,
+            run_searcher(config.retrieval, config.data.dataset_name,
                          out.parent / f"{out.stem}.service", settings.search) as searcher:
         prompts = [settings.encode_prompt(tokenizer, it["question"])
                    for it in items for _ in range(args.n)]

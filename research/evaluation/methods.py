@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 
 from research import protocol
 from research.errors import ConfigError
+from research.evaluation.config import MethodSection
 from research.retrieval.base import Hit
 from research.rollout.generation import Generation, Generator, SamplingParams
 from research.rollout.settings import RolloutSettings
@@ -90,23 +91,6 @@ FLARE_STOPS = ("!", "@", "#", "$", "%", "^", "&", "*", "(", ")", "\n")
 _SENTENCE_END = re.compile(r"(?<=[^A-Z].[.?]) +")  # FlashRAG's FLARE sentence split
 
 
-@dataclass(frozen=True)
-class MethodSettings:
-    """Every method's knobs, FlashRAG's defaults."""
-
-    topk: int = 5  # documents per retrieval
-    answer_tokens: int = 32  # generation budget of direct / naive-rag / iter-retgen answers
-    chat: str = "auto"  # baselines' chat template: auto (when the tokenizer has one), on, off
-    iter_retgen_iterations: int = 3
-    flare_threshold: float = 0.2  # a token below this probability triggers retrieval
-    flare_look_ahead: int = 64  # tokens generated per look-ahead
-    flare_max_tokens: int = 256  # counted answer tokens
-    flare_max_iterations: int = 5
-    ircot_max_iterations: int = 5
-    ircot_thought_tokens: int = 64  # budget of one thought (it stops at "." or a newline)
-    rollout: RolloutSettings = field(default_factory=RolloutSettings)  # ReSearch's (greedy)
-
-
 @dataclass
 class Context:
     """What a method runs with: the generator, its tokenizer, the retrieval client; and,
@@ -116,7 +100,8 @@ class Context:
     generator: Generator
     tokenizer: object
     searcher: object | None  # a BatchSearcher; None when only ``direct`` runs
-    settings: MethodSettings = field(default_factory=MethodSettings)
+    method: MethodSection = field(default_factory=MethodSection)  # the baselines' knobs
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)  # ReSearch's (greedy)
     progress: bool = False
     on_answer: Callable[[int, Answer], None] | None = None
 
@@ -178,7 +163,7 @@ def prompt_ids(ctx: Context, system: str, user: str, previous: str = "") -> list
     """The baselines' prompt: chat template (instruct models) or ``system\\n\\nuser``; the
     text generated so far (``previous``) continues the assistant turn."""
     tok = ctx.tokenizer
-    use_chat = {"on": True, "off": False}.get(ctx.settings.chat,
+    use_chat = {"on": True, "off": False}.get(ctx.method.chat,
                                               bool(getattr(tok, "chat_template", None)))
     if use_chat:
         if not getattr(tok, "chat_template", None):
@@ -212,7 +197,7 @@ def search(ctx: Context, queries: Sequence[str], answers: Sequence[Answer]) -> l
     sent queries count as searches, failed ones as failures too."""
     from research.rollout.engine import Turn, search_queries
 
-    outcomes = search_queries(ctx.searcher, queries, ctx.settings.topk)
+    outcomes = search_queries(ctx.searcher, queries, ctx.method.top_k)
     results = []
     for query, answer in zip(queries, answers, strict=True):
         o = outcomes[query]
@@ -241,7 +226,7 @@ def direct(items: Sequence[dict], ctx: Context) -> list[Answer]:
     answers = [Answer("") for _ in items]
     prompts = [prompt_ids(ctx, DIRECT_SYSTEM, USER.format(question=it["question"]))
                for it in items]
-    for a, g in zip(answers, generate(ctx, prompts, ctx.settings.answer_tokens), strict=True):
+    for a, g in zip(answers, generate(ctx, prompts, ctx.method.answer_tokens), strict=True):
         a.prediction = a.response = record_generation(ctx, a, g).strip()
     return answers
 
@@ -252,7 +237,7 @@ def _rag_round(ctx: Context, items: Sequence[dict], answers: list[Answer],
     prompts = [prompt_ids(ctx, RAG_SYSTEM.format(reference=format_reference(hits)),
                           USER.format(question=it["question"]))
                for it, hits in zip(items, docs, strict=True)]
-    gens = generate(ctx, prompts, ctx.settings.answer_tokens)
+    gens = generate(ctx, prompts, ctx.method.answer_tokens)
     return [record_generation(ctx, a, g) for a, g in zip(answers, gens, strict=True)]
 
 
@@ -269,7 +254,7 @@ def naive_rag(items: Sequence[dict], ctx: Context) -> list[Answer]:
 def iter_retgen(items: Sequence[dict], ctx: Context) -> list[Answer]:
     answers = [Answer("") for _ in items]
     outputs: list[str] = []
-    for i in range(ctx.settings.iter_retgen_iterations):
+    for i in range(ctx.method.iter_retgen_iterations):
         queries = [it["question"] if i == 0 else f"{it['question']} {out}"
                    for it, out in zip(items, outputs or [""] * len(items), strict=True)]
         outputs = _rag_round(ctx, items, answers, queries)
@@ -293,7 +278,7 @@ def first_sentence(ctx: Context, g: Generation) -> tuple[str, list[int], list[fl
 
 @register("flare")
 def flare(items: Sequence[dict], ctx: Context) -> list[Answer]:
-    s = ctx.settings
+    s = ctx.method
     answers = [Answer("") for _ in items]
     finals = [""] * len(items)
     counted = [0] * len(items)
@@ -364,7 +349,7 @@ def ircot_prediction(text: str) -> str:
 
 @register("ircot")
 def ircot(items: Sequence[dict], ctx: Context) -> list[Answer]:
-    s = ctx.settings
+    s = ctx.method
     answers = [Answer("") for _ in items]
     thoughts: list[list[str]] = [[] for _ in items]
     first = search(ctx, [it["question"] for it in items], answers)
@@ -409,7 +394,7 @@ def research(items: Sequence[dict], ctx: Context) -> list[Answer]:
 
     on_record = None if ctx.on_answer is None else (lambda i, r: ctx.on_answer(i, answer(r)))
     _, records = evaluate(items, ctx.generator, ctx.tokenizer, ctx.searcher,
-                          ctx.settings.rollout, batch_size=max(1, len(items)),
+                          ctx.rollout, batch_size=max(1, len(items)),
                           progress=ctx.progress, on_record=on_record)
     return [answer(r) for r in records]
 

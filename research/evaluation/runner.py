@@ -277,8 +277,7 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
 
         with (contextlib.nullcontext(backend) if backend else open_generator(config)) as (
                 generator, tokenizer), \
-                run_searcher(config.retrieval, config.retrieval.corpus
-                             or config.data.dataset_name, out,
+                run_searcher(config.retrieval, config.data.dataset_name, out,
                              method not in RETRIEVAL_FREE) as searcher:
             bar = tqdm(total=len(items), initial=len(done), desc=f"{method} {run_name(config)}",
                        unit="q", disable=not progress, dynamic_ncols=True)
@@ -293,7 +292,7 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
                     written.add(i)
                     bar.update(1)
 
-                ctx = Context(generator, tokenizer, searcher, config.settings(),
+                ctx = Context(generator, tokenizer, searcher, config.method, config.rollout,
                               progress=progress, on_answer=write)
                 for b in range(0, len(pending), config.run.batch_size):
                     batch[:] = pending[b : b + config.run.batch_size]

@@ -12,8 +12,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from research import configtree
 from research.errors import ConfigError, ResearchError
 from research.retrieval.client import SearchClient
+
+_f = configtree.option
+
+
+@dataclass
+class RetrievalSection:
+    """How a run reaches its retrieval service: the ``retrieval:`` section of the training and
+    the evaluation configs alike."""
+
+    search_url: str | None = _f(None, "URL of a running retrieval service (null: start one on "
+                                "loopback over `corpus` for the run)")
+    corpus: str | None = _f(None, "embedded corpus of the service started when search_url is "
+                            "null (null: the run's dataset's own, when it is an embedded set)")
+    timeout: float = _f(60.0, "seconds per search request")
+    retries: int | None = _f(None, "most retries of a failed search request (null: as "
+                             "many as the client's 30 s retry budget allows)")
+    api_key_env: str | None = _f(None, "the environment variable holding the service's access "
+                                 "token (its server.api_key_env; null: none)")
 
 
 class ServiceStartError(ResearchError, RuntimeError):
@@ -75,19 +94,19 @@ def running_service(config: Path, log_path: Path, timeout: float = 300
 
 
 @contextlib.contextmanager
-def run_searcher(retrieval, corpus: str | None, out: Path, needed: bool = True
-                 ) -> Iterator[SearchClient | None]:
-    """The search client of a training or evaluation run: on ``retrieval.search_url``, or on
-    a BM25 service over the embedded ``corpus`` started for the run (its files in ``out``);
-    None when the run never searches (``needed`` false: the closed-book control, the
-    retrieval-free methods). ``retrieval`` is the config's retrieval section (``search_url``,
-    ``timeout``, ``retries``, ``api_key_env``); a ConfigError names the keys when there is
-    neither a URL nor an embedded corpus."""
+def run_searcher(retrieval: RetrievalSection, dataset: str | None, out: Path,
+                 needed: bool = True) -> Iterator[SearchClient | None]:
+    """The search client of a run over ``dataset``: on ``retrieval.search_url``, or on a BM25
+    service started for the run (its files in ``out``) over ``retrieval.corpus``, by default
+    the dataset's own embedded corpus; None when the run never searches (``needed`` false:
+    the closed-book control, the retrieval-free methods). A ConfigError names the keys when
+    there is neither a URL nor an embedded corpus."""
     if not needed:
         yield None
         return
     from research.data import embedded
 
+    corpus = retrieval.corpus or dataset
     if retrieval.search_url is None and corpus not in embedded.EMBEDDED:
         raise ConfigError(
             f"no retrieval service for the corpus {corpus!r}: set retrieval.search_url to a "

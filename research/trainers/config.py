@@ -30,6 +30,7 @@ from research import configtree
 from research.errors import ConfigError
 from research.paths import package_path
 from research.rollout.settings import RolloutSettings
+from research.serving.launch import RetrievalSection
 
 _f = configtree.option
 
@@ -69,19 +70,6 @@ class DataConfig:
                               "covers a few countries only)")
     dev_type: str | None = _f(None, "keep only validation questions whose metadata.type is "
                               "this (null: all)")
-
-
-@dataclass
-class RetrievalConfig:
-    search_url: str | None = _f(None, "URL of a running retrieval service (null: start one on "
-                                "loopback over `corpus` for the run)")
-    corpus: str = _f("squad-open-mini", "embedded corpus for the service started when "
-                     "search_url is null")
-    timeout: float = _f(30.0, "seconds per search request")
-    retries: int | None = _f(None, "most retries of a failed search request (null: as "
-                             "many as the client's 30 s retry budget allows)")
-    api_key_env: str | None = _f(None, "the environment variable holding the service's access "
-                                 "token (its server.api_key_env; null: none)")
 
 
 @dataclass
@@ -157,7 +145,7 @@ class ClusterConfig:
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    retrieval: RetrievalSection = field(default_factory=RetrievalSection)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     reward: RewardConfig = field(default_factory=RewardConfig)
     grpo: GRPOSection = field(default_factory=GRPOSection)

@@ -274,7 +274,7 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
     from research.serving.launch import run_searcher
 
     # None for the closed-book control (rollout.search: false), which never searches
-    with run_searcher(config.retrieval, config.retrieval.corpus, out,
+    with run_searcher(config.retrieval, config.data.train, out,
                       config.rollout.search) as client, _silence_experimental():
         rollout = ReSearchRollout(config, tokenizer, client, samples, make_logits_processors)
         callbacks = [RunRecorder(out, samples, config.run.rollout_samples)]
