@@ -177,3 +177,19 @@ def test_grpo_bf16_on_a_cpu_without_bf16_support_computes_in_fp32(monkeypatch, c
         c = grpo_config(config, use_cpu=True)
     assert c.bf16 is supported
     assert ("grpo.bf16 asks for bf16" in caplog.text) is not supported
+
+
+def test_one_front_door_for_both_engines():
+    """research train (TRL) and training/run.sh --engine verl read --config, overrides and
+    --resume the same way: --resume is run.resume, each engine has its named default."""
+    from research.cli import build_parser
+    from research.trainers.config import DEFAULT_CONFIGS, load_run_config
+
+    args = build_parser().parse_args(["train", "--resume", "run.max_steps=3"])
+    config = load_run_config(args.config, args.overrides, args.resume, "trl")
+    assert config.run.resume and config.run.max_steps == 3
+    assert config == load_config(DEFAULT_CONFIGS["trl"], ["run.resume=true", "run.max_steps=3"])
+    assert not load_run_config(None, [], False, "trl").run.resume
+    verl = load_run_config(None, ["retrieval.search_url=http://h:1"], True, "verl")
+    assert verl == load_config("original", ["retrieval.search_url=http://h:1",
+                                            "run.resume=true"], engine="verl")

@@ -56,7 +56,7 @@ def test_launcher_writes_the_run_files_and_refuses_without_a_service(tmp_path):
     no_url = subprocess.run(cmd[:-2] + ["retrieval.search_url=null", "--dry-run"],
                             capture_output=True, text=True, timeout=300, cwd=REPO)
     assert no_url.returncode == 2 and "needs retrieval.search_url" in no_url.stderr
-    assert "prompts over cluster.max_prompt_tokens=512 dropped" in done.stderr
+    assert "prompts over the prompt budget (cluster.max_prompt_tokens) dropped" in done.stderr
     assert "+ray_kwargs.ray_init.runtime_env.env_vars.WANDB_MODE=offline" in lines
     assert "data.train_max_samples=8" in lines and "data.val_max_samples=4" in lines
     no_model = subprocess.run(cmd[:-1] + [f"model.path={tmp_path}/missing", "--dry-run"],
@@ -134,24 +134,30 @@ def test_long_prompts_are_dropped_and_counted(tmp_path, caplog):
     import logging
 
     import pyarrow.parquet as pq
+    import pytest
     from transformers import AutoTokenizer
 
+    from research.configtree import ConfigError
     from research.data.rows import make_row, write_rows
     from research.models.prepare import prepare_model
-    from research.trainers.verl_launch import drop_long_prompts
+    from research.trainers.verl_launch import prompt_fits, rows_file
 
     tok = AutoTokenizer.from_pretrained(prepare_model("smollm2-135m"))
     src = tmp_path / "in.parquet"
     write_rows([make_row("short?", ["a"], id="0", data_source="t", index=0),
                 make_row("long " * 600 + "?", ["b"], id="1", data_source="t", index=1)], src)
     config = _config(tmp_path)
+    fits = prompt_fits(config, tok)
     with caplog.at_level(logging.INFO):
-        path = drop_long_prompts(str(src), tmp_path / "out.parquet", config, tok)
+        path = rows_file(str(src), "train", None, tmp_path / "out.parquet", fits=fits)
     assert pq.read_table(path).column("question").to_pylist() == ["short?"]
-    assert "1 of 2 prompts over cluster.max_prompt_tokens=512 dropped" in caplog.text
-    assert drop_long_prompts(path, tmp_path / "again.parquet", config, tok) == path
-    first = drop_long_prompts(str(src), tmp_path / "first.parquet", config, tok, limit=1)
+    assert "1 of 2 prompts over the prompt budget (cluster.max_prompt_tokens) dropped" in \
+        caplog.text
+    assert rows_file(path, "train", None, tmp_path / "again.parquet", fits=fits) == path
+    first = rows_file(str(src), "train", 1, tmp_path / "first.parquet", fits=fits)
     assert pq.read_table(first).column("question").to_pylist() == ["short?"]  # the first N
+    with pytest.raises(ConfigError, match="every prompt of .* is over"):
+        rows_file(str(src), "train", None, tmp_path / "none.parquet", fits=lambda q: False)
 
 
 def test_rows_keep_only_the_asked_question_type(tmp_path):
@@ -303,12 +309,12 @@ def test_prepare_reads_the_model_and_data_keys(tmp_path, monkeypatch):
 
     read = []
 
-    def rows_file(source, split, limit, out, kind=None, seed=None):
-        read.append((source, split, limit, kind, seed))
+    def rows_file(source, split, limit, out, kind=None, seed=None, fits=None):
+        read.append((source, split, limit, kind, seed, callable(fits)))
         return f"/rows/{Path(source).stem}-{split}.parquet"
 
     monkeypatch.setattr(verl_launch, "rows_file", rows_file)
-    monkeypatch.setattr(verl_launch, "drop_long_prompts", lambda path, *args, **kw: path)
+    monkeypatch.setattr(verl_launch, "prompt_fits", lambda config, tokenizer: lambda q: True)
     monkeypatch.setattr(research.models.prepare, "prepare_model",
                         lambda name: Path("/models") / Path(name).name)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: None)
@@ -317,8 +323,8 @@ def test_prepare_reads_the_model_and_data_keys(tmp_path, monkeypatch):
                      "data.dev_split=test", "data.dev_type=bridge", "data.dev_limit=7",
                      "run.eval_steps=5")
     lines = set(verl_launch.prepare(config))
-    assert read == [("/q/a.jsonl", "extra", None, "one-hop", None),
-                    ("/q/b.jsonl", "test", 7, "bridge", 13)]
+    assert read == [("/q/a.jsonl", "extra", None, "one-hop", None, True),
+                    ("/q/b.jsonl", "test", 7, "bridge", 13, True)]
     assert {"actor_rollout_ref.model.path=/models/qwen", "data.train_files=/rows/a-extra.parquet",
             "data.val_files=/rows/b-test.parquet"} <= lines
 

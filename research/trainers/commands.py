@@ -18,7 +18,6 @@ import logging
 from research.errors import cli_command
 
 EXIT_OK = 0
-DEFAULT_CONFIG = "cpu-small"
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="GRPO training on one machine (TRL)",
         description="GRPO with TRL and the ReSearch rollout. Keys and their help: --keys.")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value",
-                   help="config overrides, e.g. grpo.num_generations=4 run.max_steps=10")
-    p.add_argument("--config", default=DEFAULT_CONFIG,
-                   help=f"YAML file or named config (cpu-small, original; default "
-                        f"{DEFAULT_CONFIG})")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the last checkpoint in run.output_dir")
+    from research.trainers.run_setup import add_front_door
+
+    add_front_door(p, "trl")
     p.add_argument("--keys", action="store_true", help="list every config key and exit")
     p.set_defaults(func=run_train)
     return p
@@ -42,13 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 @cli_command
 def run_train(args: argparse.Namespace) -> int:
-    from research.trainers.config import describe, load_config
+    from research.trainers.config import describe, load_run_config
 
     if args.keys:
         print(describe())
         return EXIT_OK
-    overrides = [*args.overrides, *(["run.resume=true"] if args.resume else [])]
-    config = load_config(args.config, overrides)
+    config = load_run_config(args.config, args.overrides, args.resume, "trl")
     from research.trainers.trl_engine import train
 
     print(f"run directory: {train(config)}")

@@ -180,6 +180,17 @@ def named_paths() -> dict[str, Path]:
     return {p.stem: p for p in sorted(config_dir().glob("*.yaml"))}
 
 
+DEFAULT_CONFIGS = {"trl": "cpu-small", "verl": "original"}  # each engine's --config default
+
+
+def load_run_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...],
+                    resume: bool, engine: str) -> TrainConfig:
+    """What both training entry points run: ``--config`` (default: the engine's
+    :data:`DEFAULT_CONFIGS`), the overrides, and ``--resume`` as ``run.resume=true``."""
+    return load_config(path or DEFAULT_CONFIGS[engine],
+                       [*overrides, *(["run.resume=true"] if resume else [])], engine)
+
+
 def load_config(path: str | os.PathLike | None = None,
                 overrides: list[str] | tuple[str, ...] = (), engine: str = "trl"
                 ) -> TrainConfig:

@@ -1,6 +1,6 @@
-"""What both training engines set up the same way before a run: its questions, its wandb
-environment and its LoRA scaling. (No TRL, verl or torch import here: the verl engine's
-environment lacks TRL, the TRL engine's lacks verl.)"""
+"""What both training engines set up the same way before a run: their command-line front
+door, its questions, its wandb environment and its LoRA scaling. (No TRL, verl or torch
+import here: the verl engine's environment lacks TRL, the TRL engine's lacks verl.)"""
 
 from __future__ import annotations
 
@@ -44,3 +44,20 @@ def wandb_env(config, environ=os.environ) -> dict[str, str]:
 def lora_alpha(model) -> int:
     """``model.lora_alpha``, or twice ``model.lora_rank`` when it is null."""
     return model.lora_alpha or 2 * model.lora_rank
+
+
+def add_front_door(parser, engine: str) -> None:
+    """The arguments both training entry points take (``research train`` for TRL,
+    ``training/run.sh --engine verl``): overrides, ``--config`` with the engine's default,
+    ``--resume`` (read as ``run.resume=true``); :func:`~research.trainers.config.load_run_config`
+    reads them."""
+    from research.trainers.config import DEFAULT_CONFIGS
+
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config overrides, e.g. grpo.num_generations=4 run.max_steps=10")
+    parser.add_argument("--config", default=None,
+                        help=f"YAML file or named config (default {DEFAULT_CONFIGS[engine]}; "
+                             "`research train --keys` lists every key)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint in run.output_dir "
+                             "(run.resume=true)")

@@ -26,16 +26,24 @@ every worker; the key only ever comes from the environment.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from research.errors import MissingDependency, cli_command
-from research.trainers.config import ConfigError, TrainConfig, load_config
-from research.trainers.run_setup import CHECKOUT, lora_alpha, training_questions, wandb_env
+from research.trainers.config import ConfigError, TrainConfig, load_run_config
+from research.trainers.run_setup import (
+    CHECKOUT,
+    add_front_door,
+    lora_alpha,
+    training_questions,
+    wandb_env,
+)
 
 AGENT_NAME = "research_agent"
 log = logging.getLogger(__name__)
@@ -156,7 +164,7 @@ def _data(config: TrainConfig, train_files: str, val_files: str | None) -> dict:
 
 
 def overrides(config: TrainConfig, *, model_path: str, train_files: str, val_files: str | None,
-              agent_loops: str, resume: bool = False) -> list[str]:
+              agent_loops: str) -> list[str]:
     """verl's Hydra overrides for ``config`` (the project's settings, then ``cluster.verl``);
     :mod:`research.trainers.verl_mapping` lists where each key goes."""
     g, r, run, c = config.grpo, config.rollout, config.run, config.cluster
@@ -203,7 +211,7 @@ def overrides(config: TrainConfig, *, model_path: str, train_files: str, val_fil
         "trainer.project_name": run.wandb_project,
         "trainer.experiment_name": Path(run.output_dir).name,
         "trainer.logger": ["console"] + ([] if run.wandb == "off" else ["wandb"]),
-        "trainer.resume_mode": "auto" if resume or run.resume else "disable",
+        "trainer.resume_mode": "auto" if run.resume else "disable",
         **runtime_env(config),
     }
     if r.seed is not None:
@@ -212,12 +220,24 @@ def overrides(config: TrainConfig, *, model_path: str, train_files: str, val_fil
     return [f"{k}={_value(v)}" for k, v in o.items()]
 
 
+def prompt_fits(config: TrainConfig, tokenizer) -> Callable[[str], bool]:
+    """Whether a question's prompt, rendered as the agent loop renders it (``rollout``
+    settings, the model's tokenizer), is within ``cluster.max_prompt_tokens``."""
+    budget = config.cluster.max_prompt_tokens
+    return lambda question: len(config.rollout.encode_prompt(tokenizer, question)) <= budget
+
+
 def rows_file(source: str, split: str, limit: int | None, out: Path, kind: str | None = None,
-              seed: int | None = None) -> str:
-    """A parquet of the project's rows for verl: ``source`` itself when it is one, else the
-    embedded set or FlashRAG jsonl converted (only the questions whose ``metadata.type`` is
-    ``kind``, when given; with ``seed``, ``limit`` of them drawn as
-    :func:`research.data.questions.load_questions` draws them)."""
+              seed: int | None = None, fits: Callable[[str], bool] | None = None) -> str:
+    """A parquet of the project's rows for verl, in one pass: ``source``'s rows (a rows
+    parquet, or an embedded set / FlashRAG jsonl converted: only the questions whose
+    ``metadata.type`` is ``kind``, when given; with ``seed``, ``limit`` of them drawn as
+    :func:`research.data.questions.load_questions` draws them), the first ``limit``, without
+    those whose prompt does not ``fit`` (logged; verl's ``*_max_samples`` alone would pick rows
+    at random). ``source`` itself when it is a parquet left whole, else written to ``out``."""
+    from research.data.rows import make_row, read_rows, write_rows
+
+    whole = None
     if source.endswith(".parquet"):
         if not Path(source).is_file():
             raise ConfigError(f"{source} not found (data.train / data.dev)")
@@ -225,44 +245,29 @@ def rows_file(source: str, split: str, limit: int | None, out: Path, kind: str |
             raise ConfigError(f"data.train_type / data.dev_type={kind} filters on metadata.type, "
                               f"which rows .parquet files do not carry: give {source}'s "
                               "embedded set or .jsonl instead, or set the type to null")
+        whole = read_rows(source)
+        rows = whole[:limit] if limit else whole
+    else:
+        items = training_questions(source, split, limit, kind, seed)
+        name = Path(source).parent.name if source.endswith(".jsonl") else source  # NAME/SPLIT
+        rows = [make_row(it["question"], [str(a) for a in it["golden_answers"]],
+                         id=str(it.get("id", i)), data_source=name, index=i)
+                for i, it in enumerate(items)]
+    if fits is not None:
+        kept = [row for row in rows if fits(row["question"])]
+        log.info("%s: %d of %d prompts over the prompt budget (cluster.max_prompt_tokens) "
+                 "dropped", source, len(rows) - len(kept), len(rows))
+        if not kept:
+            raise ConfigError(f"every prompt of {source} is over cluster.max_prompt_tokens: "
+                              "raise it")
+        rows = kept
+    if whole is not None and len(rows) == len(whole):
         return str(Path(source).resolve())
-    from research.data.rows import make_row, write_rows
-
-    items = training_questions(source, split, limit, kind, seed)
-    name = Path(source).parent.name if source.endswith(".jsonl") else source  # NAME/SPLIT.jsonl
-    rows = [make_row(it["question"], [str(a) for a in it["golden_answers"]],
-                     id=str(it.get("id", i)), data_source=name, index=i)
-            for i, it in enumerate(items)]
     write_rows(rows, out)
     return str(out.resolve())
 
 
-def drop_long_prompts(path: str, out: Path, config: TrainConfig, tokenizer,
-                      limit: int | None = None) -> str:
-    """``path`` (rows parquet), its first ``limit`` rows, without the questions whose prompt,
-    rendered as the agent loop renders it (``rollout`` settings, the model's tokenizer), is
-    over ``cluster.max_prompt_tokens``: ``path`` itself when nothing is left out, else
-    ``out``. Logs the count. (verl's ``*_max_samples`` alone would pick rows at random.)
-    """
-    from research.data.rows import read_rows, write_rows
-
-    budget, every = config.cluster.max_prompt_tokens, read_rows(path)
-    rows = every[:limit] if limit else every
-    kept = [row for row in rows
-            if len(config.rollout.encode_prompt(tokenizer, row["question"])) <= budget]
-    dropped = len(rows) - len(kept)
-    log.info("%s: %d of %d prompts over cluster.max_prompt_tokens=%d dropped", path, dropped,
-             len(rows), budget)
-    if not kept:
-        raise ConfigError(f"every prompt of {path} is over cluster.max_prompt_tokens={budget}:"
-                          " raise it")
-    if len(kept) == len(every):
-        return path
-    write_rows(kept, out)
-    return str(out.resolve())
-
-
-def prepare(config: TrainConfig, resume: bool = False) -> list[str]:
+def prepare(config: TrainConfig) -> list[str]:
     """Write the run directory's files; returns ``main_ppo``'s overrides."""
     from research.models.prepare import prepare_model
 
@@ -274,23 +279,23 @@ def prepare(config: TrainConfig, resume: bool = False) -> list[str]:
     check_search_token(config)
     out = Path(config.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    d = config.data
-    train = rows_file(d.train, d.train_split, d.train_limit, out / "train.parquet", d.train_type)
-    dev = (rows_file(d.dev, d.dev_split, d.dev_limit, out / "dev.parquet", d.dev_type,
-                     d.dev_seed)
-           if d.dev is not None else None)
-    model = str(prepare_model(config.model.path))
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    train = drop_long_prompts(train, out / "train.parquet", config, tokenizer, d.train_limit)
-    if dev is not None:
-        dev = drop_long_prompts(dev, out / "dev.parquet", config, tokenizer, d.dev_limit)
+    # the model is prepared (a packaged one converted) only once the data has been read
+    model = functools.cache(lambda: str(prepare_model(config.model.path)))
+    tokenizer = functools.cache(lambda: AutoTokenizer.from_pretrained(model()))
+    fits = lambda question: prompt_fits(config, tokenizer())(question)  # noqa: E731
+    d = config.data
+    train = rows_file(d.train, d.train_split, d.train_limit, out / "train.parquet", d.train_type,
+                      fits=fits)
+    dev = (rows_file(d.dev, d.dev_split, d.dev_limit, out / "dev.parquet", d.dev_type,
+                     d.dev_seed, fits=fits)
+           if d.dev is not None else None)
     loops = out / "agent_loops.yaml"
     loops.write_text(yaml.safe_dump(agent_loop_entries(config, config.retrieval.search_url),
                                     sort_keys=False))
-    result = overrides(config, model_path=model, train_files=train, val_files=dev,
-                       agent_loops=str(loops.resolve()), resume=resume)
+    result = overrides(config, model_path=model(), train_files=train, val_files=dev,
+                       agent_loops=str(loops.resolve()))
     (out / "verl_overrides.txt").write_text("\n".join(result) + "\n")
     return result
 
@@ -341,9 +346,7 @@ def shared_paths(hydra: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="verl_launch", description=__doc__.split("\n\n")[0])
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    p.add_argument("--config", default="original", help="YAML file or named config")
-    p.add_argument("--resume", action="store_true", help="continue the run in run.output_dir")
+    add_front_door(p, "verl")
     p.add_argument("--dry-run", action="store_true", help="write the files, print the command")
     return launch(p.parse_args(argv))
 
@@ -352,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
 def launch(args: argparse.Namespace) -> int:
     """Prepare the run and exec verl's trainer (print its command with ``--dry-run``)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = load_config(args.config, args.overrides, engine="verl")
-    hydra = prepare(config, resume=args.resume)
+    config = load_run_config(args.config, args.overrides, args.resume, "verl")
+    hydra = prepare(config)
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *hydra]
     if args.dry_run:
         print(" ".join(cmd))
