@@ -77,7 +77,7 @@ def test_one_settings_object_reaches_the_trl_rollout_and_validation(tmp_path, mo
         def encode(self, text, add_special_tokens=False):
             return list(text.encode())
 
-    rollout = ReSearchRollout(config, Tok(), searcher=None, samples=StepSamples())
+    rollout = ReSearchRollout(config.rollout, Tok(), searcher=None, samples=StepSamples())
     assert rollout.settings is config.rollout
     assert rollout.encode("Q?") == config.rollout.encode_prompt(Tok(), "Q?")
 

@@ -276,7 +276,8 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
     # None for the closed-book control (rollout.search: false), which never searches
     with run_searcher(config.retrieval, config.data.train, out,
                       config.rollout.search) as client, _silence_experimental():
-        rollout = ReSearchRollout(config, tokenizer, client, samples, make_logits_processors)
+        rollout = ReSearchRollout(config.rollout, tokenizer, client, samples,
+                                  make_logits_processors, config.model.max_batch)
         callbacks = [RunRecorder(out, samples, config.run.rollout_samples)]
         if config.run.eval_steps:
             items = training_questions(d.dev, d.dev_split, d.dev_limit, d.dev_type, d.dev_seed)

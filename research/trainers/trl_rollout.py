@@ -22,7 +22,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from research.trainers.config import ConfigError, TrainConfig
+from research.errors import ConfigError
+from research.rollout.settings import RolloutSettings
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +85,13 @@ def shows_progress(trainer) -> bool:
 class ReSearchRollout:
     """TRL's ``rollout_func``: the project's search-interleaved rollout on the current policy."""
 
-    def __init__(self, config: TrainConfig, tokenizer, searcher, samples: StepSamples,
-                 make_logits_processors: Callable[[], list] | None = None):
-        self.settings = config.rollout
-        self.max_batch = config.model.max_batch
+    def __init__(self, settings: RolloutSettings, tokenizer, searcher, samples: StepSamples,
+                 make_logits_processors: Callable[[], list] | None = None,
+                 max_batch: int | None = None):
+        """``settings``: the run's ``rollout:`` section; ``max_batch``: most sequences the
+        Hugging Face backend decodes at once (``model.max_batch``)."""
+        self.settings = settings
+        self.max_batch = max_batch
         self.tokenizer = tokenizer
         self.searcher = searcher
         self.samples = samples
