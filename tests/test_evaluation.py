@@ -251,6 +251,20 @@ def test_metrics_resume_and_table(tok, service_url, tmp_path):
     with pytest.raises(ConfigError, match=r"other settings \(method.answer_tokens\)"):
         run(load_config(None, [*base, "method.answer_tokens=8"]), progress=False,
             backend=(gen, tok))
+    # a folder written before a key was renamed (retrieval.topk, now method.top_k) or added
+    # (a key at its default) resumes; a renamed key with another value does not
+    saved = json.loads((out / "fingerprint.json").read_text())
+    saved["retrieval"]["topk"] = saved["method"].pop("top_k")
+    del saved["method"]["ircot_thought_tokens"]
+    (out / "fingerprint.json").write_text(json.dumps(saved))
+    run(load_config(None, base), progress=False, backend=(gen, tok))
+    assert len(gen.calls) == 3  # nothing ran again
+    saved["retrieval"]["topk"] = 2
+    (out / "fingerprint.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"other settings \(method.top_k\)"):
+        run(load_config(None, base), progress=False, backend=(gen, tok))
+    saved["retrieval"]["topk"] = 5
+    (out / "fingerprint.json").write_text(json.dumps(saved))
     rag = run(load_config(None, [*base, "method.name=naive"]), progress=False,
               backend=(Scripted(tok, lambda t, i: ("Lima", None)), tok))
     table = assemble_table([out, rag])

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from research.evaluation.config import ConfigError, EvalConfig
+from research.evaluation.config import RENAMED, ConfigError, EvalConfig
 from research.evaluation.methods import METHODS, MODEL_FREE, RETRIEVAL_FREE, Context, resolve
 from research.metrics import average_metrics, compute_metrics
 
@@ -223,9 +223,15 @@ def check_same_run(out: Path, config: EvalConfig) -> None:
         path.write_text(json.dumps(now, indent=2) + "\n")
         return
     before = json.loads(path.read_text())
-    if before != now:
-        changed = sorted(f"{section}.{key}" for section in now for key in now[section]
-                         if before.get(section, {}).get(key) != now[section][key])
+    for older, newer in RENAMED.items():  # a folder written before a key was renamed
+        (section, key), (new_section, new_key) = older.split("."), newer.split(".")
+        if key in before.get(section, {}):
+            before.setdefault(new_section, {}).setdefault(new_key, before[section].pop(key))
+    default = EvalConfig().to_dict()  # a key added since the folder was written: its default
+    changed = sorted(f"{section}.{key}" for section in now for key in now[section]
+                     if before.get(section, {}).get(key, default[section][key])
+                     != now[section][key])
+    if changed:
         raise ConfigError(f"{out} holds a run with other settings ({', '.join(changed)}): "
                           "set run.save_note to start another run folder, or "
                           "run.overwrite=true to replace it")
