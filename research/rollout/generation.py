@@ -143,6 +143,25 @@ def check_batch(prompts: Sequence[Sequence[int]], params: Sequence[SamplingParam
     return bool(prompts)
 
 
+def stop_in_tail(tokenizer, ids: Sequence[int], stop: Sequence[str]) -> str | None:
+    """A stop string in the text of the last few tokens of ``ids`` (a window of the longest
+    stop string's length plus 2 tokens, enough for one split across tokens), or None.
+    Checked after every new token, it finds a stop string at the token that completes it, in
+    constant time per token: the one stop-finding rule of every backend that does not stop
+    on the server's side.
+
+    >>> class Tok:
+    ...     def decode(self, ids): return "".join(chr(i) for i in ids)
+    >>> stop_in_tail(Tok(), [ord(c) for c in "ab</s>"], ("</s>",))
+    '</s>'
+    >>> stop_in_tail(Tok(), [ord(c) for c in "ab</"], ("</s>",)) is None
+    True
+    """
+    window = 2 + max(len(s) for s in stop)
+    tail = tokenizer.decode(list(ids[-window:]))
+    return next((s for s in stop if s in tail), None)
+
+
 def generation_from_tokens(tokenizer, token_ids: Sequence[int], logprobs: Sequence[float] | None,
                            eos_token_ids: frozenset[int], stop: Sequence[str] = (),
                            max_new_tokens: int | None = None) -> Generation:
@@ -165,10 +184,8 @@ def generation_from_tokens(tokenizer, token_ids: Sequence[int], logprobs: Sequen
     eos_at = next((i for i, t in enumerate(ids) if t in eos_token_ids), None)
     end = len(ids) if eos_at is None else eos_at + 1
     if stop and any(s in tokenizer.decode(ids[:end]) for s in stop):  # then find the token
-        window = 2 + max(len(s) for s in stop)
         for k in range(1, end + 1):
-            tail = tokenizer.decode(ids[max(0, k - window) : k])
-            hit = next((s for s in stop if s in tail), None)
+            hit = stop_in_tail(tokenizer, ids[:k], stop)
             if hit is not None and (eos_at is None or k <= eos_at):
                 return Generation(ids[:k], lps[:k], "stop", hit)
     if eos_at is not None:

@@ -179,16 +179,13 @@ class _Engine:
         """Top-``n`` ``(ids, logprobs)`` per new token, by one teacher-forced forward pass."""
         import torch
 
-        from research.rollout.backends.hf import _top_p_filter
+        from research.rollout.sampling import sampling_logprobs
 
         device = next(self.model.parameters()).device
         ids = torch.tensor([prompt + g.token_ids], device=device)  # [1, P + T]
         with torch.inference_mode():
-            logits = self.model(ids).logits[0, len(prompt) - 1 : -1].float()  # [T, V]
-        logits = logits / (p.temperature if p.temperature > 0 else 1.0)
-        if p.top_p < 1.0:
-            logits = _top_p_filter(logits, p.top_p)
-        values, indices = torch.log_softmax(logits, -1).topk(n, dim=-1)  # [T, n]
+            logits = self.model(ids).logits[0, len(prompt) - 1 : -1]  # [T, V]
+        values, indices = sampling_logprobs(logits, p.temperature, p.top_p).topk(n, dim=-1)
         return indices.cpu().tolist(), values.cpu().tolist()
 
     def token_str(self, token_id: int, as_id: bool) -> str:

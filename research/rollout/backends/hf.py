@@ -48,24 +48,9 @@ from research.rollout.generation import (
     SamplingParams,
     check_batch,
     model_eos_ids,
+    stop_in_tail,
 )
-
-
-def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probability reaches ``top_p``."""
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    drop = probs.cumsum(dim=-1) - probs > top_p
-    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-
-
-def sampling_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Log-probs of the distribution sampled from (greedy: the model's own). ``[B, V]``."""
-    logits = logits.float() / (temperature if temperature > 0 else 1.0)
-    if top_p < 1.0:
-        logits = _top_p_filter(logits, top_p)
-    return torch.log_softmax(logits, dim=-1)
+from research.rollout.sampling import sampling_logprobs
 
 
 class _Row:
@@ -215,9 +200,7 @@ class HFGenerator:
             row.finish = "eos"
             return
         if p.stop:
-            window = 2 + max(len(s) for s in p.stop)
-            tail = self.tokenizer.decode(row.tokens[-window:])
-            hit = next((s for s in p.stop if s in tail), None)
+            hit = stop_in_tail(self.tokenizer, row.tokens, p.stop)
             if hit is not None:
                 row.finish, row.stop = "stop", hit
                 return
