@@ -347,3 +347,40 @@ def test_real_forward_loss_matches(trainer, generated):
     (g_trl,) = torch.autograd.grad(loss, weight)
     (g_ours,) = torch.autograd.grad(ours, weight)
     assert torch.allclose(g_trl, g_ours, atol=1e-7, rtol=1e-3)
+
+
+def test_rollout_correction_weighs_each_token_by_the_truncated_ratio(make_trainer, generated,
+                                                                     monkeypatch):
+    """grpo.rollout_int8: the loss of a rollout sampled from another copy of the policy is the
+    protocol's with each token's advantage times min(exp(logp - logp_rollout), cap)
+    (truncated importance sampling); without the correction the rollout's log-probs do not
+    enter the loss."""
+    from research.trainers.trl_correction import install_rollout_correction
+
+    trainer, _ = make_trainer()
+    out, _ = generated
+    logp, _, ref, entropy = _log_probs()
+    g = torch.Generator().manual_seed(5)
+    rollout = logp + 0.5 * torch.randn(N, T, generator=g)  # ratios on both sides of the cap
+    inputs = {**out, "ref_per_token_logps": ref, "sampling_per_token_logps": rollout}
+    plain, plain_dlogp, _ = _trl_loss(trainer, monkeypatch, inputs, logp, entropy)
+    install_rollout_correction(trainer, cap=2.0)
+    loss, dlogp, dentropy = _trl_loss(trainer, monkeypatch, inputs, logp, entropy)
+
+    weights = torch.where(MASK.bool(), torch.exp(logp - rollout).clamp(max=2.0), 1.0)
+    on = MASK.bool()
+    assert (weights[on] == 2.0).any() and (weights[on] < 1).any()  # capped and below one
+    ours, our_dlogp, our_dentropy = _our_loss(logp, logp, out["advantages"][:, None] * weights,
+                                              ref, entropy)
+    assert abs(loss.item() - ours.item()) < 1e-5
+    assert torch.allclose(dlogp, our_dlogp, atol=1e-7, rtol=1e-5)
+    assert torch.allclose(dentropy, our_dentropy, atol=1e-9, rtol=1e-5)
+    assert not torch.allclose(dlogp, plain_dlogp)  # the correction changed the gradient
+    facts = trainer._metrics["train"]
+    assert facts["rollout_correction/clipped_share"][-1] == pytest.approx(
+        float((weights[on] == 2.0).float().mean()))
+    assert facts["rollout_correction/gap"][-1] == pytest.approx(
+        float((logp - rollout)[on].abs().mean()), rel=1e-5)
+    # a batch without the rollout's log-probs is left as it was
+    bare = {k: v for k, v in inputs.items() if k != "sampling_per_token_logps"}
+    assert _trl_loss(trainer, monkeypatch, bare, logp, entropy)[0] == plain

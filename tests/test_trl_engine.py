@@ -39,7 +39,7 @@ def small(tiny_path, questions, service_url, out, *extra):
         f"model.path={tiny_path}", f"data.train={questions}", "data.dev=null",
         f"retrieval.search_url={service_url}", "rollout.max_response_tokens=16",
         "rollout.max_turns=1", "rollout.top_k=1", "rollout.max_result_tokens=12",
-        "rollout.example=false", "reward.name=f1", "grpo.prompts_per_step=2",
+        "rollout.example=null", "reward.name=f1", "grpo.prompts_per_step=2",
         "grpo.num_generations=2", "grpo.per_device_batch=2", "grpo.learning_rate=1e-3",
         "run.eval_steps=0", "run.max_steps=2", "run.save_steps=100", "run.torch_threads=1",
         f"run.output_dir={out}", *extra])
@@ -299,6 +299,23 @@ def test_lora_trains_adapters_and_saves_a_merged_model(tiny_path, questions, ser
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all("proj" in k for k in changed)  # linear layers only, merged
     assert not (out / "final" / "adapter_config.json").exists()
+
+
+def test_int8_rollout_trains_with_its_correction_logged(tiny_path, questions, service_url,
+                                                         tmp_path):
+    """grpo.rollout_int8: the rollout samples from an int8 copy of the LoRA policy and the
+    loss is corrected for the gap (its facts in metrics.jsonl)."""
+    pytest.importorskip("peft")
+    out = train(small(tiny_path, questions, service_url, tmp_path / "run", "model.lora_rank=4",
+                      "grpo.rollout_int8=true", "run.max_steps=1"))
+    [step] = [m for m in jsonl(out / "metrics.jsonl") if "loss" in m]
+    assert 0 < step["rollout_correction/weight_mean"] <= 2.0
+    assert 0 <= step["rollout_correction/clipped_share"] <= 1
+    assert 0 < step["rollout_correction/gap"] < 1  # int8 is close to the policy, not equal
+    assert (out / "final" / "config.json").exists()
+    with pytest.raises(ConfigError, match="set only one of them"):
+        small(tiny_path, questions, service_url, tmp_path, "grpo.rollout_int8=true",
+              "grpo.bf16=true")
 
 
 def test_lora_layers_adapts_only_the_top_layers(tiny_path):

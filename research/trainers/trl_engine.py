@@ -277,7 +277,8 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
     with run_searcher(config.retrieval, config.data.train, out,
                       config.rollout.search) as client, _silence_experimental():
         rollout = ReSearchRollout(config.rollout, tokenizer, client, samples,
-                                  make_logits_processors, config.model.max_batch)
+                                  make_logits_processors, config.model.max_batch,
+                                  int8=config.grpo.rollout_int8)
         callbacks = [RunRecorder(out, samples, config.run.rollout_samples)]
         if config.run.eval_steps:
             items = training_questions(d.dev, d.dev_split, d.dev_limit, d.dev_type, d.dev_seed)
@@ -288,6 +289,10 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
                               args=args, train_dataset=dataset, processing_class=tokenizer,
                               rollout_func=rollout, callbacks=callbacks,
                               peft_config=lora_config(config, model_path))
+        if config.grpo.rollout_int8:  # the rollout's log-probs are the int8 copy's
+            from research.trainers.trl_correction import install_rollout_correction
+
+            install_rollout_correction(trainer, config.grpo.rollout_is_cap)
         policy = trainer.model
         install_compact_head(policy.get_base_model() if hasattr(policy, "get_base_model")
                              else policy, trainer.temperature)

@@ -87,17 +87,19 @@ class ReSearchRollout:
 
     def __init__(self, settings: RolloutSettings, tokenizer, searcher, samples: StepSamples,
                  make_logits_processors: Callable[[], list] | None = None,
-                 max_batch: int | None = None):
+                 max_batch: int | None = None, int8: bool = False):
         """``settings``: the run's ``rollout:`` section; ``max_batch``: most sequences the
-        Hugging Face backend decodes at once (``model.max_batch``)."""
+        Hugging Face backend decodes at once (``model.max_batch``); ``int8``: sample from an
+        int8 copy of the policy (``grpo.rollout_int8``, CPU)."""
         self.settings = settings
         self.max_batch = max_batch
+        self.int8 = int8
         self.tokenizer = tokenizer
         self.searcher = searcher
         self.samples = samples
         self.make_logits_processors = make_logits_processors or list
         self._prompt_cache: dict[str, list[int]] = {}
-        self._copy = None  # the bf16 generation copy (CPU, grpo.bf16), built on first use
+        self._copy = None  # the bf16 / int8 generation copy (CPU), built on first use
 
     def encode(self, question: str) -> list[int]:
         if question not in self._prompt_cache:
@@ -129,7 +131,8 @@ class ReSearchRollout:
     def generator(self, trainer) -> Iterator:
         """The backend on the trainer's current weights, in eval mode without gradients, under
         the trainer's mixed precision (``grpo.bf16``: bf16 matmuls on fp32 weights; on CPU a
-        bf16 copy of the current weights, :mod:`research.trainers.generation_copy`)."""
+        bf16 copy of the current weights, :mod:`research.trainers.generation_copy`), or on an
+        int8 copy of them (``grpo.rollout_int8``)."""
         if trainer.args.use_vllm:
             yield self._vllm_generator(trainer)
             return
@@ -143,12 +146,17 @@ class ReSearchRollout:
                 gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
                 gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
         ) as model, torch.no_grad():
-            if trainer.args.bf16 and next(model.parameters()).device.type == "cpu":
-                # bf16 matmuls as under autocast, without casting every weight every step
+            on_cpu = next(model.parameters()).device.type == "cpu"
+            if self.int8 and not on_cpu:
+                raise ConfigError("grpo.rollout_int8 quantises the rollout's copy with torch's "
+                                  "CPU int8 kernels: on a GPU set it to false")
+            if self.int8 or (trainer.args.bf16 and on_cpu):
+                # int8: torch's dynamic int8 kernels; bf16: bf16 matmuls as under autocast,
+                # without casting every weight every step
                 if self._copy is None:
                     from research.trainers.generation_copy import GenerationCopy
 
-                    self._copy = GenerationCopy("bfloat16")
+                    self._copy = GenerationCopy("int8" if self.int8 else "bfloat16")
                 source, precision = self._copy.refresh(model), contextlib.nullcontext()
             else:
                 source, precision = model, trainer.accelerator.autocast()

@@ -102,11 +102,14 @@ TRL_ONLY: dict[str, str] = {
     "run.rollout_samples": "set trainer.rollout_data_dir (every trajectory) or "
                            "trainer.log_val_generations through cluster.verl",
     "run.torch_threads": "verl sets its workers' threads itself",
+    "grpo.rollout_int8": "verl rolls out on its own servers: set their precision "
+                         "(actor_rollout_ref.rollout.dtype) through cluster.verl",
 }
 
 # read by the TRL engine only, harmless under verl: logged, not refused
 IGNORED: dict[str, str] = {
     "grpo.use_vllm": "verl always rolls out on its own servers (cluster.rollout_engine)",
+    "grpo.rollout_is_cap": "read with grpo.rollout_int8 only, which verl refuses",
 }
 
 
