@@ -18,6 +18,12 @@ end of text, in fp32 and, where the CPU runs bf16 at speed, bf16 (``--dtypes``):
   torch's matmuls;
 * ``hf``: the project's backend (``HFGenerator``, its KV cache kept), the prefill and the
   decode told apart by its per-step callback;
+* ``hf-int8`` (fp32 only): the same backend on the int8 copy GRPO samples from under
+  ``grpo.rollout_int8`` (:func:`research.trainers.generation_copy.quantised`: every linear
+  layer per-channel int8, torch's dynamic int8 kernels; the quantisation timed, as it runs
+  before every rollout), beside the same matmul loop on its int8 layers, and the gap between
+  its log-probs and the fp32 model's on the fp32 model's greedy tokens (teacher-forced over
+  the prompts and their greedy continuations): what the loss's importance weights correct;
 * ``llama.cpp``: ``llama-batched-bench`` (every sequence its own prompt) on a GGUF converted
   from the same folder with llama.cpp's ``convert_hf_to_gguf.py`` (F32, or BF16 for bf16;
   the conversion timed: GRPO changes the weights every step), and on the packaged Q4_K_M
@@ -46,7 +52,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SYSTEMS = ("limit", "hf", "llama.cpp", "ctranslate2")
+SYSTEMS = ("limit", "hf", "hf-int8", "llama.cpp", "ctranslate2")
 
 
 def peers_dir() -> Path:
@@ -146,6 +152,52 @@ def run_hf(model, tokenizer, batch: int, ids: list[list[int]], new: int) -> dict
     assert all(len(o.token_ids) == new for o in outs), [len(o.token_ids) for o in outs]
     return {"prefill_s": marks[0] - start, "decode_s": marks[-1] - marks[0],
             "decode_steps": len(marks) - 1}
+
+
+def int8_matmul_limit(quantised_model, batch: int, seconds: float = 3.0) -> dict:
+    """:func:`matmul_limit` for an int8 copy: its int8 layers, called on ``batch`` rows."""
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    layers = [m for m in quantised_model.modules() if isinstance(m, Int8Linear)]
+    inputs = [torch.randn(batch, m.in_features) for m in layers]
+    with torch.inference_mode():
+        def step():
+            for m, x in zip(layers, inputs, strict=True):
+                m(x)
+
+        step()
+        best, start, reps = float("inf"), time.perf_counter(), 0
+        while time.perf_counter() - start < seconds or reps < 3:
+            t = time.perf_counter()
+            step()
+            best, reps = min(best, time.perf_counter() - t), reps + 1
+    return {"step_s": best, "tok_per_s": batch / best}
+
+
+def logprob_gap(model, copy, ids: list[list[int]], new: int) -> dict:
+    """How far the int8 copy's log-probs are from ``model``'s, on ``model``'s greedy tokens:
+    each prompt continued greedily for ``new`` tokens by ``model``, then both scored
+    teacher-forced on those tokens (the sampled tokens' log-probs the loss compares)."""
+    import torch
+
+    with torch.inference_mode():
+        seqs = model.generate(torch.tensor(ids), max_new_tokens=new, do_sample=False,
+                              attention_mask=torch.ones(len(ids), len(ids[0]), dtype=torch.long),
+                              pad_token_id=0)
+        chosen = seqs[:, len(ids[0]):]
+
+        def scored(m):
+            logits = m(seqs).logits[:, len(ids[0]) - 1:-1].float()
+            return torch.log_softmax(logits, -1).gather(-1, chosen[..., None]).squeeze(-1)
+
+        policy, rollout = scored(model), scored(copy)
+        argmax_same = (copy(seqs).logits[:, len(ids[0]) - 1:-1].argmax(-1) == chosen)
+    gap = (policy - rollout).abs()
+    return {"tokens": int(gap.numel()), "mean_abs_logprob_gap": round(float(gap.mean()), 4),
+            "p99_abs_logprob_gap": round(float(gap.flatten().quantile(0.99)), 4),
+            "share_ratio_outside_half_to_two": round(float((gap > 0.6931).float().mean()), 4),
+            "greedy_token_agreement": round(float(argmax_same.float().mean()), 4)}
 
 
 def packaged_gguf(spec, work: Path) -> Path:
@@ -332,6 +384,27 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_hf(model, tokenizer, b, ids, args.new)
                 note(row("HFGenerator (this project)", dtype, b, r, args.prompt, args.new,
                          limits.get((dtype, b))))
+        if "hf-int8" in args.systems and dtype == "float32":
+            from research.trainers.generation_copy import quantised
+
+            start = time.perf_counter()
+            copy = quantised(model)
+            results["conversions"]["int8 copy (torch dynamic, per channel)"] = round(
+                time.perf_counter() - start, 1)
+            for b in args.batches:
+                if "limit" in args.systems:
+                    mm = int8_matmul_limit(copy, b)
+                    note({"system": "torch: the int8 copy's matmuls alone", "dtype": "int8",
+                          "batch": b, "decode_tok_per_s": round(mm["tok_per_s"], 2),
+                          "share_of_limit": round(mm["tok_per_s"] / limits[dtype, b]["tok_per_s"],
+                                                  3)})
+                with torch.inference_mode():
+                    r = run_hf(copy, tokenizer, b, ids, args.new)
+                note(row("HFGenerator on the int8 copy (grpo.rollout_int8)", "int8", b, r,
+                         args.prompt, args.new, limits.get((dtype, b))))
+            results["int8_logprob_gap"] = logprob_gap(model, copy, ids[:4], args.new)
+            print(json.dumps({"int8_logprob_gap": results["int8_logprob_gap"]}), flush=True)
+            del copy
         del model
 
         if "llama.cpp" in args.systems:
