@@ -22,8 +22,8 @@ end of text, in fp32 and, where the CPU runs bf16 at speed, bf16 (``--dtypes``):
   ``grpo.rollout_int8`` (:func:`research.trainers.generation_copy.quantised`: every linear
   layer per-channel int8, torch's dynamic int8 kernels; the quantisation timed, as it runs
   before every rollout), beside the same matmul loop on its int8 layers, and the gap between
-  its log-probs and the fp32 model's on the fp32 model's greedy tokens (teacher-forced over
-  the prompts and their greedy continuations): what the loss's importance weights correct;
+  the log-probs it returns for its greedy tokens and the fp32 model's on the same tokens
+  (teacher-forced): what the loss's importance weights correct;
 * ``llama.cpp``: ``llama-batched-bench`` (every sequence its own prompt) on a GGUF converted
   from the same folder with llama.cpp's ``convert_hf_to_gguf.py`` (F32, or BF16 for bf16;
   the conversion timed: GRPO changes the weights every step), and on the packaged Q4_K_M
@@ -175,29 +175,30 @@ def int8_matmul_limit(quantised_model, batch: int, seconds: float = 3.0) -> dict
     return {"step_s": best, "tok_per_s": batch / best}
 
 
-def logprob_gap(model, copy, ids: list[list[int]], new: int) -> dict:
-    """How far the int8 copy's log-probs are from ``model``'s, on ``model``'s greedy tokens:
-    each prompt continued greedily for ``new`` tokens by ``model``, then both scored
-    teacher-forced on those tokens (the sampled tokens' log-probs the loss compares)."""
+def logprob_gap(model, tokenizer, copy, ids: list[list[int]], new: int) -> dict:
+    """How far the rollout's log-probs on the int8 copy are from ``model``'s: the prompts
+    continued greedily by the backend on ``copy`` (its log-probs, as the rollout records them),
+    then ``model`` scoring those tokens teacher-forced (the policy's log-probs in the loss).
+    The gap is what the loss's importance weights correct."""
     import torch
 
+    from research.rollout.backends.hf import HFGenerator
+    from research.rollout.generation import SamplingParams
+
+    gen = HFGenerator(copy, tokenizer, eos_token_ids=[model.config.vocab_size])  # never ends
+    outs = gen.generate(ids, [SamplingParams(new, temperature=0)] * len(ids))
+    rollout = torch.tensor([o.logprobs for o in outs])  # [N, new]
+    chosen = torch.tensor([o.token_ids for o in outs])
     with torch.inference_mode():
-        seqs = model.generate(torch.tensor(ids), max_new_tokens=new, do_sample=False,
-                              attention_mask=torch.ones(len(ids), len(ids[0]), dtype=torch.long),
-                              pad_token_id=0)
-        chosen = seqs[:, len(ids[0]):]
-
-        def scored(m):
-            logits = m(seqs).logits[:, len(ids[0]) - 1:-1].float()
-            return torch.log_softmax(logits, -1).gather(-1, chosen[..., None]).squeeze(-1)
-
-        policy, rollout = scored(model), scored(copy)
-        argmax_same = (copy(seqs).logits[:, len(ids[0]) - 1:-1].argmax(-1) == chosen)
+        seqs = torch.cat([torch.tensor(ids), chosen], dim=1)
+        logits = model(seqs).logits[:, len(ids[0]) - 1:-1].float()
+        policy = torch.log_softmax(logits, -1).gather(-1, chosen[..., None]).squeeze(-1)
     gap = (policy - rollout).abs()
     return {"tokens": int(gap.numel()), "mean_abs_logprob_gap": round(float(gap.mean()), 4),
             "p99_abs_logprob_gap": round(float(gap.flatten().quantile(0.99)), 4),
             "share_ratio_outside_half_to_two": round(float((gap > 0.6931).float().mean()), 4),
-            "greedy_token_agreement": round(float(argmax_same.float().mean()), 4)}
+            "greedy_token_agreement": round(float((logits.argmax(-1) == chosen).float()
+                                                  .mean()), 4)}
 
 
 def packaged_gguf(spec, work: Path) -> Path:
@@ -402,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_hf(copy, tokenizer, b, ids, args.new)
                 note(row("HFGenerator on the int8 copy (grpo.rollout_int8)", "int8", b, r,
                          args.prompt, args.new, limits.get((dtype, b))))
-            results["int8_logprob_gap"] = logprob_gap(model, copy, ids[:4], args.new)
+            results["int8_logprob_gap"] = logprob_gap(model, tokenizer, copy,
+                                                      ids[:max(args.batches)], args.new)
             print(json.dumps({"int8_logprob_gap": results["int8_logprob_gap"]}), flush=True)
             del copy
         del model

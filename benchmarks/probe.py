@@ -14,8 +14,9 @@ training questions (evenly spaced over the training set; never dev questions) at
 config's temperature, against one retrieval service on loopback.
 
 Reported per setting: the share of samples the reward passes (format, end, box: the
-"valid" share), the reward reasons, the share of groups whose rewards are not all equal
-(GRPO has a gradient only there), exact answers (reward reason "correct"), searches per
+"valid" share, the reward's own ``valid``), the reward reasons, the share of groups whose
+rewards are not all equal (GRPO has a gradient only there), exact answers (the reward's
+``correct_and_valid``), searches per
 sample, empty and repeated queries, turn-cap notices, finish reasons, response and inserted
 tokens, and seconds. Written to ``benchmarks/results/probe.json`` (``--results``), the
 samples to ``runs/probe/samples.jsonl`` (``--out``), and printed as a markdown table.
@@ -69,12 +70,12 @@ def summarise(records: list[dict], samples: int, seconds: float) -> dict:
     mean = lambda key: round(sum(r[key] for r in records) / max(1, n), 3)  # noqa: E731
     return {
         "samples": n, "questions": len(groups),
-        "valid": round(sum(r["reward"] > 0 for r in records) / max(1, n), 3),
+        "valid": round(sum(r["valid"] for r in records) / max(1, n), 3),
         "groups_with_spread": round(group_stats([[r["reward"] for r in g] for g in groups]), 3),
         # groups holding a right and a wrong answer: a correctness signal, not F1 noise
         "groups_right_and_wrong": round(group_stats(
-            [[r["reason"] == "correct" for r in g] for g in groups]), 3),
-        "exact": sum(r["reason"] == "correct" for r in records),
+            [[r["correct"] for r in g] for g in groups]), 3),
+        "exact": sum(r["correct"] for r in records),
         "mean_reward": mean("reward"), "searches": mean("searches"),
         "never_search": round(sum(r["searches"] == 0 for r in records) / max(1, n), 3),
         "empty_queries": sum(r["empty_queries"] for r in records),
@@ -132,7 +133,8 @@ def run_setting(name, config, model, tokenizer, client, items, samples, out_file
         result = reward(t.text, item["golden_answers"], complete=t.complete)
         record = {"setting": name, "id": item.get("id"), "question": item["question"],
                   "golden_answers": item["golden_answers"], "reward": result.score,
-                  "reason": result.reason, "queries": [turn.query for turn in t.turns],
+                  "reason": result.reason, "valid": result.valid,
+                  "correct": result.correct_and_valid, "queries": t.summary()["queries"],
                   "text": t.text, **sample_facts(t)}
         records.append(record)
         out_file.write(json.dumps(record) + "\n")

@@ -62,15 +62,13 @@ def test_question_facts_read_the_metadata_of_the_embedded_bridge_questions():
 
 def test_the_training_reward_adds_the_monitors_of_its_step():
     ok = "<think> t </think> <answer> \\boxed{Paris} </answer>"
-    samples = StepSamples(records=[
-        {"turns": [{"query": "capital is X"}, {"query": "France capital"}]},
-        {"turns": [{"query": "whole question"}]},
-        {"turns": [{"query": "France capital"}]}])
+    samples = StepSamples(records=[{}, {}, {}])
     reward = ReSearchReward("v1", samples)
     reward(prompts=["q"] * 3, completions=[ok, ok, ok],
            golden_answers=[["paris"], ["Lyon"], ["paris"]], complete=[True] * 3,
            question_type=["bridge", "bridge", "one-hop"],
-           bridge_entity=["France", "France", ""])
+           bridge_entity=["France", "France", ""],
+           queries=[["capital is X", "France capital"], ["whole question"], ["France capital"]])
     m = samples.monitors
     assert m["type/bridge/exact"] == 0.5 and m["type/bridge/searches"] == 1.5
     assert m["type/one-hop/exact"] == 1.0 and m["type/one-hop/searches"] == 1.0

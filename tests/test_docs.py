@@ -138,15 +138,16 @@ def check(command: str) -> str | None:
     if words[0] == "research":
         from research.cli import build_parser
         from research.errors import ResearchError
-        from research.trainers.config import load_config, named_paths
+        from research.trainers.config import DEFAULT_CONFIGS, load_run_config, named_paths
 
         try:
             args = build_parser().parse_args(words[1:])
         except SystemExit as e:
             return None if e.code == 0 else "the research parser refuses it"
-        if words[1] == "train" and (args.config in named_paths() or Path(args.config).is_file()):
+        config = getattr(args, "config", None) or DEFAULT_CONFIGS["trl"]
+        if words[1] == "train" and (config in named_paths() or Path(config).is_file()):
             try:  # the config and its overrides, as `research train` reads them
-                load_config(args.config, args.overrides)
+                load_run_config(args.config, args.overrides, args.resume, "trl")
             except ResearchError as e:
                 return str(e)
         return None

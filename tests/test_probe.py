@@ -10,7 +10,8 @@ from conftest import load_benchmark
 
 
 def record(reward, reason, queries=(), finish="answer", inserted=0, notices=0):
-    return {"reward": reward, "reason": reason, "searches": len(queries),
+    return {"reward": reward, "reason": reason, "valid": not reason.startswith("bad format"),
+            "correct": reason == "correct", "searches": len(queries),
             "empty_queries": sum(not q for q in queries),
             "repeated_queries": len(queries) - len(set(queries)),
             "turn_limit_notices": notices, "response_tokens": 10, "inserted_tokens": inserted,

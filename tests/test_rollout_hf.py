@@ -37,6 +37,26 @@ def test_logprobs_are_those_of_the_sampling_distribution(tiny, temperature):
         torch.testing.assert_close(torch.tensor(g.logprobs), expected, atol=2e-4, rtol=1e-4)
 
 
+def test_int8_copy_logprobs_are_those_it_sampled_from(tiny):
+    """grpo.rollout_int8: the backend on the int8 copy returns the log-probs of the int8
+    distribution it sampled from (greedy: the argmax of the int8 model). Its activations are
+    quantised per call, with a scale taken from the whole input, so a teacher-forced pass over
+    the full sequences agrees within a tolerance, not bit for bit: the log-probs the loss
+    corrects by are the sampling call's own."""
+    from research.trainers.generation_copy import quantised
+
+    model, tok = tiny
+    copy = quantised(model)
+    gen = HFGenerator(copy, tok)
+    ps = prompts(tok, ["The capital of France is", "Question: who wrote Hamlet?"])
+    for temperature in (0.0, 1.0):
+        outs = gen.generate(ps, [SamplingParams(12, temperature=temperature, seed=0)] * 2)
+        for p, g in zip(ps, outs, strict=True):
+            expected = teacher_forced_logprobs(copy, p, g.token_ids, temperature or 1.0)
+            torch.testing.assert_close(torch.tensor(g.logprobs), expected, atol=0.05,
+                                       rtol=0.0)
+
+
 def test_batched_greedy_equals_one_at_a_time(tiny):
     model, tok = tiny
     gen = HFGenerator(model, tok)

@@ -49,7 +49,8 @@ class ReSearchReward:
         self.__name__ = f"reward_{name}"  # TRL names the reward's metrics after it
 
     def __call__(self, prompts, completions, golden_answers, complete, searches=None,
-                 log_metric=None, question_type=None, bridge_entity=None, **kwargs) -> list[float]:
+                 log_metric=None, question_type=None, bridge_entity=None, queries=None,
+                 **kwargs) -> list[float]:
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         results = [self.fn(text, list(golds), complete=bool(ended))
                    for text, golds, ended in zip(texts, golden_answers, complete,
@@ -58,12 +59,13 @@ class ReSearchReward:
         self.samples.reasons.update(reasons)
         for record, r in zip(self.samples.records, results, strict=False):
             record.update(reward=r.score, reason=r.reason)
-        if any(question_type or ()) and len(self.samples.records) == len(results):
+        if any(question_type or ()) and queries is not None:  # the rollout's summary fields
+            entities = bridge_entity or [""] * len(results)
             self.samples.monitors.update(behaviour(
                 {"type": kind or None, "bridge_entity": entity or None, "correct":
-                 r.correct_and_valid, "queries": [turn["query"] for turn in rec["turns"]]}
-                for kind, entity, r, rec in zip(question_type, bridge_entity or [""] * len(results),
-                                                results, self.samples.records, strict=True)))
+                 r.correct_and_valid, "queries": list(asked)}
+                for kind, entity, r, asked in zip(question_type, entities, results, queries,
+                                                  strict=True)))
         if log_metric is not None:
             log_metric("accuracy", sum(r.correct_and_valid for r in results) / len(results))
             # passes every gate of the reward (format, proper end, a box): the share GRPO

@@ -6,8 +6,9 @@ encodes them with the project's template and rolls them out with
 current weights (Hugging Face backend; TRL's colocated vLLM engine on GPUs).
 :func:`to_trl_output` turns the trajectories into ``prompt_ids``, ``completion_ids``,
 ``logprobs`` and ``env_mask`` (the rollout's loss mask: 0 on inserted result tokens, which TRL
-multiplies into every loss term), plus the per-sample fields of :data:`EXTRA_FIELDS` that the
-reward needs. :class:`StepSamples` keeps the step's trajectories and their
+multiplies into every loss term), plus each trajectory's summary record
+(:meth:`~research.rollout.engine.Trajectory.summary`: searches, failures, ...) that the reward
+reads. :class:`StepSamples` keeps the step's trajectories and their
 :func:`rollout_monitors` for the callbacks of :mod:`research.trainers.trl_callbacks`.
 
 Importing this module needs neither torch nor TRL.
@@ -27,9 +28,6 @@ from research.rollout.settings import RolloutSettings
 
 logger = logging.getLogger(__name__)
 
-EXTRA_FIELDS = ("searches", "search_failures", "complete", "finish_reason", "queries")  # summary()
-
-
 def to_trl_output(trajectories) -> dict[str, list]:
     """TRL's ``rollout_func`` result from trajectories (one per prompt, in order).
 
@@ -37,14 +35,14 @@ def to_trl_output(trajectories) -> dict[str, list]:
     tokens (unless ``mask_results`` was off); ``logprobs`` are 0.0 on inserted tokens.
     """
     out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "logprobs",
-                                            "env_mask", *EXTRA_FIELDS)}
+                                            "env_mask")}
     for t in trajectories:
         out["prompt_ids"].append(list(t.prompt_ids))
         out["completion_ids"].append(list(t.response_ids))
         out["logprobs"].append(list(t.logprobs))
         out["env_mask"].append(list(t.loss_mask))
         for key, value in t.summary().items():
-            out[key].append(value)
+            out.setdefault(key, []).append(value)
     return out
 
 
