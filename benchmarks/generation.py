@@ -115,6 +115,21 @@ def gemm_gflops(dtype, size: int = 2048, seconds: float = 2.0) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def best_seconds(step, seconds: float) -> float:
+    """The best time of ``step()`` over the repetitions that fit in ``seconds`` (at least 3),
+    after one warm-up, without autograd."""
+    import torch
+
+    with torch.inference_mode():
+        step()
+        best, start, reps = float("inf"), time.perf_counter(), 0
+        while time.perf_counter() - start < seconds or reps < 3:
+            t = time.perf_counter()
+            step()
+            best, reps = min(best, time.perf_counter() - t), reps + 1
+    return best
+
+
 def matmul_limit(model, batch: int, seconds: float = 3.0) -> dict:
     """Seconds of one decode step's matrix multiplications at ``batch`` rows (the best of the
     repetitions that fit in ``seconds``), and the tokens/s that allows."""
@@ -123,17 +138,12 @@ def matmul_limit(model, batch: int, seconds: float = 3.0) -> dict:
 
     layers = linears(model)
     inputs = [torch.randn(batch, w.shape[1], dtype=w.dtype) for w, _ in layers]
-    with torch.inference_mode():
-        def step():
-            for (w, b), x in zip(layers, inputs, strict=True):
-                F.linear(x, w, b)
 
-        step()
-        best, start, reps = float("inf"), time.perf_counter(), 0
-        while time.perf_counter() - start < seconds or reps < 3:
-            t = time.perf_counter()
-            step()
-            best, reps = min(best, time.perf_counter() - t), reps + 1
+    def step():
+        for (w, b), x in zip(layers, inputs, strict=True):
+            F.linear(x, w, b)
+
+    best = best_seconds(step, seconds)
     flops = 2 * batch * sum(w.numel() for w, _ in layers)
     return {"step_s": best, "tok_per_s": batch / best, "gflops": flops / best / 1e9}
 
@@ -161,17 +171,12 @@ def int8_matmul_limit(quantised_model, batch: int, seconds: float = 3.0) -> dict
 
     layers = [m for m in quantised_model.modules() if isinstance(m, Int8Linear)]
     inputs = [torch.randn(batch, m.in_features) for m in layers]
-    with torch.inference_mode():
-        def step():
-            for m, x in zip(layers, inputs, strict=True):
-                m(x)
 
-        step()
-        best, start, reps = float("inf"), time.perf_counter(), 0
-        while time.perf_counter() - start < seconds or reps < 3:
-            t = time.perf_counter()
-            step()
-            best, reps = min(best, time.perf_counter() - t), reps + 1
+    def step():
+        for m, x in zip(layers, inputs, strict=True):
+            m(x)
+
+    best = best_seconds(step, seconds)
     return {"step_s": best, "tok_per_s": batch / best}
 
 
