@@ -15,10 +15,10 @@ autocast keeps in fp32 (the same trade every bf16 serving engine makes).
 ``"int8"`` (``grpo.rollout_int8``, for CPUs without bf16): the copy holds fp32 weights and,
 at each refresh, every linear layer (the vocabulary projection included) is quantised to int8
 with one scale per output channel and run by torch's dynamic int8 kernels (the activations
-quantised per call): on 2 AVX2 cores about 3-4x the fp32 decode rate at batch 16
-(``benchmarks/generation.py``). Its log-probs are not the policy's (a mean gap of about 0.02
-nats per sampled token, measured there); :mod:`research.trainers.trl_correction` weighs the
-loss by the truncated ratio of the two.
+quantised per call): on 2 AVX2 cores 2.7x the fp32 decode rate at batch 16 and 3.9x at
+batch 8 (``benchmarks/results/generation.json``). Its log-probs are not the policy's (a mean
+gap of 0.14 nats per sampled token, measured there); :mod:`research.trainers.trl_correction`
+weighs the loss by the truncated ratio of the two.
 
 Importing this module needs neither torch nor peft.
 """
