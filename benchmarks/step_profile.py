@@ -70,6 +70,17 @@ def optimizer_timer(timers: Timers):
     return OptimizerTimer()
 
 
+STEP_FACTS = ("completions/mean_length", "reward", "rollout_correction/weight_mean",
+              "rollout_correction/clipped_share", "rollout_correction/gap")
+
+
+def step_facts(metrics: Path) -> list[dict]:
+    """Per optimiser step of the run's ``metrics.jsonl``: its step and :data:`STEP_FACTS`."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return [{"step": m["step"], **{k: round(m[k], 4) for k in STEP_FACTS if k in m}}
+            for m in rows if "loss" in m]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="training key=value overrides")
@@ -141,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         "max_response_tokens": r.max_response_tokens, "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
         "total_seconds": round(total, 1), "parts": parts,
+        # what each step sampled (a step's cost follows its tokens) and, under
+        # grpo.rollout_int8, the correction's facts
+        "per_step": step_facts(Path(args.out) / "metrics.jsonl"),
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(results, indent=2) + "\n")

@@ -45,3 +45,22 @@ def test_one_step_is_split_into_its_timed_parts(tiny_path, service_url, tmp_path
     for part in parts.values():
         assert part["calls"] >= 1 and 0 < part["share_of_steps"] <= 1.0
     assert r["total_seconds"] > 0
+    [step] = r["per_step"]  # what the step sampled, from the run's metrics.jsonl
+    assert step["step"] == 1 and 0 < step["completions/mean_length"] <= 16
+    assert not any(k.startswith("rollout_correction/") for k in step)  # fp32 rollout
+
+
+def test_step_facts_keep_the_int8_correction():
+    import tempfile
+    from pathlib import Path
+
+    profile = load_benchmark("step_profile")
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = Path(tmp) / "metrics.jsonl"
+        metrics.write_text(json.dumps({"step": 1, "loss": 0.1, "reward": 0.25,
+                                       "completions/mean_length": 150.1875,
+                                       "rollout_correction/gap": 0.161226, "lr": 1}) + "\n"
+                           + json.dumps({"step": 1, "train_runtime": 9}) + "\n")
+        assert profile.step_facts(metrics) == [{"step": 1, "completions/mean_length": 150.1875,
+                                                "reward": 0.25,
+                                                "rollout_correction/gap": 0.1612}]
