@@ -21,7 +21,7 @@ from conftest import REPO, token  # noqa: E402
 
 from research.evaluation import methods as M  # noqa: E402
 from research.evaluation.config import ConfigError, load_config  # noqa: E402
-from research.evaluation.runner import assemble_table, read_items, run, summarise  # noqa: E402
+from research.evaluation.runner import assemble_table, read_records, run, summarise  # noqa: E402
 from research.metrics import compute_metrics  # noqa: E402
 from research.retrieval.base import Hit  # noqa: E402
 from research.retrieval.client import SearchClient  # noqa: E402
@@ -230,12 +230,12 @@ def test_metrics_resume_and_table(tok, service_url, tmp_path):
             f"retrieval.search_url={service_url}", "method.name=direct"]
     gen = Scripted(tok, scripted_answers)
     out = run(load_config(None, [*base, "data.sample_num=2"]), progress=False, backend=(gen, tok))
-    assert len(gen.calls) == 2 and len(read_items(out / "items.jsonl")) == 2
+    assert len(gen.calls) == 2 and len(read_records(out / "items.jsonl")) == 2
     with (out / "items.jsonl").open("a") as f:
         f.write('{"id": "c", "cut by a cr')  # a crash in the middle of a line
     run(load_config(None, base), progress=False, backend=(gen, tok))
     assert len(gen.calls) == 3  # only the missing item ran again
-    records = read_items(out / "items.jsonl")
+    records = read_records(out / "items.jsonl")
     assert [r["id"] for r in records] == ["a", "b", "c"]
     assert [r["prediction"] for r in records] == ["Lima", "Paris city", ""]
     summary = json.loads((out / "metrics.json").read_text())
@@ -330,12 +330,12 @@ def test_methods_through_an_openai_server_with_a_judge(tiny_path, model_server, 
             "judge.model=tiny", "judge.max_tokens=3"])
         runs.append(run(config, progress=False))
     for out in runs:
-        records = read_items(out / "items.jsonl")
+        records = read_records(out / "items.jsonl")
         assert len(records) == 2
         assert all(r["judge"] in (0.0, 1.0) and isinstance(r["judge_output"], str)
                    for r in records)
         assert "judge_acc" in json.loads((out / "metrics.json").read_text())["metrics"]
-    flare_steps = [s for r in read_items(runs[1] / "items.jsonl") for s in r["trajectory"]]
+    flare_steps = [s for r in read_records(runs[1] / "items.jsonl") for s in r["trajectory"]]
     assert max(s["tokens"] for s in flare_steps if "tokens" in s) <= 6  # through the server
     assert "| FLARE |" in assemble_table(runs)
 

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from test_evaluation import Scripted, write_dataset  # noqa: E402
 
 from research.evaluation.config import load_config  # noqa: E402
-from research.evaluation.runner import read_items, run  # noqa: E402
+from research.evaluation.runner import read_records, run  # noqa: E402
 from research.rollout.backends.hf import HFGenerator  # noqa: E402
 from research.rollout.engine import run_rollouts  # noqa: E402
 from research.rollout.progress import RolloutProgress  # noqa: E402
@@ -95,12 +95,12 @@ def test_a_stopped_evaluation_resumes_without_redoing_finished_questions(tiny, s
     with pytest.raises(KeyboardInterrupt):
         run(config, progress=False, backend=(gen, tok))
     out = tmp_path / "o" / "capitals_dev_research"
-    assert [r["id"] for r in read_items(out / "items.jsonl")] == ["fast"]  # on disk already
+    assert [r["id"] for r in read_records(out / "items.jsonl")] == ["fast"]  # on disk already
 
     again = Scripted(tok, lambda text, i: (" <answer> \\boxed{Santiago} </answer>", None))
     run(config, progress=False, backend=(again, tok))
     assert len(again.calls) == 1 and "Chile" in again.calls[0][0]  # only the unfinished one
-    records = read_items(out / "items.jsonl")
+    records = read_records(out / "items.jsonl")
     assert sorted(r["id"] for r in records) == ["fast", "slow"]
     assert {r["id"]: r["prediction"] for r in records} == {"fast": "Lima", "slow": "Santiago"}
     assert json.loads((out / "metrics.json").read_text())["questions"] == 2

@@ -191,7 +191,9 @@ def run_name(config: EvalConfig) -> str:
         f"_{note}" if note else "")
 
 
-def read_items(path: Path) -> list[dict]:
+def read_records(path: Path) -> list[dict]:
+    """The finished records of a run's ``items.jsonl`` (none when it does not exist), up to a
+    line cut by a crash. (:func:`load_items` reads the questions to evaluate.)"""
     if not path.exists():
         return []
     records = []
@@ -263,7 +265,7 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
     if config.run.overwrite and items_path.exists():
         items_path.unlink()
     check_same_run(out, config)
-    done = read_items(items_path)
+    done = read_records(items_path)
     items_path.write_text("".join(json.dumps(r) + "\n" for r in done), encoding="utf-8")
     done_ids = {r["id"] for r in done}
     pending = [it for it in items if it["id"] not in done_ids]
@@ -307,7 +309,7 @@ def run(config: EvalConfig, progress: bool = True, backend: tuple | None = None)
                         if i not in written:
                             write(i, answer)
     wanted = {it["id"] for it in items}
-    records = [r for r in read_items(items_path) if r["id"] in wanted]
+    records = [r for r in read_records(items_path) if r["id"] in wanted]
     if config.judge.base_url:
         from research.evaluation.judge import judge_records
 
