@@ -169,11 +169,8 @@ def apply_override(tree: dict, item: str, names: tuple[str, ...] = ()) -> None:
     node[parts[-1]] = value
 
 
-
-
-def resolve(path: str | os.PathLike | None, what: str, *,
-            named: Mapping[str, Path] | None = None, default: Path | None = None
-            ) -> Path | None:
+def resolve(path: str | os.PathLike | None, *, named: Mapping[str, Path] | None = None,
+            default: Path | None = None) -> Path | None:
     """The file of a ``--config`` value: an existing path, else a named config of the package
     (``named``: name -> file), else a ConfigError that lists the names; ``None`` gives
     ``default`` (``None``: no file, every key at its default)."""
@@ -190,6 +187,21 @@ def resolve(path: str | os.PathLike | None, what: str, *,
     raise ConfigError(f"config file {path} not found; {names}{fallback}")
 
 
+def rename_keys(tree: dict, renamed: Mapping[str, str]) -> list[str]:
+    """Move each older ``section.key`` of ``tree`` to its key now (``renamed``: older -> now;
+    a value already at the new key wins); returns the older keys found."""
+    found = []
+    for old, new in renamed.items():
+        section, _, key = old.partition(".")
+        values = tree.get(section)
+        if isinstance(values, dict) and key in values:
+            found.append(old)
+            value = values.pop(key)
+            target, _, new_key = new.partition(".")
+            tree.setdefault(target, {}).setdefault(new_key, value)
+    return found
+
+
 def load_tree(root: type, path: str | os.PathLike | None, overrides: Sequence[str], what: str,
               *, named: Mapping[str, Path] | None = None, default: Path | None = None,
               relative_to_file: Callable[[dict, Path], None] | None = None,
@@ -198,19 +210,14 @@ def load_tree(root: type, path: str | os.PathLike | None, overrides: Sequence[st
     (``section.key=value``) applied: what :func:`from_dict` builds. ``relative_to_file`` may
     adjust the file's own values (e.g. paths relative to the file) before the overrides;
     ``renamed`` maps an older ``section.key`` to its key now (read with a warning)."""
-    file = resolve(path, what, named=named, default=default)
+    file = resolve(path, named=named, default=default)
     tree = {} if file is None else read_yaml(file, what)
     if file is not None and relative_to_file is not None:
         relative_to_file(tree, file.resolve().parent)
     renamed = renamed or {}
-    for old, new in renamed.items():  # the file's older keys
-        section, _, key = old.partition(".")
-        values = tree.get(section)
-        if isinstance(values, dict) and key in values:
-            logger.warning("%s is an older key, read as %s; write %s", old, new, new)
-            value = values.pop(key)
-            target, _, new_key = new.partition(".")
-            tree.setdefault(target, {}).setdefault(new_key, value)
+    for old in rename_keys(tree, renamed):  # the file's older keys
+        logger.warning("%s is an older key, read as %s; write %s", old, renamed[old],
+                       renamed[old])
     names = tuple(sections(root))
     for item in overrides:
         key, sep, value = item.partition("=")

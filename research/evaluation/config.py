@@ -71,7 +71,7 @@ class GeneratorSection:
 @dataclass
 class MethodSection:
     name: str = _f("research", "research, direct, naive-rag, iter-retgen, flare, ircot (the "
-                   "seed's names zero-shot, naive, iterretgen are aliases), or a scripted "
+                   "original's names zero-shot, naive, iterretgen are aliases), or a scripted "
                    "policy with no model: one-search-rule, oracle-chain")
     top_k: int = _f(5, "documents per retrieval of naive-rag, iter-retgen, flare and ircot "
                     "(ReSearch's are rollout.top_k)")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from research import configtree
 from research.evaluation.config import RENAMED, ConfigError, EvalConfig
 from research.evaluation.methods import METHODS, MODEL_FREE, RETRIEVAL_FREE, Context, resolve
 from research.metrics import average_metrics, compute_metrics
@@ -225,10 +226,7 @@ def check_same_run(out: Path, config: EvalConfig) -> None:
         path.write_text(json.dumps(now, indent=2) + "\n")
         return
     before = json.loads(path.read_text())
-    for older, newer in RENAMED.items():  # a folder written before a key was renamed
-        (section, key), (new_section, new_key) = older.split("."), newer.split(".")
-        if key in before.get(section, {}):
-            before.setdefault(new_section, {}).setdefault(new_key, before[section].pop(key))
+    configtree.rename_keys(before, RENAMED)  # a folder written before a key was renamed
     default = EvalConfig().to_dict()  # a key added since the folder was written: its default
     changed = sorted(f"{section}.{key}" for section in now for key in now[section]
                      if before.get(section, {}).get(key, default[section][key])
@@ -344,7 +342,7 @@ def to_record(item: dict, answer) -> dict:
 
 
 def assemble_table(run_dirs: Sequence[str | Path], metric: str = "em") -> str:
-    """the original's results table (methods x datasets, ``metric`` x 100) from run folders: one
+    """The original's results table (methods x datasets, ``metric`` x 100) from run folders: one
     row per method, model and note, so that a trained folder and its base model stand side by
     side (a method run with several models or notes names them in its rows)."""
     cells: dict[tuple, dict[str, float]] = {}
