@@ -8,8 +8,22 @@
 #                 pyarrow (and datasets, which needs it) require numpy 2 (ray imports pyarrow:
 #                 "pyarrow requires NumPy 2.0 or newer"); pyarrow 20 and datasets 3.6 are the
 #                 newest that work with numpy 1.26.
+#   .venv-flashrag flashrag-dev==0.1.2 (FlashRAG's pipeline, config, dataset, BM25 retriever and
+#                 evaluator) running this project's ReSearchPipeline, with torch CPU and the
+#                 project itself (models and fast extras). Installed --no-deps: as shipped its
+#                 dependencies do not install offline (bm25s[full] pulls pytrec_eval, whose build
+#                 downloads trec_eval) and are mostly unused here (spacy, streamlit, fschat,
+#                 openai, peft, nltk, rouge, ...). Its imports need tiktoken
+#                 (flashrag.prompt), datasets and faiss-cpu (flashrag.retriever imports both at
+#                 the top; faiss is not even declared). numba (the fast extra) is what
+#                 its bm25s retriever searches with. The wheel also lacks
+#                 flashrag/config/basic_config.yaml, so flashrag.config.Config fails as shipped:
+#                 research.evaluation.flashrag_adapter.FlashRAGConfig stands in for it. (Where a
+#                 rerun upgrades a package, pip lists flashrag-dev's uninstalled requirements
+#                 as conflicts: expected.)
 #   bash scripts/setup_clients.sh
-# Environment: PYTHON (default python3).
+# Environment: PYTHON (default python3), TORCH_SPEC (default torch==2.13.0, installed first
+# so that pip does not pull a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv-skyrl/bin/python ]; then
@@ -25,6 +39,17 @@ if ! .venv-verl07/bin/python -c "import torch" 2>/dev/null; then
   .venv-verl07/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
 .venv-verl07/bin/python -m pip install -q "verl==0.7.1" "pyarrow==20.0.0" "datasets==3.6.0"
+if [ ! -x .venv-flashrag/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv-flashrag
+fi
+.venv-flashrag/bin/python -m pip install -q --upgrade pip
+if ! .venv-flashrag/bin/python -c "import torch" 2>/dev/null; then
+  .venv-flashrag/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+fi
+.venv-flashrag/bin/python -m pip install -q -e ".[models,fast]" tiktoken datasets faiss-cpu
+.venv-flashrag/bin/python -m pip install -q --no-deps "flashrag-dev==0.1.2"
+echo "environment ready: .venv-flashrag (flashrag-dev $(.venv-flashrag/bin/python -c \
+  'import importlib.metadata as m; print(m.version("flashrag-dev"))'))"
 echo "environment ready: .venv-verl07 (verl $(.venv-verl07/bin/python -c \
   'import importlib.metadata as m; print(m.version("verl"))'))"
 echo "environment ready: .venv-skyrl (skyrl-gym $(.venv-skyrl/bin/python -c \

@@ -5,9 +5,11 @@ real service exactly as those clients do, including their retries and failure pa
 Which clients are re-implemented here and which are installed: the original ReSearch rollout
 and Search-R1's trainer are training repositories, not packages a user installs, and FlashRAG's
 ``RemoteRetriever`` (the copy vendored in ReSearch) is not in the ``flashrag-dev`` wheel: they
-exist only here. verl's search client is both: here, to drive its retry and failure paths
-against a service that fails on purpose, and installed (verl 0.7.1's ``SearchTool`` under Ray,
-with SkyRL-gym 0.4.0's ``SearchEnv``) in ``tests/test_client_packages.py``.
+exist only here (FlashRAG itself, 0.1.2, is installed and runs this project's
+``ReSearchPipeline`` in ``tests/test_client_packages.py``). verl's search client is both: here,
+to drive its retry and failure paths against a service that fails on purpose, and installed
+(verl 0.7.1's ``SearchTool`` under Ray, with SkyRL-gym 0.4.0's ``SearchEnv``) in
+``tests/test_client_packages.py``.
 
 * ``original_*``: the original ReSearch rollout (``vLLMRolloutWithSearch`` in
   Agent-RL/ReSearch before ReCall): ``POST /batch_search {"query": [...], "top_n": 5}`` (and

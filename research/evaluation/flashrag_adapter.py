@@ -1,15 +1,22 @@
 """ReSearch inside FlashRAG: a ``ReSearchPipeline`` for users of FlashRAG's evaluation.
 
-FlashRAG is imported only when the pipeline class is first used (``pip install flashrag-dev``);
-the rest of this module needs nothing from it::
+FlashRAG is imported only when ``ReSearchPipeline`` or ``FlashRAGConfig`` is first used
+(``pip install flashrag-dev``; see ``docs/evaluation.md`` for the dependencies its wheel leaves
+out); the rest of this module needs nothing from it::
 
-    from flashrag.config import Config
     from flashrag.utils import get_dataset
-    from research.evaluation.flashrag_adapter import ReSearchPipeline
+    from research.evaluation.flashrag_adapter import FlashRAGConfig, ReSearchPipeline
 
-    config = Config("my_config.yaml")
+    config = FlashRAGConfig("my_config.yaml")  # or FlashRAGConfig(config_dict={...})
     pipeline = ReSearchPipeline(config, base_url="http://127.0.0.1:8000")
     dataset = pipeline.run(get_dataset(config)["dev"])
+
+``FlashRAGConfig`` is FlashRAG's ``Config`` (same arguments) that also works where FlashRAG's
+built-in defaults file is missing: the ``flashrag-dev`` wheels on PyPI (0.1.2 included) lack
+``flashrag/config/basic_config.yaml``, which ``Config`` always reads, so there every
+``Config(...)`` fails with ``FileNotFoundError``. Where the file is installed (a source
+checkout) it is used as FlashRAG does; where it is not, :data:`FLASHRAG_DEFAULTS` take its
+place.
 
 The pipeline generates with the project's backends (token ids in and out, so the rollout
 never re-encodes what the model wrote): an OpenAI-compatible server at ``base_url`` (SGLang,
@@ -23,11 +30,49 @@ FlashRAG's ``evaluate`` scores the dataset.
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Sequence
+from pathlib import Path
 
 from research.errors import MissingDependency
 from research.retrieval.base import Hit
 from research.retrieval.client import SearchError
+
+#: The settings FlashRAG 0.1.2's config, pipelines, dataset, BM25 / dense retrievers and
+#: evaluator read, with the values of FlashRAG's own ``basic_config.yaml``, except: ``gpu_id``
+#: is None (CPU unless set: FlashRAG's "0,1,2,3" would claim four GPUs), ``framework`` is "hf"
+#: (FlashRAG's "fschat" is not installed with it), ``metrics`` leave out ``input_tokens``
+#: (it downloads tiktoken's GPT-4 vocabulary and counts a ``prompt`` this pipeline does not
+#: write) and ``bm25_backend`` is "bm25s" (read by the BM25 retriever, absent from the file;
+#: pyserini needs Java). Any of them can be overridden by the file or dict given.
+FLASHRAG_DEFAULTS: dict = {
+    "model2path": {"e5": "intfloat/e5-base-v2", "bge": "intfloat/e5-base-v2",
+                   "contriever": "facebook/contriever"},
+    "model2pooling": {"e5": "mean", "bge": "cls", "contriever": "mean", "jina": "mean",
+                      "dpr": "cls"},
+    "method2index": {"e5": None, "bm25": None, "contriever": None},
+    "data_dir": "dataset/", "save_dir": "output/", "gpu_id": None, "dataset_name": "nq",
+    "split": ["test"], "test_sample_num": None, "random_sample": False, "seed": 2024,
+    "save_intermediate_data": True, "save_note": "experiment",
+    "retrieval_method": "e5", "retrieval_model_path": None, "index_path": None,
+    "faiss_gpu": False, "corpus_path": None, "use_sentence_transformer": False,
+    "bm25_backend": "bm25s", "retrieval_topk": 5, "retrieval_batch_size": 256,
+    "retrieval_use_fp16": True, "retrieval_query_max_length": 128,
+    "save_retrieval_cache": False, "use_retrieval_cache": False, "retrieval_cache_path": None,
+    "retrieval_pooling_method": None, "instruction": None,
+    "use_reranker": False, "rerank_model_name": None, "rerank_model_path": None,
+    "rerank_pooling_method": None, "rerank_topk": 5, "rerank_max_length": 512,
+    "rerank_batch_size": 256, "rerank_use_fp16": True,
+    "framework": "hf", "generator_model": "llama3-8B-instruct",
+    "openai_setting": {"api_key": None, "base_url": None}, "generator_model_path": None,
+    "generator_max_input_len": 1024, "generator_batch_size": 4,
+    "generation_params": {"max_tokens": 32}, "use_fid": False, "gpu_memory_utilization": 0.85,
+    "refiner_name": None, "refiner_model_path": None,
+    "metrics": ["em", "f1", "acc", "precision", "recall"],
+    "metric_setting": {"retrieval_recall_topk": 5, "tokenizer_name": None},
+    "save_metric_score": True,
+}
 
 
 class FlashRAGSearcher:
@@ -69,7 +114,8 @@ def _pipeline_class():
 
         def __init__(self, config, prompt_template=None, retriever=None, generator=None,
                      base_url: str | None = None, served_model_name: str | None = None,
-                     rollout: RolloutSettings | None = None, batch_size: int = 16):
+                     rollout: RolloutSettings | None = None, batch_size: int = 16,
+                     tokenizer=None):
             super().__init__(config, prompt_template)
             self.retriever = retriever if retriever is not None else get_retriever(config)
             self.batch_size = batch_size
@@ -78,9 +124,11 @@ def _pipeline_class():
                 rollout = rollout_settings.from_dict({**rollout_settings.recorded(
                     config["generator_model_path"]), "top_k": topk})
             self.method, self.rollout = MethodSection(top_k=topk), rollout
-            self.generator, self.tokenizer = generator, None
+            self.generator, self.tokenizer = generator, tokenizer
             if generator is None:
                 self.generator, self.tokenizer = _generator(config, base_url, served_model_name)
+            elif tokenizer is None:  # a generator passed in: its tokenizer, else the model's
+                self.tokenizer = getattr(generator, "tokenizer", None) or _tokenizer(config)
 
         def run(self, dataset, do_eval=True, pred_process_fun=None):
             ctx = Context(self.generator, self.tokenizer, FlashRAGSearcher(self.retriever),
@@ -99,15 +147,38 @@ def _pipeline_class():
     return ReSearchPipeline
 
 
-def _generator(config, base_url: str | None, served_model_name: str | None):
+def _config_class():
+    try:
+        from flashrag.config import Config
+    except ImportError as e:
+        raise MissingDependency("FlashRAGConfig needs FlashRAG: pip install flashrag-dev "
+                                f"(import failed: {e})") from None
+
+    class FlashRAGConfig(Config):
+        """FlashRAG's ``Config``; its built-in defaults are FlashRAG's ``basic_config.yaml``
+        where installed, else :data:`FLASHRAG_DEFAULTS`."""
+
+        def _get_internal_config(self):
+            if Path(inspect.getfile(Config)).with_name("basic_config.yaml").exists():
+                return super()._get_internal_config()
+            return copy.deepcopy(FLASHRAG_DEFAULTS)  # Config updates nested dicts in place
+
+    return FlashRAGConfig
+
+
+def _tokenizer(config):
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(config["generator_model_path"])
+
+
+def _generator(config, base_url: str | None, served_model_name: str | None):
     path = config["generator_model_path"]
     if base_url:
         from research.rollout.backends.openai_http import OpenAIGenerator
         from research.rollout.generation import model_eos_ids
 
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = _tokenizer(config)
         return OpenAIGenerator(base_url, served_model_name or config["generator_model"],
                                tokenizer, eos_token_ids=model_eos_ids(path, tokenizer)), tokenizer
     from research.models.loading import load_model
@@ -117,9 +188,12 @@ def _generator(config, base_url: str | None, served_model_name: str | None):
     return HFGenerator(model, tokenizer), tokenizer
 
 
+_LAZY = {"ReSearchPipeline": _pipeline_class, "FlashRAGConfig": _config_class}
+
+
 def __getattr__(name: str):
-    if name == "ReSearchPipeline":
-        cls = _pipeline_class()
+    if name in _LAZY:
+        cls = _LAZY[name]()
         globals()[name] = cls
         return cls
     raise AttributeError(name)
