@@ -104,6 +104,10 @@ class GRPOSection:
                             "the copy too")
     rollout_is_cap: float = _f(2.0, "grpo.rollout_int8: the cap of the truncated importance "
                                "ratio between the policy and the int8 rollout")
+    share_prompt: bool = _f(True, "TRL engine: the loss's micro-batches hold whole groups "
+                            "(where that leaves the gradient unchanged) and run each group's "
+                            "prompt once, without padding columns (on CPU, where the compact "
+                            "log-prob head runs; false: TRL's own pass)")
     use_vllm: bool = _f(False, "roll out with TRL's colocated vLLM engine (GPU only)")
     vllm_tensor_parallel_size: int = _f(1, "vLLM tensor parallelism")
     vllm_gpu_memory_utilization: float = _f(0.6, "share of GPU memory vLLM may take")

@@ -294,6 +294,10 @@ def prepared_run(config: TrainConfig, make_logits_processors: Callable[[], list]
 
             install_rollout_correction(trainer, config.grpo.rollout_is_cap)
         policy = trainer.model
+        if config.grpo.share_prompt:
+            from research.trainers.trl_prefix import install_shared_prompts
+
+            install_shared_prompts(trainer)
         install_compact_head(policy.get_base_model() if hasattr(policy, "get_base_model")
                              else policy, trainer.temperature)
         trainer.remove_callback(ProgressCallback)

@@ -38,6 +38,32 @@ def _chunk_scores(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Ten
     return chosen, entropy
 
 
+def labelled_scores(hidden: torch.Tensor, labels: torch.Tensor, head, temperature: float):
+    """``(log_probs, entropy, mask)``, each ``[B, T]``: the log-prob of each label under the
+    distribution of the hidden state at the same position (``hidden`` ``[B, T, H]``, already
+    aligned with ``labels``) and that distribution's entropy, zero where the label is -100.
+    Only the labelled positions go through ``head``, ``CHUNK_TOKENS`` at a time (each chunk
+    recomputed in the backward pass)."""
+    labels = labels.to(hidden.device)
+    mask = labels != -100
+    picked, targets = hidden[mask], labels[mask]
+    chosen, entropy = [], []
+    for start in range(0, picked.shape[0], CHUNK_TOKENS):
+        part = (picked[start:start + CHUNK_TOKENS], targets[start:start + CHUNK_TOKENS],
+                head.weight, head.bias, temperature)
+        if torch.is_grad_enabled():
+            c, e = checkpoint(_chunk_scores, *part, use_reentrant=False)
+        else:
+            c, e = _chunk_scores(*part)
+        chosen.append(c)
+        entropy.append(e)
+    zeros = hidden.new_zeros(mask.shape, dtype=torch.float32)
+    # masked_scatter keeps an all-masked micro-batch connected to the graph (a zero loss)
+    log_probs = zeros.masked_scatter(mask, torch.cat(chosen) if chosen else zeros[mask])
+    entropies = zeros.masked_scatter(mask, torch.cat(entropy) if entropy else zeros[mask])
+    return log_probs, entropies, mask
+
+
 def _scaled(config) -> bool:
     """Whether the model scales or soft-caps its logits (left to TRL's head)."""
     text = config.get_text_config()
@@ -68,23 +94,7 @@ def install_compact_head(model, temperature: float = 1.0) -> bool:
                                **kwargs)
         kwargs["use_cache"] = False
         hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
-        labels = labels[:, 1:].to(hidden.device)
-        mask = labels != -100
-        picked, targets = hidden[mask], labels[mask]
-        chosen, entropy = [], []
-        for start in range(0, picked.shape[0], CHUNK_TOKENS):
-            part = (picked[start:start + CHUNK_TOKENS], targets[start:start + CHUNK_TOKENS],
-                    head.weight, head.bias, temperature)
-            if torch.is_grad_enabled():
-                c, e = checkpoint(_chunk_scores, *part, use_reentrant=False)
-            else:
-                c, e = _chunk_scores(*part)
-            chosen.append(c)
-            entropy.append(e)
-        zeros = hidden.new_zeros(mask.shape, dtype=torch.float32)
-        # masked_scatter keeps an all-masked micro-batch connected to the graph (a zero loss)
-        log_probs = zeros.masked_scatter(mask, torch.cat(chosen) if chosen else zeros[mask])
-        entropies = zeros.masked_scatter(mask, torch.cat(entropy) if entropy else zeros[mask])
+        log_probs, entropies, mask = labelled_scores(hidden, labels[:, 1:], head, temperature)
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return FusedCausalLMOutput(loss=-log_probs.sum() / count, log_probs=log_probs,
                                    entropy=entropies, label_mask=mask)

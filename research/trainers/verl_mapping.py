@@ -110,6 +110,8 @@ TRL_ONLY: dict[str, str] = {
 IGNORED: dict[str, str] = {
     "grpo.use_vllm": "verl always rolls out on its own servers (cluster.rollout_engine)",
     "grpo.rollout_is_cap": "read with grpo.rollout_int8 only, which verl refuses",
+    "grpo.share_prompt": "verl runs its own loss pass: to drop its padding, set "
+                         "actor_rollout_ref.model.use_remove_padding through cluster.verl",
 }
 
 
