@@ -2,8 +2,8 @@
 
 TRL's ``GRPOTrainer`` shuffles a step's trajectories into micro-batches and runs every row
 through the model at the step's full width: each row carries its own copy of the prompt
-(about 370 tokens of instruction and worked example under the ReSearch templates, the same
-for the whole group), left padding to the step's longest prompt and right padding to its
+(about 370-450 tokens of instruction and worked example under the ReSearch templates,
+the same for the whole group), left padding to the step's longest prompt and right padding to its
 longest completion. On a CPU the update's forward and backward cost in proportion to those
 tokens, and on 2 cores they are most of a step once the rollout is fast.
 
@@ -35,12 +35,19 @@ gradient checkpointing, a model without the compact head of
 
 from __future__ import annotations
 
-import inspect
 import types
 
 import torch
 
 ORDER_SAFE_LOSSES = ("dapo", "dr_grpo", "grpo")
+
+
+def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> dict[tuple, list[int]]:
+    """The rows of each prompt (its real tokens, padding left out), by first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    for i in range(prompt_ids.size(0)):
+        groups.setdefault(tuple(prompt_ids[i][prompt_mask[i].bool()].tolist()), []).append(i)
+    return groups
 
 
 def group_order(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -54,12 +61,9 @@ def group_order(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     >>> group_order(p, m, c)
     [2, 0, 3, 1]
     """
-    groups: dict[tuple, list[int]] = {}
-    for i in range(prompt_ids.size(0)):
-        key = tuple(prompt_ids[i][prompt_mask[i].bool()].tolist())
-        groups.setdefault(key, []).append(i)
     lengths = completion_mask.sum(1).tolist()
-    return [i for rows in groups.values() for i in sorted(rows, key=lambda r: -lengths[r])]
+    return [i for rows in prompt_groups(prompt_ids, prompt_mask).values()
+            for i in sorted(rows, key=lambda r: -lengths[r])]
 
 
 def _reorder(batch: dict, order: list[int]) -> dict:
@@ -102,12 +106,11 @@ def shared_prompt_scores(decoder, head, temperature: float, prompt: torch.Tensor
     ``prompt`` ``[P]`` of real tokens) per-token log-probs and entropies, the prompt run once."""
     from transformers import DynamicCache
 
+    from research.rollout.backends.hf import cache_argument
     from research.trainers.trl_head import labelled_scores
 
     rows = completions.size(0)
-    # the KV cache argument is `cache` in recent transformers, `past_key_values` before
-    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else (
-        "past_key_values")
+    name = cache_argument(decoder)
     cache, offset = DynamicCache(config=decoder.config), prompt.numel() - 1
     if offset > 0:  # the prompt but its last token, once, cached for every row
         decoder(input_ids=prompt[None, :-1], use_cache=True, **{name: cache})
@@ -128,11 +131,7 @@ def _chunk_scores(decoder, head, temperature, ids, mask, keep):
     prompt_width = ids.size(1) - keep
     log_probs = torch.zeros(ids.size(0), keep, dtype=torch.float32, device=ids.device)
     entropy = torch.zeros_like(log_probs)
-    groups: dict[tuple, list[int]] = {}
-    for i in range(ids.size(0)):
-        real = ids[i, :prompt_width][mask[i, :prompt_width].bool()]
-        groups.setdefault(tuple(real.tolist()), []).append(i)
-    for key, rows in groups.items():
+    for key, rows in prompt_groups(ids[:, :prompt_width], mask[:, :prompt_width]).items():
         index = torch.tensor(rows, device=ids.device)
         completion_mask = mask[index, prompt_width:]
         used = completion_mask.any(0).nonzero()

@@ -102,6 +102,13 @@ def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
+def cache_argument(model) -> str:
+    """The name of ``model.forward``'s KV cache argument: ``cache`` in recent transformers,
+    ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else (
+        "past_key_values")
+
+
 class HFGenerator:
     """Generates with a Hugging Face causal LM. One call shares temperature and top-p;
     budgets and stop strings are per sequence."""
@@ -134,9 +141,8 @@ class HFGenerator:
         self.continuous = continuous
         self._kept: list[_Kept] | None = None  # inside turns(): caches for the next call
         self.prefilled = 0  # prompt tokens run through the model (the shared prefix once)
-        # the KV cache argument is `cache` in recent transformers, `past_key_values` before
         params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = cache_argument(model)
         # a prefill needs the logits of its last position only: the vocabulary projection of
         # every other position is a quarter of a small model's prefill work, thrown away
         keep = next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in params), None)
